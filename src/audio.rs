@@ -1,0 +1,197 @@
+//! Audio files in and out: read any common WAV as 16 kHz mono f32 (what VAD and
+//! Whisper want), resample, and write 16-bit WAV.
+
+use std::path::{Path, PathBuf};
+
+use rubato::{FftFixedIn, Resampler};
+
+/// The rate VAD and Whisper work at.
+pub const ASR_RATE_HZ: u32 = 16_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("cannot read {path}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a WAV file ({reason}); expected RIFF/WAVE audio: 8-48 kHz, mono or stereo, PCM 8/16/24/32-bit or 32-bit float")]
+    NotWav { path: PathBuf, reason: String },
+    #[error("{path}: unsupported WAV format: {what}; expected 8-48 kHz, mono or stereo, PCM 8/16/24/32-bit or 32-bit float")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path} holds no audio samples (empty or truncated WAV)")]
+    Empty { path: PathBuf },
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, source: hound::Error },
+    #[error("resampling {from} Hz to {to} Hz failed: {reason}")]
+    Resample { from: u32, to: u32, reason: String },
+}
+
+/// Mono audio at a known rate.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub samples: Vec<f32>,
+    pub rate_hz: u32,
+}
+
+impl Clip {
+    pub fn duration_s(&self) -> f64 {
+        self.samples.len() as f64 / self.rate_hz as f64
+    }
+}
+
+/// Reads a WAV file, mixes it to mono and resamples it to `rate_hz`.
+pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
+    let file = std::fs::File::open(path).map_err(|source| AudioError::Open { path: path.into(), source })?;
+    let reader = hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| match e {
+        hound::Error::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => AudioError::Open { path: path.into(), source },
+        hound::Error::Unsupported => AudioError::Unsupported { path: path.into(), what: "encoding hound cannot read (compressed?)".into() },
+        other => AudioError::NotWav { path: path.into(), reason: other.to_string() },
+    })?;
+    let spec = reader.spec();
+    if !(8_000..=48_000).contains(&spec.sample_rate) {
+        return Err(AudioError::Unsupported { path: path.into(), what: format!("sample rate {} Hz", spec.sample_rate) });
+    }
+    if !(1..=2).contains(&spec.channels) {
+        return Err(AudioError::Unsupported { path: path.into(), what: format!("{} channels", spec.channels) });
+    }
+    let interleaved: Result<Vec<f32>, hound::Error> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect(),
+        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
+            reader.into_samples::<i32>().map(|s| s.map(|v| v as f32 * scale)).collect()
+        }
+        (format, bits) => {
+            return Err(AudioError::Unsupported { path: path.into(), what: format!("{bits}-bit {format:?} samples") });
+        }
+    };
+    // A WAV cut short mid-sample still yields the whole samples before the cut.
+    let interleaved = match interleaved {
+        Ok(v) => v,
+        Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(AudioError::NotWav { path: path.into(), reason: "data chunk ends early (truncated file)".into() })
+        }
+        Err(e) => return Err(AudioError::NotWav { path: path.into(), reason: e.to_string() }),
+    };
+    let mono: Vec<f32> = if spec.channels == 2 {
+        interleaved.chunks_exact(2).map(|lr| 0.5 * (lr[0] + lr[1])).collect()
+    } else {
+        interleaved
+    };
+    if mono.is_empty() {
+        return Err(AudioError::Empty { path: path.into() });
+    }
+    let samples = resample(&mono, spec.sample_rate, rate_hz)?;
+    Ok(Clip { samples, rate_hz })
+}
+
+/// Resamples a whole mono signal (band-limited FFT resampler), keeping its length
+/// proportional and its timing aligned (the resampler's delay is removed).
+pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
+    if from == to {
+        return Ok(input.to_vec());
+    }
+    let fail = |e: &dyn std::fmt::Display| AudioError::Resample { from, to, reason: e.to_string() };
+    let chunk = 1024;
+    let mut r = FftFixedIn::<f32>::new(from as usize, to as usize, chunk, 2, 1).map_err(|e| fail(&e))?;
+    let delay = r.output_delay();
+    let expected = (input.len() as u64 * to as u64 / from as u64) as usize;
+    let mut out = Vec::with_capacity(expected + delay + chunk);
+    let mut pos = 0;
+    while pos + r.input_frames_next() <= input.len() {
+        let n = r.input_frames_next();
+        let o = r.process(&[&input[pos..pos + n]], None).map_err(|e| fail(&e))?;
+        out.extend_from_slice(&o[0]);
+        pos += n;
+    }
+    let o = r.process_partial(Some(&[&input[pos..]]), None).map_err(|e| fail(&e))?;
+    out.extend_from_slice(&o[0]);
+    while out.len() < expected + delay {
+        let o = r.process_partial::<&[f32]>(None, None).map_err(|e| fail(&e))?;
+        if o[0].is_empty() {
+            break;
+        }
+        out.extend_from_slice(&o[0]);
+    }
+    out.drain(..delay.min(out.len()));
+    out.truncate(expected);
+    Ok(out)
+}
+
+/// Writes mono f32 samples as 16-bit PCM WAV.
+pub fn write_wav(path: &Path, samples: &[f32], rate_hz: u32) -> Result<(), AudioError> {
+    let err = |source| AudioError::Write { path: path.into(), source };
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate_hz, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
+    for &s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * i16::MAX as f32) as i16).map_err(err)?;
+    }
+    w.finalize().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
+        (0..(rate as f32 * secs) as usize).map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin() * 0.5).collect()
+    }
+
+    /// Zero crossings per second ≈ 2 × frequency: a resampled tone keeps its pitch.
+    fn pitch(samples: &[f32], rate: u32) -> f32 {
+        let crossings = samples.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
+        crossings as f32 / (samples.len() as f32 / rate as f32) / 2.0
+    }
+
+    #[test]
+    fn resampling_keeps_length_and_pitch() {
+        for from in [8_000, 22_050, 44_100, 48_000] {
+            let input = tone(from, 440.0, 1.0);
+            let out = resample(&input, from, 16_000).unwrap();
+            assert_eq!(out.len(), 16_000, "from {from}");
+            let p = pitch(&out[1000..15000], 16_000);
+            assert!((p - 440.0).abs() < 5.0, "from {from}: pitch {p}");
+        }
+    }
+
+    #[test]
+    fn stereo_float_and_int_wavs_read_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mono = tone(44_100, 300.0, 0.5);
+        let f = dir.path().join("f32.wav");
+        let spec = hound::WavSpec { channels: 2, sample_rate: 44_100, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
+        let mut w = hound::WavWriter::create(&f, spec).unwrap();
+        for s in &mono {
+            w.write_sample(*s).unwrap();
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        let i = dir.path().join("i16.wav");
+        write_wav(&i, &mono, 44_100).unwrap();
+        let a = read_wav(&f, 16_000).unwrap();
+        let b = read_wav(&i, 16_000).unwrap();
+        assert_eq!(a.samples.len(), 8_000);
+        assert_eq!(a.samples.len(), b.samples.len());
+        let diff = a.samples.iter().zip(&b.samples).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-3, "max difference {diff}");
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wav");
+        std::fs::write(&text, "hello, not audio").unwrap();
+        let e = read_wav(&text, 16_000).unwrap_err().to_string();
+        assert!(e.contains("notes.wav is not a WAV file"), "{e}");
+
+        let empty = dir.path().join("empty.wav");
+        write_wav(&empty, &[], 16_000).unwrap();
+        let e = read_wav(&empty, 16_000).unwrap_err().to_string();
+        assert!(e.contains("empty.wav holds no audio samples"), "{e}");
+
+        let missing = read_wav(&dir.path().join("nope.wav"), 16_000).unwrap_err().to_string();
+        assert!(missing.contains("cannot read") && missing.contains("nope.wav"), "{missing}");
+
+        let odd = dir.path().join("96k.wav");
+        write_wav(&odd, &[0.0; 100], 96_000).unwrap();
+        let e = read_wav(&odd, 16_000).unwrap_err().to_string();
+        assert!(e.contains("sample rate 96000 Hz"), "{e}");
+    }
+}

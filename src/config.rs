@@ -1,0 +1,346 @@
+//! `voxd.toml`: the user's configuration.
+//!
+//! Strict by design: an unknown key, a wrong type or an out-of-range value is an error,
+//! and every problem in the file is reported at once, each with its line and column,
+//! so a user fixes the file in one pass. Each field is declared once below with its
+//! type, default, allowed range and doc comment; `voxd.example.toml` shows them all
+//! and a test keeps the two in step.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::IntoDeserializer;
+use serde::Deserialize;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key, e.g. `asr.threads`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "{} has {n} problem{}", self.path.display(), if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  {}:{}:{}: {}: {}", self.path.display(), p.line, p.column, p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// Collects problems while a document is walked.
+struct Problems<'a> {
+    text: &'a str,
+    found: Vec<ConfigProblem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, span: Option<Range<usize>>, key: String, message: String) {
+        let (line, column) = line_column(self.text, span.map_or(0, |s| s.start));
+        self.found.push(ConfigProblem { line, column, key, message });
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Declares a config section: a struct whose fields each carry a doc comment, a type,
+/// a default and an optional check `(predicate, "what is allowed")`.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        $name:ident $key:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty = $default:expr $(, check($check:expr, $expect:literal))? ;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            pub const KEY: &'static str = $key;
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            fn from_table(table: &toml_edit::Table, problems: &mut Problems<'_>) -> Self {
+                let mut out = Self::default();
+                for (k, item) in table.iter() {
+                    let span = table.key(k).and_then(|key| key.span()).or_else(|| item.span());
+                    match k {
+                        $(
+                        stringify!($field) => {
+                            let path = format!("{}.{}", $key, k);
+                            let value = match item.clone().into_value() {
+                                Ok(v) => v,
+                                Err(_) => { problems.add(span, path, "expected a value, found a table".into()); continue; }
+                            };
+                            let value_span = value.span().or(span);
+                            match <$ty>::deserialize(value.into_deserializer()) {
+                                Ok(v) => {
+                                    $(
+                                    let ok: fn(&$ty) -> bool = $check;
+                                    if !ok(&v) {
+                                        problems.add(value_span, path, format!("{:?} is out of range: expected {}", v, $expect));
+                                        continue;
+                                    }
+                                    )?
+                                    out.$field = v;
+                                }
+                                Err(e) => problems.add(value_span, path, format!("{}", e.message())),
+                            }
+                        }
+                        )*
+                        other => problems.add(
+                            span,
+                            format!("{}.{}", $key, other),
+                            format!("unknown key; expected one of: {}", Self::FIELDS.join(", ")),
+                        ),
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+section! {
+    /// Where voxd keeps its models.
+    PathsConfig "paths" {
+        /// Directory holding installed models. Empty: `$VOXD_MODELS_DIR`, else
+        /// `${XDG_DATA_HOME:-~/.local/share}/voxd/models`.
+        models_dir: String = String::new();
+        /// The model table. Empty: `models.toml` beside the config, else the one voxd ships.
+        models_toml: String = String::new();
+    }
+}
+
+section! {
+    /// Speech recognition (whisper.cpp).
+    AsrConfig "asr" {
+        /// Model id from models.toml, or a path to a whisper.cpp ggml file. Empty: the
+        /// table's default (whisper-small), falling back to the installed test model.
+        model: String = String::new();
+        /// Language spoken to the assistant (ISO 639-1), or "auto" to detect it.
+        language: String = "en".into(), check(|s: &String| s == "auto" || (s.len() == 2 && s.chars().all(|c| c.is_ascii_lowercase())), "a two-letter language code or \"auto\"");
+        /// CPU threads for Whisper. On a 2-core board, 1 leaves room for the rest.
+        threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// Segments whose no-speech probability is above this are dropped as noise.
+        no_speech_threshold: f32 = 0.6, check(|x: &f32| (0.0..=1.0).contains(x), "0.0 to 1.0");
+    }
+}
+
+section! {
+    /// The language model (llama.cpp).
+    LlmConfig "llm" {
+        /// Model id from models.toml, or a path to a GGUF file. Empty: the table's default.
+        model: String = String::new();
+        /// CPU threads for generation (and for prompt processing).
+        threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// Context window in tokens (prompt + history + reply).
+        context_tokens: u32 = 2048, check(|n: &u32| (256..=131_072).contains(n), "256 to 131072");
+        /// Longest reply in tokens; a spoken answer should be short.
+        max_reply_tokens: u32 = 160, check(|n: &u32| (1..=4096).contains(n), "1 to 4096");
+        /// Sampling temperature; 0 is greedy (deterministic).
+        temperature: f32 = 0.0, check(|x: &f32| (0.0..=2.0).contains(x), "0.0 to 2.0");
+        /// Seed for sampling when temperature > 0.
+        seed: u32 = 42;
+        /// The assistant's persona and rules, sent first in every conversation.
+        system_prompt: String = "You are voxd, a helpful voice assistant in the user's home. Answer in one or two short spoken sentences. Use plain words: no lists, no markdown, no emoji.".into();
+    }
+}
+
+section! {
+    /// Speech synthesis (Piper).
+    TtsConfig "tts" {
+        /// Voice id from models.toml, or a path to a Piper `.onnx` (its `.onnx.json` beside it).
+        voice: String = String::new();
+        /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster.
+        rate: f32 = 1.0, check(|x: &f32| (0.5..=2.0).contains(x), "0.5 to 2.0");
+        /// CPU threads for ONNX Runtime.
+        threads: u32 = 1, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// Directory that contains `espeak-ng-data`. Empty: found automatically.
+        espeak_data_dir: String = String::new();
+    }
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// The file it came from (None: built-in defaults).
+    pub source: Option<PathBuf>,
+    pub paths: PathsConfig,
+    pub asr: AsrConfig,
+    pub llm: LlmConfig,
+    pub tts: TtsConfig,
+}
+
+/// The sections, for messages and for the example-config test.
+pub const SECTIONS: &[(&str, &[&str])] = &[
+    (PathsConfig::KEY, PathsConfig::FIELDS),
+    (AsrConfig::KEY, AsrConfig::FIELDS),
+    (LlmConfig::KEY, LlmConfig::FIELDS),
+    (TtsConfig::KEY, TtsConfig::FIELDS),
+];
+
+impl Config {
+    /// Parses configuration text; `path` names it in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let mut problems = Problems { text, found: Vec::new() };
+        let doc = match toml_edit::ImDocument::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                problems.add(e.span(), "(syntax)".into(), e.message().trim().to_string());
+                return Err(ConfigErrors { path: path.into(), problems: problems.found });
+            }
+        };
+        let mut config = Config { source: Some(path.into()), ..Config::default() };
+        let empty = toml_edit::Table::new();
+        let section = |name: &str, problems: &mut Problems<'_>| -> Option<&toml_edit::Table> {
+            match doc.get(name) {
+                None => Some(&empty),
+                Some(item) => match item.as_table() {
+                    Some(t) => Some(t),
+                    None => {
+                        problems.add(item.span(), name.into(), format!("expected a table [{name}]"));
+                        None
+                    }
+                },
+            }
+        };
+        if let Some(t) = section(PathsConfig::KEY, &mut problems) {
+            config.paths = PathsConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(AsrConfig::KEY, &mut problems) {
+            config.asr = AsrConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(LlmConfig::KEY, &mut problems) {
+            config.llm = LlmConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(TtsConfig::KEY, &mut problems) {
+            config.tts = TtsConfig::from_table(t, &mut problems);
+        }
+        for (k, item) in doc.iter() {
+            if !SECTIONS.iter().any(|(name, _)| *name == k) {
+                let span = doc.key(k).and_then(|key| key.span()).or_else(|| item.span());
+                let names: Vec<_> = SECTIONS.iter().map(|(n, _)| format!("[{n}]")).collect();
+                problems.add(span, k.into(), format!("unknown section; expected one of: {}", names.join(", ")));
+            }
+        }
+        if problems.found.is_empty() {
+            Ok(config)
+        } else {
+            problems.found.sort_by_key(|p| (p.line, p.column));
+            Err(ConfigErrors { path: path.into(), problems: problems.found })
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Ok(Config::parse(&text, path)?)
+    }
+
+    /// The config a command uses: `--config FILE` if given; else `$VOXD_CONFIG`;
+    /// else `${XDG_CONFIG_HOME:-~/.config}/voxd/voxd.toml` if it exists; else defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::load(path);
+        }
+        if let Some(path) = std::env::var_os("VOXD_CONFIG") {
+            return Config::load(Path::new(&path));
+        }
+        let user = crate::paths::config_home().join("voxd/voxd.toml");
+        if user.exists() {
+            return Config::load(&user);
+        }
+        Ok(Config::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("voxd.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.asr, AsrConfig::default());
+        assert_eq!(c.llm.context_tokens, 2048);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse("[asr]\nthreads = 1\nlanguage = \"de\"\n[llm]\ntemperature = 0.7\n").unwrap();
+        assert_eq!(c.asr.threads, 1);
+        assert_eq!(c.asr.language, "de");
+        assert_eq!(c.llm.temperature, 0.7);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_line_and_column() {
+        let text = "[asr]\nthreads = 0\nspeed = 3\n\n[llm]\ncontext_tokens = \"big\"\n\n[wakeword]\nx = 1\n";
+        let err = parse(text).unwrap_err();
+        let got: Vec<_> = err.problems.iter().map(|p| (p.line, p.column, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![(2, 11, "asr.threads"), (3, 1, "asr.speed"), (6, 18, "llm.context_tokens"), (8, 2, "wakeword")],
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("voxd.toml:2:11: asr.threads: 0 is out of range: expected 1 to 64"), "{msg}");
+        assert!(msg.contains("asr.speed: unknown key; expected one of: model, language, threads"), "{msg}");
+        assert!(msg.contains("has 4 problems"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = parse("[asr]\nthreads = = 2\n").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].line, 2);
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_table_is_an_error() {
+        let err = parse("asr = 3\n").unwrap_err();
+        assert_eq!(err.problems[0].key, "asr");
+        assert!(err.problems[0].message.contains("expected a table [asr]"));
+    }
+}

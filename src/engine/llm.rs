@@ -1,0 +1,255 @@
+//! Text generation with llama.cpp (llama-cpp-2): chat messages in, a token stream out.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+
+use super::{ms_since, sniff, FileKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot read LLM model {path}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("LLM model {path} is {found}; expected a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)")]
+    WrongKind { path: PathBuf, found: &'static str },
+    #[error("llama.cpp could not load {path} ({size} bytes): truncated, corrupt, or an architecture this llama.cpp does not know (its log above says why)")]
+    Load { path: PathBuf, size: u64 },
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    #[error("prompt of {prompt} tokens does not fit the {ctx}-token context (llm.context_tokens)")]
+    PromptTooLong { prompt: usize, ctx: u32 },
+    #[error("llama.cpp failed while {doing}: {reason}")]
+    Inference { doing: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmOptions {
+    pub threads: u32,
+    pub context_tokens: u32,
+    pub max_reply_tokens: u32,
+    pub temperature: f32,
+    pub seed: u32,
+}
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| LlamaBackend::init().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| LlmError::Backend(e.clone()))
+}
+
+pub struct Llm {
+    model: LlamaModel,
+    template: LlamaChatTemplate,
+    options: LlmOptions,
+    pub model_id: String,
+    pub load_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// A finished reply and what it cost.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_ms: f64,
+    /// From the end of prompt processing to the last token.
+    pub generate_ms: f64,
+    /// From the call to the first generated token.
+    pub first_token_ms: f64,
+}
+
+impl Generation {
+    pub fn prompt_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prompt_ms / 1000.0).max(1e-9)
+    }
+    pub fn generate_tok_s(&self) -> f64 {
+        self.generated_tokens as f64 / (self.generate_ms / 1000.0).max(1e-9)
+    }
+}
+
+impl Llm {
+    pub fn load(path: &Path, model_id: &str, options: LlmOptions) -> Result<Llm, LlmError> {
+        let (kind, size) = sniff(path).map_err(|source| LlmError::Open { path: path.into(), source })?;
+        if kind != FileKind::Gguf {
+            return Err(LlmError::WrongKind { path: path.into(), found: kind.describe() });
+        }
+        let started = Instant::now();
+        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+            .map_err(|_| LlmError::Load { path: path.into(), size })?;
+        // Models without an embedded template get ChatML, the most common format.
+        let template = model
+            .chat_template(None)
+            .or_else(|_| LlamaChatTemplate::new("chatml"))
+            .map_err(|e| LlmError::Backend(e.to_string()))?;
+        Ok(Llm { model, template, options, model_id: model_id.to_string(), load_ms: ms_since(started) })
+    }
+
+    /// Renders the conversation with the model's chat template, ending with the
+    /// assistant's turn opened.
+    pub fn render(&self, messages: &[Message]) -> Result<String, LlmError> {
+        let chat = messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                LlamaChatMessage::new(role.into(), m.content.clone())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LlmError::Inference { doing: "building the chat", reason: e.to_string() })?;
+        self.model
+            .apply_chat_template(&self.template, &chat, true)
+            .map_err(|e| LlmError::Inference { doing: "applying the chat template", reason: e.to_string() })
+    }
+
+    /// Generates a reply, calling `on_text` with each piece of text as soon as it is
+    /// complete UTF-8. Returning `false` from `on_text` stops generation (cancellation).
+    pub fn generate(&self, messages: &[Message], mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
+        let started = Instant::now();
+        let prompt = self.render(messages)?;
+        let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
+
+        let n_ctx = self.options.context_tokens;
+        let threads = self.options.threads as i32;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = self.model.new_context(backend()?, params).map_err(|e| infer("creating a context")(&e))?;
+
+        // The template already holds any BOS the model wants; parse its special tokens.
+        let tokens = self.model.vocab().tokenize(prompt.as_bytes(), false, true);
+        let budget = tokens.len() + self.options.max_reply_tokens as usize;
+        if budget > n_ctx as usize {
+            return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: n_ctx });
+        }
+        let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+        let last = tokens.len() - 1;
+        for (i, t) in tokens.iter().enumerate() {
+            batch.add(*t, i as i32, &[0], i == last).map_err(|e| infer("batching the prompt")(&e))?;
+        }
+        let prompt_started = Instant::now();
+        ctx.decode(&mut batch).map_err(|e| infer("processing the prompt")(&e))?;
+        let prompt_ms = ms_since(prompt_started);
+
+        let mut sampler = if self.options.temperature <= 0.0 {
+            LlamaSampler::greedy()
+        } else {
+            LlamaSampler::chain_simple([
+                LlamaSampler::top_p(0.95, 1),
+                LlamaSampler::temp(self.options.temperature),
+                LlamaSampler::dist(self.options.seed),
+            ])
+        };
+        let vocab = self.model.vocab();
+        let mut utf8 = Utf8Stream::default();
+        let mut text = String::new();
+        let mut generated = 0usize;
+        let mut first_token_ms = 0.0;
+        let mut pos = tokens.len() as i32;
+        let gen_started = Instant::now();
+        let mut logits_at = batch.n_tokens() - 1;
+        while generated < self.options.max_reply_tokens as usize {
+            let token = sampler.sample(&ctx, logits_at);
+            sampler.accept(token);
+            if generated == 0 {
+                first_token_ms = ms_since(started);
+            }
+            if vocab.is_eog(token) {
+                break;
+            }
+            generated += 1;
+            let piece = vocab.token_to_piece(token, false, None);
+            if let Some(s) = utf8.push(&piece) {
+                text.push_str(&s);
+                if !on_text(&s) {
+                    break;
+                }
+            }
+            batch.clear();
+            batch.add(token, pos, &[0], true).map_err(|e| infer("batching a token")(&e))?;
+            pos += 1;
+            logits_at = 0;
+            ctx.decode(&mut batch).map_err(|e| infer("generating")(&e))?;
+        }
+        Ok(Generation {
+            text,
+            prompt_tokens: tokens.len(),
+            generated_tokens: generated,
+            prompt_ms,
+            generate_ms: ms_since(gen_started),
+            first_token_ms,
+        })
+    }
+}
+
+/// Joins token pieces into valid UTF-8: a character split across tokens is held
+/// back until its last byte arrives.
+#[derive(Default)]
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8]) -> Option<String> {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An invalid sequence (not just an unfinished one) is replaced, not held forever.
+            Err(e) if e.error_len().is_some() => {
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return Some(s);
+            }
+            Err(e) => e.valid_up_to(),
+        };
+        if valid == 0 {
+            return None;
+        }
+        let rest = self.pending.split_off(valid);
+        let done = std::mem::replace(&mut self.pending, rest);
+        Some(String::from_utf8(done).expect("checked above"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn utf8_split_across_tokens_is_joined() {
+        let mut s = Utf8Stream::default();
+        let euro = "€".as_bytes();
+        assert_eq!(s.push(b"5 "), Some("5 ".into()));
+        assert_eq!(s.push(&euro[..1]), None);
+        assert_eq!(s.push(&euro[1..]), Some("€".into()));
+        assert_eq!(s.push(&[0xff]), Some("\u{fffd}".into()));
+    }
+}

@@ -1,0 +1,17 @@
+//! Logs go to stderr through tracing; whisper.cpp's, ggml's and llama.cpp's own logs
+//! are routed into it too (they are chatty: shown from `warn` unless -v).
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "voxd=info,warn",
+        (false, 1) => "voxd=debug,info",
+        (false, _) => "debug",
+    };
+    let filter = EnvFilter::try_from_env("VOXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 0).try_init();
+    whisper_rs::install_logging_hooks();
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+}

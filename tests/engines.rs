@@ -1,0 +1,151 @@
+//! Each engine on its own, on real speech and real models, and all three in one
+//! process on one ggml.
+
+use crate::util::*;
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
+
+#[test]
+fn converted_tiny_en_transcribes_jfk() {
+    let r = run_ok(&["transcribe", testdata("jfk.wav").to_str().unwrap(), "--model", "whisper-tiny.en"]);
+    let w = wer(JFK, &r.stdout);
+    assert!(w <= 0.05, "WER {w:.2}: {}", r.stdout);
+    assert!(r.stderr.contains("RTF"), "timings on stderr: {}", r.stderr);
+}
+
+#[test]
+fn converted_base_transcribes_jfk() {
+    let r = run_ok(&["transcribe", testdata("jfk.wav").to_str().unwrap(), "--model", "whisper-base"]);
+    let w = wer(JFK, &r.stdout);
+    assert!(w <= 0.05, "WER {w:.2}: {}", r.stdout);
+}
+
+#[test]
+fn converted_tiny_en_transcribes_the_librivox_clips() {
+    let dir = format!("{POCKETSPHINX}/librivox");
+    let refs = std::fs::read_to_string(format!("{dir}/transcription")).unwrap();
+    let mut total = 0.0;
+    let mut n = 0.0;
+    for line in refs.lines() {
+        let (text, id) = line.rsplit_once(" (").unwrap();
+        let text = text.replace("<s>", "").replace("</s>", "");
+        let id = id.trim_end_matches(')');
+        let r = run_ok(&["transcribe", &format!("{dir}/{id}.wav"), "--model", "whisper-tiny.en"]);
+        let w = wer(&text, &r.stdout);
+        eprintln!("{id}: WER {w:.2}: {}", r.stdout.trim());
+        // Each clip is mostly right; the reference has a disfluency ("a more a amiable").
+        assert!(w <= 0.25, "{id}: WER {w:.2}\n ref: {text}\n hyp: {}", r.stdout);
+        total += w;
+        n += 1.0;
+    }
+    assert!(total / n <= 0.12, "mean WER {:.3}", total / n);
+}
+
+#[test]
+fn converted_tiny_en_transcribes_the_cards_clips() {
+    let dir = format!("{POCKETSPHINX}/cards");
+    let refs = std::fs::read_to_string(format!("{dir}/cards.transcription")).unwrap();
+    let mut errors = 0.0;
+    for line in refs.lines() {
+        let (text, id) = line.rsplit_once(" (").unwrap();
+        let text = text.replace("<s>", "").replace("</s>", "");
+        let r = run_ok(&["transcribe", &format!("{dir}/{}.wav", id.trim_end_matches(')')), "--model", "whisper-tiny.en"]);
+        errors += wer(&text, &r.stdout);
+        eprintln!("{id}: {}", r.stdout.trim());
+    }
+    assert!(errors / 5.0 <= 0.2, "mean WER {:.3}", errors / 5.0);
+}
+
+#[test]
+fn any_common_wav_format_is_resampled_to_the_same_words() {
+    let dir = tempdir();
+    let jfk = testdata("jfk.wav");
+    for (name, args) in [
+        ("8k-mono-s16.wav", vec!["-r", "8000", "-c", "1", "-b", "16"]),
+        ("44k1-stereo-f32.wav", vec!["-r", "44100", "-c", "2", "-e", "floating-point", "-b", "32"]),
+        ("48k-stereo-s16.wav", vec!["-r", "48000", "-c", "2", "-b", "16"]),
+    ] {
+        let out = dir.path().join(name);
+        let status = std::process::Command::new("sox").arg(&jfk).args(&args).arg(&out).status().expect("sox runs");
+        assert!(status.success());
+        let r = run_ok(&["transcribe", out.to_str().unwrap(), "--model", "whisper-tiny.en"]);
+        let w = wer(JFK, &r.stdout);
+        assert!(w <= 0.1, "{name}: WER {w:.2}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn say_writes_speech_that_transcribes_back_to_its_text() {
+    let dir = tempdir();
+    let out = dir.path().join("said.wav");
+    let text = "Turn on the kitchen lights, please.";
+    let r = run_ok(&["say", text, "-o", out.to_str().unwrap()]);
+    assert!(r.stderr.contains("RTF"), "timings on stderr: {}", r.stderr);
+    let spec = hound::WavReader::open(&out).unwrap().spec();
+    assert_eq!(spec.sample_rate, 22_050, "the voice's own rate");
+    let back = run_ok(&["transcribe", out.to_str().unwrap(), "--model", "whisper-tiny.en"]);
+    let w = wer(text, &back.stdout);
+    assert!(w <= 0.15, "WER {w:.2}: said {text:?}, heard {:?}", back.stdout);
+}
+
+#[test]
+fn chat_streams_a_reply_and_reports_token_rates() {
+    let r = run_ok(&["chat", "What is the capital of France?", "--model", "smollm2-135m-instruct"]);
+    assert!(r.stdout.to_lowercase().contains("paris"), "reply: {}", r.stdout);
+    for needle in ["prompt", "tok/s", "generated", "first token"] {
+        assert!(r.stderr.contains(needle), "stderr lacks {needle}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn llm_hands_out_text_while_it_is_still_generating() {
+    use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 40, temperature: 0.0, seed: 1 };
+    let llm = Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2", options).unwrap();
+    let messages = [Message { role: Role::User, content: "Count from one to ten in words.".into() }];
+    let mut pieces = Vec::new();
+    let g = llm.generate(&messages, |p| {
+        pieces.push(p.to_string());
+        true
+    })
+    .unwrap();
+    assert!(pieces.len() >= 5, "text arrives piece by piece, got {pieces:?}");
+    assert_eq!(pieces.concat(), g.text);
+    // Returning false cancels: generation stops at once.
+    let mut n = 0;
+    let g = llm.generate(&messages, |_| {
+        n += 1;
+        n < 3
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    assert!(g.generated_tokens <= 4, "stopped early, generated {}", g.generated_tokens);
+}
+
+#[test]
+fn the_binary_holds_exactly_one_ggml() {
+    let out = std::process::Command::new("nm").arg(env!("CARGO_BIN_EXE_voxd")).output().expect("nm (binutils) runs");
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let defined = |name: &str| symbols.lines().filter(|l| l.split_whitespace().collect::<Vec<_>>()[1..] == ["T", name]).count();
+    assert_eq!(defined("ggml_init"), 1, "one ggml_init defined");
+    assert_eq!(defined("ggml_graph_compute"), 1, "one ggml CPU backend");
+    // Both engines are in the binary and resolve to that one copy.
+    assert_eq!(defined("whisper_full_with_state"), 1);
+    assert_eq!(defined("llama_decode"), 1);
+}
+
+#[test]
+fn one_process_hears_answers_and_speaks_on_the_shared_ggml() {
+    let dir = tempdir();
+    let out = dir.path().join("answer.wav");
+    let question = repo_data("capital-of-france.wav");
+    let r = run_ok(&["answer", question.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let heard = r.stderr.lines().find_map(|l| l.strip_prefix("heard: ")).expect("voxd says what it heard");
+    assert!(wer("What is the capital of France?", heard) <= 0.2, "heard {heard:?}");
+    let reply = r.stdout.trim();
+    assert!(reply.to_lowercase().contains("paris"), "reply {reply:?}");
+    // The spoken reply says what was printed.
+    let back = run_ok(&["transcribe", out.to_str().unwrap(), "--model", "whisper-tiny.en"]);
+    let w = wer(reply, &back.stdout);
+    assert!(w <= 0.25, "WER {w:.2}: replied {reply:?}, spoke {:?}", back.stdout);
+}

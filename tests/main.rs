@@ -1,0 +1,9 @@
+//! voxd's integration tests: real engines on real models (installed by
+//! `./scripts/setup`), driven through the `voxd` binary as a user would.
+
+mod util;
+
+mod bad_input;
+mod config;
+mod engines;
+mod models;

@@ -1,0 +1,106 @@
+//! Shared helpers: run the built `voxd`, find the installed models and test audio,
+//! compare transcripts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn voxd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_voxd"));
+    // A user's own config must not change what the tests see.
+    c.env_remove("VOXD_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent-voxd-test-config");
+    c
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(args: &[&str]) -> Run {
+    run_cmd(voxd().args(args))
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Run {
+    let Output { status, stdout, stderr } = cmd.output().expect("voxd runs");
+    Run { ok: status.success(), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() }
+}
+
+/// Runs and requires success, showing stderr otherwise.
+pub fn run_ok(args: &[&str]) -> Run {
+    let r = run(args);
+    assert!(r.ok, "voxd {args:?} failed:\n{}", r.stderr);
+    r
+}
+
+/// Runs and requires a failure whose stderr contains every `needle`.
+pub fn run_fails_with(args: &[&str], needles: &[&str]) -> Run {
+    let r = run(args);
+    assert!(!r.ok, "voxd {args:?} should have failed; stdout: {}", r.stdout);
+    for n in needles {
+        assert!(r.stderr.contains(n), "voxd {args:?}: stderr lacks {n:?}:\n{}", r.stderr);
+    }
+    r
+}
+
+pub fn models_dir() -> PathBuf {
+    voxd::paths::default_models_dir()
+}
+
+/// An installed model file, or a panic that says how to install it.
+pub fn model(file: &str) -> PathBuf {
+    let p = models_dir().join(file);
+    assert!(p.exists(), "{} is missing: run ./scripts/setup first", p.display());
+    p
+}
+
+pub fn testdata(name: &str) -> PathBuf {
+    let p = voxd::paths::cache_dir().join("testdata").join(name);
+    assert!(p.exists(), "{} is missing: run ./scripts/setup first", p.display());
+    p
+}
+
+pub fn repo_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+pub const POCKETSPHINX: &str = "/usr/share/pocketsphinx/test/data";
+
+/// Lowercase words without punctuation, numbers spelled the way the references are.
+pub fn words(text: &str) -> Vec<String> {
+    let spelled = |w: &str| -> String {
+        match w {
+            "1" => "one", "2" => "two", "3" => "three", "4" => "four", "5" => "five",
+            "6" => "six", "7" => "seven", "8" => "eight", "9" => "nine", "10" => "ten",
+            "mr" => "mister",
+            other => other,
+        }
+        .to_string()
+    };
+    text.to_lowercase()
+        .replace(['-', '—'], " ")
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .filter(|w| !w.is_empty())
+        .map(|w| spelled(&w))
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference` (Levenshtein over words).
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
