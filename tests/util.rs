@@ -43,6 +43,13 @@ pub fn run_fails_with(args: &[&str], needles: &[&str]) -> Run {
     r
 }
 
+/// For tests that load an engine in-process: route llama.cpp's and whisper.cpp's
+/// chatter through tracing (quiet) as the binary does.
+pub fn quiet_engine_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| voxd::logging::init(0, true));
+}
+
 pub fn models_dir() -> PathBuf {
     voxd::paths::default_models_dir()
 }
@@ -95,6 +102,23 @@ pub fn wer(reference: &str, hypothesis: &str) -> f64 {
         let mut cur = vec![i + 1; h.len() + 1];
         for (j, hw) in h.iter().enumerate() {
             cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// Character error rate over the letters and digits alone (spaces ignored): fairer than
+/// WER for judging synthesised speech, where "France is" heard as "Francis" is one
+/// letter, not two words, wrong.
+pub fn cer(reference: &str, hypothesis: &str) -> f64 {
+    let letters = |t: &str| words(t).concat().chars().collect::<Vec<char>>();
+    let (r, h) = (letters(reference), letters(hypothesis));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rc) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hc) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(rc != hc)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -47,7 +47,13 @@ pub fn download(url: &str, dest: &Path, expected: Option<&str>) -> Result<String
             return finish(&partial, dest, expected);
         }
         Err(ureq::Error::Status(status, _)) => return Err(FetchError::Http { url: url.into(), status }),
-        Err(ureq::Error::Transport(t)) => return Err(FetchError::Unreachable { url: url.into(), reason: t.to_string() }),
+        Err(ureq::Error::Transport(t)) => {
+            let reason = match t.message() {
+                Some(m) => format!("{}: {m}", t.kind()),
+                None => t.kind().to_string(),
+            };
+            return Err(FetchError::Unreachable { url: url.into(), reason });
+        }
     };
     let resumed = response.status() == 206;
     let start = if resumed { have } else { 0 };
@@ -98,5 +104,6 @@ fn finish(partial: &Path, dest: &Path, expected: Option<&str>) -> Result<String,
         }
     }
     std::fs::rename(partial, dest).map_err(io("installing", dest))?;
+    super::remember_sha256(dest, &actual);
     Ok(actual)
 }

@@ -60,18 +60,28 @@ pub fn status(entry: &ModelEntry, models_dir: &Path) -> std::io::Result<Status> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Status::Missing),
         Err(e) => return Err(e),
     };
-    let stamp = format!("{} {:?}", meta.len(), meta.modified().ok());
-    let memo = memo_path(&path);
-    let sha = match std::fs::read_to_string(&memo).ok().and_then(|m| m.strip_prefix(&format!("{stamp}\n")).map(str::to_string)) {
+    let stamp = stamp(&meta);
+    let sha = match std::fs::read_to_string(memo_path(&path)).ok().and_then(|m| m.strip_prefix(&format!("{stamp}\n")).map(str::to_string)) {
         Some(sha) => sha.trim().to_string(),
         None => {
             let sha = sha256_file(&path, &entry.file)?;
-            // Best effort: a read-only models dir just means hashing again next time.
-            let _ = std::fs::write(&memo, format!("{stamp}\n{sha}\n"));
+            remember_sha256(&path, &sha);
             sha
         }
     };
     Ok(judge(entry, sha))
+}
+
+fn stamp(meta: &std::fs::Metadata) -> String {
+    format!("{} {:?}", meta.len(), meta.modified().ok())
+}
+
+/// Records a model file's digest beside it (keyed by size and mtime), so `status`
+/// need not hash it again. Best effort: a read-only models dir just means hashing later.
+pub fn remember_sha256(path: &Path, sha: &str) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::write(memo_path(path), format!("{}\n{sha}\n", stamp(&meta)));
+    }
 }
 
 fn judge(entry: &ModelEntry, sha: String) -> Status {

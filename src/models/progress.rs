@@ -36,7 +36,8 @@ impl Progress {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
         match &self.bar {
             Some(bar) => bar.set_position(done),
-            None if self.total > (16 << 20) => {
+            // Hashing or converting a few hundred MB takes a second or two: not worth lines.
+            None if self.total > (256 << 20) => {
                 let quarter = done * 4 / self.total.max(1);
                 if quarter > self.reported_quarter.load(Ordering::Relaxed) && quarter < 4 {
                     self.reported_quarter.store(quarter, Ordering::Relaxed);

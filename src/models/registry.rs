@@ -99,6 +99,7 @@ fn build(entry: &ModelEntry, recipe: &RegistrySource, staging: &Path, models_dir
         std::fs::copy(&src, &dst).map_err(io("installing", &dst))?;
     }
     install_file(&staged, &target).map_err(io("installing", &target))?;
+    super::remember_sha256(&target, &actual);
     Ok(target)
 }
 
