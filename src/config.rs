@@ -161,6 +161,54 @@ section! {
         threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");
         /// Segments whose no-speech probability is above this are dropped as noise.
         no_speech_threshold: f32 = 0.6, check(|x: &f32| (0.0..=1.0).contains(x), "0.0 to 1.0");
+        /// Encode only as much of Whisper's 30 s window as the utterance needs (much
+        /// faster for short commands); false always encodes the full window.
+        scale_encoder: bool = true;
+        /// Smallest encoder window in seconds when scaling. Measured on the test speech
+        /// (`voxd bench-asr`): 10 s keeps the full window's accuracy; 3 s is faster but
+        /// makes Whisper invent repeats.
+        min_encoder_s: f32 = 10.0, check(|x: &f32| (1.0..=30.0).contains(x), "1.0 to 30.0");
+    }
+}
+
+section! {
+    /// Voice activity detection (webrtc-vad) and end-of-turn detection.
+    VadConfig "vad" {
+        /// webrtc-vad aggressiveness: 0 (lenient) to 3 (strict about what is speech).
+        aggressiveness: u8 = 2, check(|n: &u8| *n <= 3, "0 to 3");
+        /// Analysis frame in ms: 10, 20 or 30.
+        frame_ms: u32 = 20, check(|n: &u32| [10, 20, 30].contains(n), "10, 20 or 30");
+        /// Audio kept from before speech is detected, so first syllables are not lost.
+        preroll_ms: u32 = 300, check(|n: &u32| *n <= 2000, "0 to 2000");
+        /// Voiced audio needed before a sound counts as speech (clicks and knocks are shorter).
+        min_speech_ms: u32 = 200, check(|n: &u32| (20..=2000).contains(n), "20 to 2000");
+        /// Silence that ends a turn. Part of every round trip: keep it short.
+        hangover_ms: u32 = 300, check(|n: &u32| (60..=3000).contains(n), "60 to 3000");
+        /// Longest utterance; longer speech is cut here and answered.
+        max_utterance_s: f32 = 15.0, check(|x: &f32| (1.0..=30.0).contains(x), "1.0 to 30.0");
+        /// Start transcribing at a pause this long, before the hangover ends; kept only
+        /// if the pause becomes the end of the turn. 0 turns it off.
+        speculate_after_ms: u32 = 120, check(|n: &u32| *n <= 3000, "0 to 3000");
+    }
+}
+
+section! {
+    /// The conversation: history and interruptions.
+    AgentConfig "agent" {
+        /// Tokens of earlier turns kept in the prompt (oldest dropped first).
+        history_tokens: u32 = 768, check(|n: &u32| *n <= 65_536, "0 to 65536");
+        /// Let the user interrupt the assistant by speaking (barge-in).
+        barge_in: bool = true;
+        /// Speech needed during a reply before it counts as an interruption.
+        barge_in_min_ms: u32 = 300, check(|n: &u32| (20..=5000).contains(n), "20 to 5000");
+    }
+}
+
+section! {
+    /// Logs.
+    LogConfig "log" {
+        /// Per-turn latency log (JSON lines). Empty: none, unless --latency-log is given.
+        latency_log: String = String::new();
     }
 }
 
@@ -207,6 +255,9 @@ pub struct Config {
     pub asr: AsrConfig,
     pub llm: LlmConfig,
     pub tts: TtsConfig,
+    pub vad: VadConfig,
+    pub agent: AgentConfig,
+    pub log: LogConfig,
 }
 
 /// The sections, for messages and for the example-config test.
@@ -215,6 +266,9 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (AsrConfig::KEY, AsrConfig::FIELDS),
     (LlmConfig::KEY, LlmConfig::FIELDS),
     (TtsConfig::KEY, TtsConfig::FIELDS),
+    (VadConfig::KEY, VadConfig::FIELDS),
+    (AgentConfig::KEY, AgentConfig::FIELDS),
+    (LogConfig::KEY, LogConfig::FIELDS),
 ];
 
 impl Config {
@@ -253,6 +307,15 @@ impl Config {
         }
         if let Some(t) = section(TtsConfig::KEY, &mut problems) {
             config.tts = TtsConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(VadConfig::KEY, &mut problems) {
+            config.vad = VadConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(AgentConfig::KEY, &mut problems) {
+            config.agent = AgentConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(LogConfig::KEY, &mut problems) {
+            config.log = LogConfig::from_table(t, &mut problems);
         }
         for (k, item) in doc.iter() {
             if !SECTIONS.iter().any(|(name, _)| *name == k) {

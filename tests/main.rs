@@ -7,3 +7,4 @@ mod bad_input;
 mod config;
 mod engines;
 mod models;
+mod pipeline;

@@ -128,3 +128,40 @@ pub fn cer(reference: &str, hypothesis: &str) -> f64 {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// A conversation as a 16 kHz WAV: for each (silence before, words), that much
+/// silence then the words spoken by the configured Piper voice. Returns the path and
+/// where each utterance ends (seconds).
+pub fn conversation(dir: &tempfile::TempDir, name: &str, parts: &[(f64, &str)], trailing_silence_s: f64) -> (PathBuf, Vec<f64>) {
+    let rate = 16_000usize;
+    let mut samples: Vec<f32> = Vec::new();
+    let mut ends = Vec::new();
+    for (i, (silence, text)) in parts.iter().enumerate() {
+        samples.extend(std::iter::repeat(0.0).take((silence * rate as f64) as usize));
+        let said = dir.path().join(format!("{name}-{i}.wav"));
+        run_ok(&["say", text, "-o", said.to_str().unwrap()]);
+        let clip = voxd::audio::read_wav(&said, rate as u32).unwrap();
+        samples.extend(clip.samples);
+        ends.push(samples.len() as f64 / rate as f64);
+    }
+    samples.extend(std::iter::repeat(0.0).take((trailing_silence_s * rate as f64) as usize));
+    let path = dir.path().join(format!("{name}.wav"));
+    voxd::audio::write_wav(&path, &samples, rate as u32).unwrap();
+    (path, ends)
+}
+
+/// The latency log's records.
+pub fn turns(log: &Path) -> Vec<voxd::pipeline::telemetry::TurnRecord> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l}: {e}"))).collect()
+}
+
+/// The part of a recording between two times (seconds), as a WAV file to transcribe.
+pub fn excerpt(wav: &Path, from_s: f64, to_s: f64, out: &Path) {
+    let reader = hound::WavReader::open(wav).unwrap();
+    let rate = reader.spec().sample_rate as f64;
+    let samples: Vec<i16> = reader.into_samples::<i16>().map(Result::unwrap).collect();
+    let (a, b) = ((from_s * rate) as usize, ((to_s * rate) as usize).min(samples.len()));
+    let f: Vec<f32> = samples[a.min(b)..b].iter().map(|s| *s as f32 / 32768.0).collect();
+    voxd::audio::write_wav(out, &f, rate as u32).unwrap();
+}

@@ -73,18 +73,27 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub text: String,
+    /// Tokens in the rendered prompt, of which `cached_tokens` were already in the KV
+    /// cache and the rest were evaluated.
     pub prompt_tokens: usize,
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     /// From the end of prompt processing to the last token.
     pub generate_ms: f64,
     /// From the call to the first generated token.
     pub first_token_ms: f64,
+    /// Stopped by the caller (cancelled) rather than by the model or the token limit.
+    pub stopped: bool,
 }
 
 impl Generation {
+    pub fn evaluated_tokens(&self) -> usize {
+        self.prompt_tokens - self.cached_tokens
+    }
+    /// Prompt-processing speed over the tokens actually evaluated.
     pub fn prompt_tok_s(&self) -> f64 {
-        self.prompt_tokens as f64 / (self.prompt_ms / 1000.0).max(1e-9)
+        self.evaluated_tokens() as f64 / (self.prompt_ms / 1000.0).max(1e-9)
     }
     pub fn generate_tok_s(&self) -> f64 {
         self.generated_tokens as f64 / (self.generate_ms / 1000.0).max(1e-9)
@@ -128,56 +137,124 @@ impl Llm {
             .map_err(|e| LlmError::Inference { doing: "applying the chat template", reason: e.to_string() })
     }
 
-    /// Generates a reply, calling `on_text` with each piece of text as soon as it is
-    /// complete UTF-8. Returning `false` from `on_text` stops generation (cancellation).
-    pub fn generate(&self, messages: &[Message], mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
-        let started = Instant::now();
-        let prompt = self.render(messages)?;
-        let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
+    /// Counts the tokens of `messages` as the chat template renders them.
+    pub fn count_tokens(&self, messages: &[Message]) -> Result<usize, LlmError> {
+        Ok(self.model.vocab().tokenize(self.render(messages)?.as_bytes(), false, true).len())
+    }
 
+    /// A context that keeps its KV cache between calls: a prompt that starts like the
+    /// previous one (system prompt, earlier turns) only evaluates what is new.
+    pub fn session(&self) -> Result<Session<'_>, LlmError> {
         let n_ctx = self.options.context_tokens;
         let threads = self.options.threads as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_ctx)
+            .with_n_batch(n_ctx.min(512))
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let mut ctx = self.model.new_context(backend()?, params).map_err(|e| infer("creating a context")(&e))?;
+        let ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| LlmError::Inference { doing: "creating a context", reason: e.to_string() })?;
+        Ok(Session { llm: self, ctx, cached: Vec::new() })
+    }
+
+    /// One-shot generation in a fresh context (see [`Session::generate`]).
+    pub fn generate(&self, messages: &[Message], on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
+        self.session()?.generate(messages, on_text)
+    }
+
+    pub fn options(&self) -> &LlmOptions {
+        &self.options
+    }
+}
+
+/// A llama context and the tokens its KV cache holds.
+pub struct Session<'m> {
+    llm: &'m Llm,
+    ctx: llama_cpp_2::context::LlamaContext<'m>,
+    cached: Vec<llama_cpp_2::token::LlamaToken>,
+}
+
+impl Session<'_> {
+    /// Evaluates `messages` as a prompt without generating: warms the KV cache with a
+    /// prefix (system prompt) that later prompts will share.
+    pub fn prefill(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
+        let prompt = self.llm.render(messages)?;
+        let tokens = self.llm.model.vocab().tokenize(prompt.as_bytes(), false, true);
+        if tokens.is_empty() || tokens.len() > self.ctx.n_ctx() as usize {
+            return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: self.ctx.n_ctx() });
+        }
+        self.evaluate(&tokens)?;
+        Ok(tokens.len())
+    }
+
+    /// Brings the KV cache to `tokens`: keeps the longest prefix it already holds and
+    /// evaluates the rest (at least one token, so there are logits to sample from).
+    /// Returns (tokens reused, ms spent, batch index of the last token's logits).
+    fn evaluate(&mut self, tokens: &[llama_cpp_2::token::LlamaToken]) -> Result<(usize, f64, i32), LlmError> {
+        let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
+        let mut reuse = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        reuse = reuse.min(tokens.len() - 1);
+        self.ctx
+            .clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
+            .map_err(|e| infer("trimming the KV cache")(&e))?;
+        self.cached.truncate(reuse);
+        let started = Instant::now();
+        let n_batch = self.ctx.n_batch() as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let mut logits_at = 0;
+        for (chunk_index, chunk) in tokens[reuse..].chunks(n_batch).enumerate() {
+            batch.clear();
+            let base = reuse + chunk_index * n_batch;
+            for (i, t) in chunk.iter().enumerate() {
+                let pos = base + i;
+                let last = pos == tokens.len() - 1;
+                batch.add(*t, pos as i32, &[0], last).map_err(|e| infer("batching the prompt")(&e))?;
+                if last {
+                    logits_at = i as i32;
+                }
+            }
+            self.ctx.decode(&mut batch).map_err(|e| infer("processing the prompt")(&e))?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok((reuse, ms_since(started), logits_at))
+    }
+
+    /// Generates a reply, calling `on_text` with each piece of text as soon as it is
+    /// complete UTF-8. Returning `false` from `on_text` stops generation (cancellation).
+    pub fn generate(&mut self, messages: &[Message], mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
+        let started = Instant::now();
+        let llm = self.llm;
+        let options = &llm.options;
+        let prompt = llm.render(messages)?;
+        let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
 
         // The template already holds any BOS the model wants; parse its special tokens.
-        let tokens = self.model.vocab().tokenize(prompt.as_bytes(), false, true);
-        let budget = tokens.len() + self.options.max_reply_tokens as usize;
-        if budget > n_ctx as usize {
+        let tokens = llm.model.vocab().tokenize(prompt.as_bytes(), false, true);
+        let n_ctx = self.ctx.n_ctx();
+        if tokens.is_empty() || tokens.len() + options.max_reply_tokens as usize > n_ctx as usize {
             return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: n_ctx });
         }
-        let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
-        let last = tokens.len() - 1;
-        for (i, t) in tokens.iter().enumerate() {
-            batch.add(*t, i as i32, &[0], i == last).map_err(|e| infer("batching the prompt")(&e))?;
-        }
-        let prompt_started = Instant::now();
-        ctx.decode(&mut batch).map_err(|e| infer("processing the prompt")(&e))?;
-        let prompt_ms = ms_since(prompt_started);
 
-        let mut sampler = if self.options.temperature <= 0.0 {
+        let (reuse, prompt_ms, logits_at) = self.evaluate(&tokens)?;
+        let mut batch = LlamaBatch::new(1, 1);
+
+        let mut sampler = if options.temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(0.95, 1),
-                LlamaSampler::temp(self.options.temperature),
-                LlamaSampler::dist(self.options.seed),
-            ])
+            LlamaSampler::chain_simple([LlamaSampler::top_p(0.95, 1), LlamaSampler::temp(options.temperature), LlamaSampler::dist(options.seed)])
         };
-        let vocab = self.model.vocab();
+        let vocab = llm.model.vocab();
         let mut utf8 = Utf8Stream::default();
         let mut text = String::new();
         let mut generated = 0usize;
         let mut first_token_ms = 0.0;
-        let mut pos = tokens.len() as i32;
         let gen_started = Instant::now();
-        let mut logits_at = batch.n_tokens() - 1;
-        while generated < self.options.max_reply_tokens as usize {
-            let token = sampler.sample(&ctx, logits_at);
+        let mut logits_at = logits_at;
+        let mut stopped = false;
+        while generated < options.max_reply_tokens as usize {
+            let token = sampler.sample(&self.ctx, logits_at);
             sampler.accept(token);
             if generated == 0 {
                 first_token_ms = ms_since(started);
@@ -190,22 +267,25 @@ impl Llm {
             if let Some(s) = utf8.push(&piece) {
                 text.push_str(&s);
                 if !on_text(&s) {
+                    stopped = true;
                     break;
                 }
             }
             batch.clear();
-            batch.add(token, pos, &[0], true).map_err(|e| infer("batching a token")(&e))?;
-            pos += 1;
+            batch.add(token, self.cached.len() as i32, &[0], true).map_err(|e| infer("batching a token")(&e))?;
+            self.ctx.decode(&mut batch).map_err(|e| infer("generating")(&e))?;
+            self.cached.push(token);
             logits_at = 0;
-            ctx.decode(&mut batch).map_err(|e| infer("generating")(&e))?;
         }
         Ok(Generation {
             text,
             prompt_tokens: tokens.len(),
+            cached_tokens: reuse,
             generated_tokens: generated,
             prompt_ms,
             generate_ms: ms_since(gen_started),
             first_token_ms,
+            stopped,
         })
     }
 }

@@ -1,0 +1,162 @@
+//! The voice pipeline: each stage an actor, joined by bounded channels.
+//!
+//! ```text
+//! capture ─Frame─▶ vad ─Utterance─▶ asr ─Transcript─▶ agent ─Prompt─▶ llm ─Sentence─▶ tts ─Speech─▶ playback
+//!                   └─ user voice (watch) ──────────▶ agent ◀── playback status (watch) ──────────────┘
+//! every stage ─Note─▶ telemetry ─▶ latency log (one JSON line per turn)
+//! ```
+//!
+//! Data flows left to right only; feedback (the user is speaking, what has been
+//! played) goes back through `watch` channels and per-turn cancel flags, so there is
+//! no cycle of bounded channels to deadlock on. Every edge, its capacity and what
+//! happens when it is full is declared once, below, in data-flow order.
+
+pub mod agent;
+pub mod asr;
+pub mod capture;
+pub mod llm;
+pub mod playback;
+pub mod splitter;
+pub mod telemetry;
+pub mod tts;
+pub mod vad;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+/// A turn: one utterance of the user and the assistant's answer to it. Ids increase
+/// monotonically; results carrying an older id than the current turn are dropped.
+pub type TurnId = u64;
+
+/// What a full edge does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// The sender waits: for edges whose producer may be slowed down.
+    Block,
+    /// The new item is dropped and counted: for producers that must keep draining
+    /// (vad must never stall capture; telemetry must never stall anything).
+    DropNewest,
+}
+
+pub struct Edge {
+    pub name: &'static str,
+    pub capacity: usize,
+    pub when_full: WhenFull,
+}
+
+/// The topology, in data-flow order. (The audio-device rings of the live-audio
+/// stage sit before `capture` and after `playback`.)
+pub const CAPTURE_TO_VAD: Edge = Edge { name: "capture → vad", capacity: 16, when_full: WhenFull::Block };
+/// (Block instead when the input is a file played as fast as possible: nothing live to protect.)
+pub const VAD_TO_ASR: Edge = Edge { name: "vad → asr", capacity: 4, when_full: WhenFull::DropNewest };
+pub const ASR_TO_AGENT: Edge = Edge { name: "asr → agent", capacity: 8, when_full: WhenFull::Block };
+pub const AGENT_TO_LLM: Edge = Edge { name: "agent → llm", capacity: 2, when_full: WhenFull::Block };
+pub const LLM_TO_TTS: Edge = Edge { name: "llm → tts", capacity: 4, when_full: WhenFull::Block };
+pub const TTS_TO_PLAYBACK: Edge = Edge { name: "tts → playback", capacity: 8, when_full: WhenFull::Block };
+pub const TELEMETRY: Edge = Edge { name: "→ telemetry", capacity: 1024, when_full: WhenFull::DropNewest };
+pub const EDGES: [&Edge; 7] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY];
+
+fn channel<T>(edge: &Edge) -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
+    mpsc::channel(edge.capacity)
+}
+
+/// Per-turn cancellation, checked between tokens, between sentences and while playing.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Counters that stages bump and the turn log reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames the capture ring dropped because nobody drained it.
+    pub capture_overflows: AtomicU64,
+    /// Utterances vad dropped because asr was behind.
+    pub vad_drops: AtomicU64,
+    /// Utterances that held no speech once transcribed (noise, coughs).
+    pub utterances_dropped: AtomicU64,
+    /// Times the output ran dry in the middle of a reply.
+    pub playback_underruns: AtomicU64,
+    /// Notes telemetry never saw because its queue was full.
+    pub telemetry_drops: AtomicU64,
+    /// High-water marks of the reply-side queues during the current turn.
+    pub llm_to_tts_depth: AtomicUsize,
+    pub tts_to_playback_depth: AtomicUsize,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Records a queue depth (items waiting behind `tx`) into a high-water mark.
+    pub fn depth<T>(mark: &AtomicUsize, tx: &mpsc::Sender<T>) {
+        mark.fetch_max(tx.max_capacity() - tx.capacity(), Ordering::Relaxed);
+    }
+}
+
+/// Time on the input's timeline. With a live source or real-time pacing this is the
+/// wall clock; with a file played as fast as possible, the stages still measure
+/// their own work on the wall clock, and the time the user stopped speaking is
+/// placed one hangover before the end of turn was detected, as it would be live.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    pub start: Instant,
+    pub realtime: bool,
+}
+
+impl Clock {
+    pub fn new(realtime: bool) -> Clock {
+        Clock { start: Instant::now(), realtime }
+    }
+
+    /// When the sample at `stream_s` reached (or would have reached) us, given that
+    /// it was recognised as such at `now`, `late_s` of audio after it arrived.
+    pub fn arrival(&self, stream_s: f64, late_s: f64, now: Instant) -> Instant {
+        if self.realtime {
+            self.start + Duration::from_secs_f64(stream_s)
+        } else {
+            now.checked_sub(Duration::from_secs_f64(late_s)).unwrap_or(now)
+        }
+    }
+}
+
+/// Anchors a turn on both timelines: where the user stopped speaking in the input
+/// (seconds) and when that was (instant). Reply audio is placed relative to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Anchor {
+    pub speech_end_s: f64,
+    pub speech_end_at: Instant,
+}
+
+impl Anchor {
+    /// Milliseconds from the end of the user's speech to `at` (the latency marks).
+    pub fn ms(&self, at: Instant) -> f64 {
+        signed_ms(self.speech_end_at, at)
+    }
+    /// Position on the input's timeline of `at`.
+    pub fn stream_s(&self, at: Instant) -> f64 {
+        self.speech_end_s + signed_ms(self.speech_end_at, at) / 1000.0
+    }
+}
+
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1000.0
+    } else {
+        -((from - to).as_secs_f64() * 1000.0)
+    }
+}
+
+pub use runner::{run, Engines, RunOptions, RunReport};
+
+mod runner;

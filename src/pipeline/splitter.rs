@@ -1,0 +1,133 @@
+//! Cuts the LLM's token stream into pieces that can be spoken as soon as they are
+//! complete: sentences, and, for the first piece of a reply, a long enough clause —
+//! so the voice starts before the model has finished thinking.
+
+/// Stateful splitter: feed text pieces with `push`, collect speakable pieces.
+#[derive(Debug, Default)]
+pub struct Splitter {
+    pending: String,
+    emitted: usize,
+}
+
+/// A clause (ending in , ; :) is spoken on its own only as the first piece of a
+/// reply and only when it has at least this many words: shorter ones sound clipped.
+const MIN_CLAUSE_WORDS: usize = 4;
+
+impl Splitter {
+    /// Adds generated text; returns the pieces it completed, in order.
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.pending.push_str(text);
+        let mut out = Vec::new();
+        while let Some(end) = self.boundary() {
+            let piece: String = self.pending.drain(..end).collect();
+            if let Some(p) = clean(&piece) {
+                out.push(p);
+                self.emitted += 1;
+            }
+        }
+        out
+    }
+
+    /// The rest, when generation ends.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.pending);
+        let p = clean(&rest);
+        if p.is_some() {
+            self.emitted += 1;
+        }
+        p
+    }
+
+    /// Byte index just past the first complete piece in `pending`, if any. A boundary
+    /// is punctuation followed by whitespace (so "3.5" or "e.g." mid-word never
+    /// split), or a line break.
+    fn boundary(&self) -> Option<usize> {
+        let s = &self.pending;
+        let mut chars = s.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let next = chars.peek().map(|&(_, n)| n);
+            let end = i + c.len_utf8();
+            match c {
+                '\n' if !s[..i].trim().is_empty() => return Some(end),
+                '.' | '!' | '?' if next.is_some_and(char::is_whitespace) && !is_abbreviation(&s[..i]) => return Some(end),
+                ',' | ';' | ':' if self.emitted == 0 && next.is_some_and(char::is_whitespace) && s[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS => {
+                    return Some(end)
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// "Dr." "Mr." "e.g." "St." end no sentence.
+fn is_abbreviation(before_dot: &str) -> bool {
+    let word = before_dot.rsplit(|c: char| c.is_whitespace()).next().unwrap_or("");
+    let w = word.to_ascii_lowercase();
+    matches!(w.as_str(), "mr" | "mrs" | "ms" | "dr" | "st" | "vs" | "e.g" | "i.e" | "etc" | "approx" | "no")
+        || (w.len() == 1 && w.chars().all(|c| c.is_ascii_alphabetic()))
+}
+
+/// What a voice should not read out: markdown emphasis, headings, list bullets,
+/// code ticks, emoji. Returns None for pieces with nothing speakable left.
+pub fn clean(piece: &str) -> Option<String> {
+    let mut out = String::with_capacity(piece.len());
+    for c in piece.chars() {
+        match c {
+            '*' | '#' | '`' | '_' | '~' | '>' | '|' => {}
+            c if is_emoji(c) => {}
+            c if c.is_whitespace() => {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    let trimmed = out.trim().trim_start_matches(['-', '•']).trim();
+    trimmed.chars().any(char::is_alphanumeric).then(|| trimmed.to_string())
+}
+
+fn is_emoji(c: char) -> bool {
+    matches!(c as u32, 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0xFE0F | 0x200D)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(tokens: &[&str]) -> Vec<String> {
+        let mut s = Splitter::default();
+        let mut out: Vec<String> = tokens.iter().flat_map(|t| s.push(t)).collect();
+        out.extend(s.finish());
+        out
+    }
+
+    #[test]
+    fn sentences_come_out_as_soon_as_the_next_token_starts() {
+        let mut s = Splitter::default();
+        assert!(s.push("The capital").is_empty());
+        assert!(s.push(" is Paris.").is_empty(), "a dot alone may be a decimal point");
+        assert_eq!(s.push(" It"), vec!["The capital is Paris."]);
+        assert_eq!(s.finish().as_deref(), Some("It"));
+    }
+
+    #[test]
+    fn a_long_first_clause_is_spoken_early_but_later_clauses_wait() {
+        let out = split(&["Sure thing, my friend, ", "the kitchen", " lights are on, ", "and the fan", " too. Anything else?"]);
+        assert_eq!(out, vec!["Sure thing, my friend,", "the kitchen lights are on, and the fan too.", "Anything else?"]);
+    }
+
+    #[test]
+    fn numbers_and_abbreviations_do_not_split() {
+        let out = split(&["It is 3.5 degrees", " warmer, e.g. in Dr. Smith's room. ", "Done."]);
+        assert_eq!(out, vec!["It is 3.5 degrees warmer,", "e.g. in Dr. Smith's room.", "Done."]);
+    }
+
+    #[test]
+    fn markdown_and_emoji_are_not_read_out() {
+        assert_eq!(clean("**Sure!** 😀").as_deref(), Some("Sure!"));
+        assert_eq!(clean("- item one").as_deref(), Some("item one"));
+        assert_eq!(clean(" 🎉 ** "), None);
+    }
+}

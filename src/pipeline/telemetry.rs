@@ -1,0 +1,325 @@
+//! The latency log: one JSON object per turn.
+//!
+//! Input: `Note` (from every stage, `try_send`) · Output: JSON lines (file), and the
+//! records for the caller (bench) · Thread: tokio task
+//!
+//! Stages report what happened when, as it happens; telemetry assembles the turn's
+//! record and writes it — flushed — when the turn ends, so a crash loses at most the
+//! turn in flight. A full queue drops the note and counts it: telemetry never stalls
+//! the pipeline.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Anchor, Counters, TurnId};
+
+/// Something a stage saw, stamped with when.
+#[derive(Debug)]
+pub enum Note {
+    /// The agent starts answering a transcript.
+    TurnStart(Box<TurnStart>),
+    LlmFirstToken { turn: TurnId, at: Instant },
+    FirstSentence { turn: TurnId, at: Instant },
+    /// Generation ended (the whole reply, or as far as it got before cancellation).
+    LlmDone { turn: TurnId, at: Instant, reply: String, llm: LlmStats },
+    TtsFirstAudio { turn: TurnId, at: Instant },
+    FirstAudio { turn: TurnId, at: Instant },
+    /// The last sample played, or the turn was cancelled.
+    TurnEnd { turn: TurnId, at: Instant, spoken: String, cancelled: bool, reason: Option<String> },
+    /// An utterance that never became a turn (asr behind, or no speech in it).
+    Dropped { turn: TurnId },
+}
+
+#[derive(Debug)]
+pub struct TurnStart {
+    pub turn: TurnId,
+    pub anchor: Anchor,
+    pub endpoint_at: Instant,
+    pub asr_done_at: Instant,
+    pub audio_s: f64,
+    pub transcript: String,
+    pub asr: AsrStats,
+    pub models: Models,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AsrStats {
+    /// Time Whisper worked on the final transcript (0 when speculation had it ready).
+    pub ms: f64,
+    pub audio_ctx: u32,
+    pub speculative_hit: bool,
+    pub capped: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LlmStats {
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub evaluated_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_tok_s: f64,
+    pub generate_tok_s: f64,
+    pub history_turns: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Models {
+    pub asr: String,
+    pub llm: String,
+    pub tts: String,
+}
+
+/// The marks of DESIGN.md, in ms from the end of the user's speech. A mark a turn
+/// never reached (e.g. `first_audio` of a cancelled turn) is absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Marks {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asr_done: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_first_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_sentence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tts_first_audio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_audio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_done: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_done: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TurnCounters {
+    pub capture_overflows: u64,
+    pub vad_drops: u64,
+    pub utterances_dropped: u64,
+    pub playback_underruns: u64,
+    pub telemetry_drops: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Queues {
+    /// Most sentences waiting for tts during the turn.
+    pub llm_to_tts: usize,
+    /// Most audio chunks waiting for playback during the turn.
+    pub tts_to_playback: usize,
+}
+
+/// One line of the latency log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TurnRecord {
+    pub turn: TurnId,
+    /// Wall-clock time the turn was written (ms since the Unix epoch).
+    pub ts_unix_ms: u64,
+    /// "realtime" (live or paced input: marks are what a user hears) or "fast" (a file
+    /// as fast as possible: the hangover is simulated, the rest measured).
+    pub clock: String,
+    /// Where the user stopped speaking, seconds into the input.
+    pub speech_end_s: f64,
+    pub audio_s: f64,
+    pub marks: Marks,
+    /// = marks.first_audio: speech end to the first sample of the answer at the output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<f64>,
+    pub transcript: String,
+    pub reply: String,
+    /// What was actually played (less than `reply` when cancelled).
+    pub spoken: String,
+    pub cancelled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    pub asr: AsrStats,
+    pub llm: LlmStats,
+    pub models: Models,
+    pub tool_calls: Vec<serde_json::Value>,
+    pub counters: TurnCounters,
+    pub queues: Queues,
+}
+
+/// The stages' handle on telemetry: never blocks, counts what it drops.
+#[derive(Clone)]
+pub struct Notes {
+    tx: mpsc::Sender<Note>,
+    counters: Arc<Counters>,
+}
+
+impl Notes {
+    pub fn new(tx: mpsc::Sender<Note>, counters: Arc<Counters>) -> Notes {
+        Notes { tx, counters }
+    }
+
+    pub fn send(&self, note: Note) {
+        if self.tx.try_send(note).is_err() {
+            Counters::bump(&self.counters.telemetry_drops);
+        }
+    }
+
+    pub fn dropped(&self, turn: TurnId) {
+        self.send(Note::Dropped { turn });
+    }
+}
+
+/// A turn being assembled.
+struct Open {
+    start: Box<TurnStart>,
+    marks: Marks,
+    reply: String,
+    llm: LlmStats,
+    llm_done: bool,
+    /// Set when the turn was cancelled before the llm reported: the record waits for
+    /// the llm's report (it stops at the next token) or the next turn, whichever first.
+    ended: Option<Ended>,
+}
+
+struct Ended {
+    spoken: String,
+    reason: Option<String>,
+}
+
+/// Collects notes into records until every stage has hung up; writes each finished
+/// turn to `log` (append, one line, flushed) and returns them all.
+pub async fn run(
+    mut rx: mpsc::Receiver<Note>,
+    log: Option<PathBuf>,
+    realtime: bool,
+    counters: Arc<Counters>,
+) -> anyhow::Result<Vec<TurnRecord>> {
+    let mut file = match &log {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("cannot open latency log {}: {e}", path.display()))?;
+            Some(f)
+        }
+        None => None,
+    };
+    let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
+    let mut done = Vec::new();
+    while let Some(note) = rx.recv().await {
+        let turn = match &note {
+            Note::TurnStart(s) => s.turn,
+            Note::LlmFirstToken { turn, .. }
+            | Note::FirstSentence { turn, .. }
+            | Note::LlmDone { turn, .. }
+            | Note::TtsFirstAudio { turn, .. }
+            | Note::FirstAudio { turn, .. }
+            | Note::TurnEnd { turn, .. }
+            | Note::Dropped { turn } => *turn,
+        };
+        if let Note::TurnStart(start) = note {
+            let anchor = start.anchor;
+            let marks = Marks { endpoint: Some(anchor.ms(start.endpoint_at)), asr_done: Some(anchor.ms(start.asr_done_at)), ..Marks::default() };
+            counters.llm_to_tts_depth.store(0, Ordering::Relaxed);
+            counters.tts_to_playback_depth.store(0, Ordering::Relaxed);
+            // A cancelled turn still waiting for its llm report is written now.
+            let waiting: Vec<TurnId> = open.iter().filter(|(_, t)| t.ended.is_some()).map(|(id, _)| *id).collect();
+            for id in waiting {
+                let t = open.remove(&id).expect("listed above");
+                write(t, realtime, &counters, &mut file, &mut done)?;
+            }
+            open.insert(turn, Open { start, marks, reply: String::new(), llm: LlmStats::default(), llm_done: false, ended: None });
+            continue;
+        }
+        if let Note::Dropped { .. } = note {
+            Counters::bump(&counters.utterances_dropped);
+            continue;
+        }
+        let Some(t) = open.get_mut(&turn) else {
+            // A note for a turn already written (e.g. audio of a cancelled turn).
+            tracing::trace!(turn, "late note dropped");
+            continue;
+        };
+        let anchor = t.start.anchor;
+        match note {
+            Note::LlmFirstToken { at, .. } => t.marks.llm_first_token = Some(anchor.ms(at)),
+            Note::FirstSentence { at, .. } => t.marks.first_sentence = Some(anchor.ms(at)),
+            Note::LlmDone { at, reply, llm, .. } => {
+                t.marks.llm_done = Some(anchor.ms(at));
+                t.reply = reply;
+                t.llm = llm;
+                t.llm_done = true;
+                if t.ended.is_some() {
+                    let t = open.remove(&turn).expect("looked up above");
+                    write(t, realtime, &counters, &mut file, &mut done)?;
+                }
+            }
+            Note::TtsFirstAudio { at, .. } => t.marks.tts_first_audio = Some(anchor.ms(at)),
+            Note::FirstAudio { at, .. } => t.marks.first_audio = Some(anchor.ms(at)),
+            Note::TurnEnd { at, spoken, cancelled, reason, .. } => {
+                t.marks.turn_done = Some(anchor.ms(at));
+                t.ended = Some(Ended { spoken, reason: cancelled.then_some(reason).flatten().or(cancelled.then(|| "cancelled".to_string())) });
+                if !cancelled || t.llm_done {
+                    let t = open.remove(&turn).expect("looked up above");
+                    write(t, realtime, &counters, &mut file, &mut done)?;
+                }
+            }
+            Note::TurnStart(_) | Note::Dropped { .. } => unreachable!("handled above"),
+        }
+    }
+    // Shutting down: nothing more will come for turns still open; they are written
+    // as they are (a turn never finished is marked so), not lost.
+    for (_, t) in std::mem::take(&mut open) {
+        write(t, realtime, &counters, &mut file, &mut done)?;
+    }
+    Ok(done)
+}
+
+/// Writes a finished turn as one line, straight to the file: nothing is held back
+/// in a buffer to be lost if voxd dies.
+fn write(t: Open, realtime: bool, counters: &Counters, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
+    let record = finish(t, realtime, counters);
+    if let Some(f) = file.as_mut() {
+        let line = serde_json::to_string(&record)? + "\n";
+        f.write_all(line.as_bytes())?;
+        f.flush()?;
+    }
+    done.push(record);
+    Ok(())
+}
+
+fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let start = t.start;
+    let Ended { spoken, reason } = t.ended.unwrap_or(Ended { spoken: String::new(), reason: Some("unfinished at shutdown".into()) });
+    let cancelled = reason.is_some();
+    TurnRecord {
+        turn: start.turn,
+        ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        clock: if realtime { "realtime" } else { "fast" }.into(),
+        speech_end_s: start.anchor.speech_end_s,
+        audio_s: start.audio_s,
+        round_trip_ms: t.marks.first_audio,
+        marks: t.marks,
+        transcript: start.transcript,
+        reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },
+        spoken,
+        cancelled,
+        cancel_reason: reason,
+        asr: start.asr,
+        llm: t.llm,
+        models: start.models,
+        tool_calls: Vec::new(),
+        counters: TurnCounters {
+            capture_overflows: load(&counters.capture_overflows),
+            vad_drops: load(&counters.vad_drops),
+            utterances_dropped: load(&counters.utterances_dropped),
+            playback_underruns: load(&counters.playback_underruns),
+            telemetry_drops: load(&counters.telemetry_drops),
+        },
+        queues: Queues {
+            llm_to_tts: counters.llm_to_tts_depth.load(Ordering::Relaxed),
+            tts_to_playback: counters.tts_to_playback_depth.load(Ordering::Relaxed),
+        },
+    }
+}

@@ -1,0 +1,60 @@
+//! Speech synthesis stage.
+//!
+//! Input: `Sentence` (from llm) · Output: `Speech` (to playback) · Thread: dedicated
+//! (`voxd-tts`, owns the Piper voice)
+//!
+//! One sentence in, its audio out. Sentences of a cancelled turn are dropped unheard.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::llm::Sentence;
+use super::telemetry::{Note, Notes};
+use super::{Anchor, Cancel, Counters, TurnId};
+use crate::engine::tts::Tts;
+
+/// Audio of one sentence, at the voice's rate.
+#[derive(Debug, Clone)]
+pub struct Speech {
+    pub turn: TurnId,
+    pub index: usize,
+    pub text: String,
+    pub samples: Vec<f32>,
+    pub rate_hz: u32,
+    pub anchor: Anchor,
+    pub cancel: Cancel,
+    pub last: bool,
+}
+
+/// Something that turns text into audio (the real voice, or a stand-in that lets
+/// tests make synthesis slow on purpose).
+pub trait Voice: Send {
+    fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)>;
+}
+
+impl Voice for Tts {
+    fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        let s = self.synthesize(text)?;
+        Ok((s.samples, s.rate_hz))
+    }
+}
+
+pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc::Sender<Speech>, notes: Notes, counters: Arc<Counters>) -> anyhow::Result<()> {
+    while let Some(s) = rx.blocking_recv() {
+        if s.cancel.is_cancelled() {
+            continue;
+        }
+        let (samples, rate_hz) = if s.text.is_empty() { (Vec::new(), 22_050) } else { voice.speak(&s.text)? };
+        if s.index == 0 && !samples.is_empty() {
+            notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
+        }
+        let speech = Speech { turn: s.turn, index: s.index, text: s.text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
+        if tx.blocking_send(speech).is_err() {
+            break;
+        }
+        Counters::depth(&counters.tts_to_playback_depth, &tx);
+    }
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! Voice activity and end-of-turn detection.
+//!
+//! Input: `Frame` (from capture) · Output: `Utterance` (to asr), `Voice` (watch, to
+//! agent) · Thread: dedicated (`voxd-vad`; webrtc-vad's detector is not `Send`)
+//!
+//! webrtc-vad says whether each frame is voiced; the `Endpointer` turns that into
+//! utterances: it keeps a pre-roll so first syllables survive, ignores sounds shorter
+//! than `min_speech_ms`, ends a turn after `hangover_ms` of silence, cuts utterances at
+//! `max_utterance_s`, and at a shorter pause hands asr a speculative copy so the
+//! transcript is ready by the time the pause turns out to be the end.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use webrtc_vad::{SampleRate, Vad, VadMode};
+
+use super::capture::Frame;
+use super::telemetry::Notes;
+use super::{Anchor, Clock, Counters, TurnId};
+use crate::config::VadConfig;
+
+/// Speech to transcribe.
+#[derive(Debug, Clone)]
+pub struct Utterance {
+    pub turn: TurnId,
+    pub samples: Arc<Vec<f32>>,
+    /// On the input's timeline, seconds: first sample kept (pre-roll included), and
+    /// the end of the last voiced frame.
+    pub start_s: f64,
+    pub speech_end_s: f64,
+    /// Sent at a pause, before the end of turn is certain; asr transcribes it and
+    /// keeps the result for the final utterance if that turns out identical.
+    pub speculative: bool,
+    /// Cut at `max_utterance_s` while the user was still speaking.
+    pub capped: bool,
+    /// Set on final utterances: the end of speech and the end-of-turn decision.
+    pub anchor: Option<Anchor>,
+    pub endpoint_at: Instant,
+}
+
+/// Whether the user is speaking now (for barge-in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Voice {
+    pub speaking: bool,
+    pub turn: TurnId,
+    pub since: Instant,
+}
+
+/// What the endpointer saw in a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Speech confirmed (`min_speech_ms` voiced): a turn begins.
+    Started { turn: TurnId },
+    Speculate(Cut),
+    /// End of turn.
+    Final(Cut),
+    /// Speech that ended before it was confirmed (a click, a knock).
+    Discarded,
+}
+
+/// An utterance as the endpointer cuts it (sample indices on the input timeline).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    pub turn: TurnId,
+    pub samples: Vec<f32>,
+    pub start_sample: u64,
+    pub speech_end_sample: u64,
+    /// Where the decision was taken (end of the current frame).
+    pub decided_sample: u64,
+    pub capped: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointParams {
+    pub frame_len: usize,
+    pub preroll: usize,
+    pub min_speech: usize,
+    pub hangover: usize,
+    pub max_utterance: usize,
+    /// 0: no speculation.
+    pub speculate_after: usize,
+    /// Silence kept after the last voiced frame (Whisper likes a little).
+    pub tail: usize,
+}
+
+impl EndpointParams {
+    pub fn from_config(c: &VadConfig) -> EndpointParams {
+        let samples = |ms: u32| (ms as usize) * 16;
+        let speculate_after = samples(c.speculate_after_ms);
+        let tail = if speculate_after > 0 { samples(100).min(speculate_after) } else { samples(100) };
+        EndpointParams {
+            frame_len: samples(c.frame_ms),
+            preroll: samples(c.preroll_ms),
+            min_speech: samples(c.min_speech_ms),
+            hangover: samples(c.hangover_ms),
+            max_utterance: (c.max_utterance_s * 16_000.0) as usize,
+            speculate_after,
+            tail: tail.min(samples(c.hangover_ms)),
+        }
+    }
+}
+
+/// The end-of-turn state machine (pure: frames and voiced flags in, events out).
+pub struct Endpointer {
+    p: EndpointParams,
+    /// Recent audio before speech (pre-roll), or the utterance being collected.
+    buf: VecDeque<f32>,
+    /// Sample index of `buf[0]`.
+    buf_start: u64,
+    in_speech: bool,
+    voiced: usize,
+    silence: usize,
+    last_voiced_end: u64,
+    confirmed: Option<TurnId>,
+    speculated: bool,
+    next_turn: TurnId,
+}
+
+impl Endpointer {
+    pub fn new(p: EndpointParams, first_turn: TurnId) -> Endpointer {
+        Endpointer {
+            p,
+            buf: VecDeque::new(),
+            buf_start: 0,
+            in_speech: false,
+            voiced: 0,
+            silence: 0,
+            last_voiced_end: 0,
+            confirmed: None,
+            speculated: false,
+            next_turn: first_turn,
+        }
+    }
+
+    pub fn push(&mut self, frame: &[f32], start_sample: u64, voiced: bool) -> Vec<Event> {
+        let mut events = Vec::new();
+        let end = start_sample + frame.len() as u64;
+        if self.buf.is_empty() {
+            self.buf_start = start_sample;
+        }
+        self.buf.extend(frame);
+        if !self.in_speech {
+            if voiced {
+                self.in_speech = true;
+                self.voiced = 0;
+                self.silence = 0;
+                self.speculated = false;
+            } else {
+                // Idle: keep only the pre-roll.
+                while self.buf.len() > self.p.preroll {
+                    self.buf.pop_front();
+                    self.buf_start += 1;
+                }
+                return events;
+            }
+        }
+        if voiced {
+            self.voiced += frame.len();
+            self.silence = 0;
+            self.last_voiced_end = end;
+            self.speculated = false;
+            if self.confirmed.is_none() && self.voiced >= self.p.min_speech {
+                let turn = self.next_turn;
+                self.next_turn += 1;
+                self.confirmed = Some(turn);
+                events.push(Event::Started { turn });
+            }
+        } else {
+            self.silence += frame.len();
+        }
+        let length = (end - self.buf_start) as usize;
+        if self.silence >= self.p.hangover {
+            events.push(self.close(end, false));
+        } else if length >= self.p.max_utterance {
+            events.push(self.close(end, true));
+        } else if let Some(turn) = self.confirmed {
+            if self.p.speculate_after > 0 && !self.speculated && self.silence >= self.p.speculate_after {
+                self.speculated = true;
+                events.push(Event::Speculate(self.cut(turn, end, false)));
+            }
+        }
+        events
+    }
+
+    /// End of input: whatever speech is open ends here.
+    pub fn finish(&mut self, end_sample: u64) -> Option<Event> {
+        self.in_speech.then(|| self.close(end_sample, false))
+    }
+
+    fn cut(&self, turn: TurnId, decided: u64, capped: bool) -> Cut {
+        let speech_end = if capped { decided } else { self.last_voiced_end };
+        let keep_until = (speech_end + self.p.tail as u64).min(decided);
+        let n = (keep_until - self.buf_start) as usize;
+        Cut {
+            turn,
+            samples: self.buf.iter().take(n).copied().collect(),
+            start_sample: self.buf_start,
+            speech_end_sample: speech_end,
+            decided_sample: decided,
+            capped,
+        }
+    }
+
+    fn close(&mut self, decided: u64, capped: bool) -> Event {
+        let event = match self.confirmed.take() {
+            Some(turn) => Event::Final(self.cut(turn, decided, capped)),
+            None => Event::Discarded,
+        };
+        self.in_speech = false;
+        self.buf.clear();
+        self.buf_start = decided;
+        event
+    }
+}
+
+/// Runs webrtc-vad and the endpointer over frames until capture ends.
+pub fn run(
+    config: VadConfig,
+    clock: Clock,
+    mut frames: mpsc::Receiver<Frame>,
+    utterances: mpsc::Sender<Utterance>,
+    voice: watch::Sender<Voice>,
+    counters: Arc<Counters>,
+    notes: Notes,
+) -> anyhow::Result<()> {
+    let mode = match config.aggressiveness {
+        0 => VadMode::Quality,
+        1 => VadMode::LowBitrate,
+        2 => VadMode::Aggressive,
+        _ => VadMode::VeryAggressive,
+    };
+    let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode);
+    let params = EndpointParams::from_config(&config);
+    let mut endpointer = Endpointer::new(params, 1);
+    let mut pcm = [0i16; super::capture::MAX_FRAME];
+    let mut end_sample = 0;
+    let emit = |event: Event, now: Instant| -> anyhow::Result<()> {
+        let rate = crate::audio::ASR_RATE_HZ as f64;
+        match event {
+            Event::Started { turn } => {
+                voice.send_replace(Voice { speaking: true, turn, since: now });
+            }
+            Event::Discarded => {}
+            Event::Speculate(cut) | Event::Final(cut) if cut.samples.is_empty() => {
+                tracing::debug!(turn = cut.turn, "empty utterance ignored");
+            }
+            Event::Speculate(cut) => send(&utterances, to_utterance(cut, true, None, now), &clock, &counters, &notes),
+            Event::Final(cut) => {
+                voice.send_modify(|v| v.speaking = false);
+                let late_s = (cut.decided_sample - cut.speech_end_sample) as f64 / rate;
+                let speech_end_s = cut.speech_end_sample as f64 / rate;
+                let anchor = Anchor { speech_end_s, speech_end_at: clock.arrival(speech_end_s, late_s, now) };
+                send(&utterances, to_utterance(cut, false, Some(anchor), now), &clock, &counters, &notes);
+            }
+        }
+        Ok(())
+    };
+    while let Some(frame) = frames.blocking_recv() {
+        let audio = frame.audio();
+        for (dst, src) in pcm.iter_mut().zip(audio) {
+            *dst = (src.clamp(-1.0, 1.0) * i16::MAX as f32) as i16;
+        }
+        let voiced = vad.is_voice_segment(&pcm[..audio.len()]).map_err(|()| anyhow::anyhow!("webrtc-vad rejected a {}-sample frame", audio.len()))?;
+        end_sample = frame.start_sample + audio.len() as u64;
+        let now = Instant::now();
+        for event in endpointer.push(audio, frame.start_sample, voiced) {
+            emit(event, now)?;
+        }
+    }
+    if let Some(event) = endpointer.finish(end_sample) {
+        emit(event, Instant::now())?;
+    }
+    Ok(())
+}
+
+fn to_utterance(cut: Cut, speculative: bool, anchor: Option<Anchor>, now: Instant) -> Utterance {
+    let rate = crate::audio::ASR_RATE_HZ as f64;
+    Utterance {
+        turn: cut.turn,
+        samples: Arc::new(cut.samples),
+        start_s: cut.start_sample as f64 / rate,
+        speech_end_s: cut.speech_end_sample as f64 / rate,
+        speculative,
+        capped: cut.capped,
+        anchor,
+        endpoint_at: now,
+    }
+}
+
+/// Live, vad must keep draining capture: when asr is behind, the utterance is dropped
+/// and counted rather than waited for. A file played as fast as possible has nothing
+/// live to protect, so there vad waits.
+fn send(tx: &mpsc::Sender<Utterance>, u: Utterance, clock: &Clock, counters: &Counters, notes: &Notes) {
+    let turn = u.turn;
+    let sent = if clock.realtime { tx.try_send(u).is_ok() } else { tx.blocking_send(u).is_ok() };
+    if !sent {
+        Counters::bump(&counters.vad_drops);
+        tracing::warn!(turn, "asr is behind: utterance dropped");
+        notes.dropped(turn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: usize = 320; // 20 ms
+
+    fn params() -> EndpointParams {
+        EndpointParams { frame_len: F, preroll: 300 * 16, min_speech: 200 * 16, hangover: 300 * 16, max_utterance: 16_000 * 5, speculate_after: 120 * 16, tail: 100 * 16 }
+    }
+
+    /// Feeds a voiced/unvoiced pattern (one char per 20 ms frame: 'x' voiced, '.' silent).
+    fn feed(e: &mut Endpointer, pattern: &str, from_frame: usize) -> Vec<(usize, Event)> {
+        let frame = [0.1f32; F];
+        pattern
+            .chars()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let n = from_frame + i;
+                e.push(&frame, (n * F) as u64, c == 'x').into_iter().map(move |ev| (n, ev))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_turn_ends_one_hangover_after_the_last_voiced_frame() {
+        let mut e = Endpointer::new(params(), 7);
+        // 1 s silence, 1 s speech, 0.5 s silence.
+        let pattern = format!("{}{}{}", ".".repeat(50), "x".repeat(50), ".".repeat(25));
+        let events = feed(&mut e, &pattern, 0);
+        let kinds: Vec<_> = events.iter().map(|(n, ev)| (*n, std::mem::discriminant(ev))).collect();
+        assert_eq!(kinds.len(), 3, "{events:?}");
+        assert!(matches!(events[0], (59, Event::Started { turn: 7 })), "confirmed after 200 ms of speech");
+        let (n, Event::Speculate(spec)) = &events[1] else { panic!("{events:?}") };
+        assert_eq!(*n, 105, "speculation after a 120 ms pause");
+        let (n, Event::Final(fin)) = &events[2] else { panic!("{events:?}") };
+        assert_eq!(*n, 114, "final after 300 ms of silence");
+        assert_eq!(fin.speech_end_sample, 100 * F as u64, "speech ends with the last voiced frame");
+        assert_eq!(fin.start_sample, (50 * F - 300 * 16) as u64, "300 ms of pre-roll kept");
+        assert_eq!(fin.samples.len(), 300 * 16 + 50 * F + 100 * 16, "pre-roll + speech + 100 ms tail");
+        assert_eq!(spec.samples, fin.samples, "the speculative cut is the final one when the pause holds");
+        assert_eq!(fin.turn, 7);
+    }
+
+    #[test]
+    fn speech_resuming_after_a_short_pause_continues_the_turn() {
+        let mut e = Endpointer::new(params(), 1);
+        let events = feed(&mut e, &format!("{}{}{}{}", "x".repeat(20), ".".repeat(10), "x".repeat(20), ".".repeat(20)), 0);
+        let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c) } else { None }).collect();
+        assert_eq!(finals.len(), 1);
+        assert_eq!(finals[0].speech_end_sample, 50 * F as u64);
+        let speculations = events.iter().filter(|(_, ev)| matches!(ev, Event::Speculate(_))).count();
+        assert_eq!(speculations, 2, "one per pause; the first is superseded");
+    }
+
+    #[test]
+    fn clicks_and_silence_make_no_turn() {
+        let mut e = Endpointer::new(params(), 1);
+        let events = feed(&mut e, &format!("{}{}{}", ".".repeat(100), "xxx", ".".repeat(30)), 0);
+        assert_eq!(events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), vec![Event::Discarded]);
+        assert!(e.finish(133 * F as u64).is_none());
+    }
+
+    #[test]
+    fn long_speech_is_cut_at_the_maximum() {
+        let mut e = Endpointer::new(params(), 1);
+        let events = feed(&mut e, &"x".repeat(300), 0);
+        let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c) } else { None }).collect();
+        assert_eq!(finals.len(), 1, "6 s of speech with a 5 s cap: cut once, the rest is a new turn");
+        assert!(finals[0].capped);
+        assert_eq!(finals[0].samples.len(), 16_000 * 5);
+        assert_eq!(e.finish(300 * F as u64).map(|ev| matches!(ev, Event::Final(_))), Some(true), "input ending mid-speech ends the turn");
+    }
+}

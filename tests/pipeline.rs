@@ -1,0 +1,216 @@
+//! The whole pipeline on real models, through `voxd run` and the library.
+
+use crate::util::*;
+
+/// The audio a turn put on the output timeline, transcribed.
+fn heard_reply(dir: &tempfile::TempDir, output: &std::path::Path, t: &voxd::pipeline::telemetry::TurnRecord) -> String {
+    let start = t.speech_end_s + t.marks.first_audio.expect("the turn was heard") / 1000.0;
+    let end = t.speech_end_s + t.marks.turn_done.expect("the turn ended") / 1000.0;
+    let clip = dir.path().join(format!("reply-{}.wav", t.turn));
+    excerpt(output, start, end, &clip);
+    run_ok(&["transcribe", clip.to_str().unwrap(), "--model", "whisper-tiny.en"]).stdout
+}
+
+#[test]
+fn a_two_question_recording_gets_two_spoken_answers() {
+    let dir = tempdir();
+    let questions = ["What is the capital of France?", "What color is the sky on a clear day?"];
+    let (input, ends) = conversation(&dir, "two", &[(1.0, questions[0]), (4.0, questions[1])], 2.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let r = run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 2, "{}", r.stderr);
+    for (t, (q, end)) in turns.iter().zip(questions.iter().zip(&ends)) {
+        assert!(wer(q, &t.transcript) <= 0.25, "heard {:?} for {q:?}", t.transcript);
+        assert!((t.speech_end_s - end).abs() < 0.3, "speech end {} vs {end}", t.speech_end_s);
+        assert!(!t.cancelled && !t.reply.is_empty(), "{t:?}");
+        assert_eq!(t.spoken, t.reply, "everything said was played");
+        let heard = heard_reply(&dir, &output, t);
+        let c = cer(&t.reply, &heard);
+        assert!(c <= 0.15, "turn {}: CER {c:.2}: logged {:?}, heard {:?}", t.turn, t.reply, heard);
+    }
+    assert!(turns[0].reply.to_lowercase().contains("paris"), "{:?}", turns[0].reply);
+    // The second turn's prompt reused the first turn's KV cache (system prompt at least).
+    assert!(turns[1].llm.cached_tokens > 0 && turns[1].llm.history_turns == 1, "{:?}", turns[1].llm);
+}
+
+#[test]
+fn the_first_sentence_is_heard_before_the_model_has_finished() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "story", &[(0.5, "Tell me three facts about the moon.")], 1.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap(), "--realtime"]);
+    let t = &turns(&log)[0];
+    let sentences = t.reply.matches(['.', '!', '?']).count();
+    assert!(sentences >= 2, "a multi-sentence reply: {:?}", t.reply);
+    let (first_audio, llm_done) = (t.marks.first_audio.unwrap(), t.marks.llm_done.unwrap());
+    assert!(first_audio < llm_done, "first audio at {first_audio:.0} ms, generation ended at {llm_done:.0} ms: {t:?}");
+    let m = &t.marks;
+    let order = [m.endpoint, m.asr_done, m.llm_first_token, m.first_sentence, m.tts_first_audio, m.first_audio, m.turn_done].map(Option::unwrap);
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "marks in timeline order: {order:?}");
+    assert_eq!(t.round_trip_ms, m.first_audio);
+    assert_eq!(t.clock, "realtime");
+}
+
+#[test]
+fn the_latency_log_has_the_designed_fields() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "one", &[(0.5, "Hello there.")], 1.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let line = std::fs::read_to_string(&log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    for k in ["turn", "ts_unix_ms", "clock", "speech_end_s", "audio_s", "marks", "round_trip_ms", "transcript", "reply", "spoken", "cancelled", "asr", "llm", "models", "tool_calls", "counters", "queues"] {
+        assert!(keys.contains(&k), "no {k} in {keys:?}");
+    }
+    let marks: Vec<&str> = v["marks"].as_object().unwrap().keys().map(String::as_str).collect();
+    for k in ["endpoint", "asr_done", "llm_first_token", "first_sentence", "tts_first_audio", "first_audio", "turn_done"] {
+        assert!(marks.contains(&k), "no mark {k} in {marks:?}");
+    }
+    for k in ["prompt_tokens", "cached_tokens", "evaluated_tokens", "generated_tokens", "prompt_tok_s", "generate_tok_s"] {
+        assert!(v["llm"][k].is_number(), "llm.{k}");
+    }
+    for k in ["asr", "llm", "tts"] {
+        assert!(v["models"][k].is_string(), "models.{k}");
+    }
+    // In fast mode the hangover is simulated: the endpoint mark is the hangover.
+    assert!((v["marks"]["endpoint"].as_f64().unwrap() - 300.0).abs() < 25.0, "{}", v["marks"]);
+}
+
+#[test]
+fn silence_and_noise_make_no_turn() {
+    let dir = tempdir();
+    let rate = 16_000;
+    let silence = dir.path().join("silence.wav");
+    voxd::audio::write_wav(&silence, &vec![0.0; rate * 5], rate as u32).unwrap();
+    // Deterministic white noise (xorshift), loud enough to trip webrtc-vad.
+    let mut x: u32 = 2463534242;
+    let noise: Vec<f32> = (0..rate * 5)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32 - 0.5) * 0.6
+        })
+        .collect();
+    let noisy = dir.path().join("noise.wav");
+    voxd::audio::write_wav(&noisy, &noise, rate as u32).unwrap();
+    for input in [silence, noisy] {
+        let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+        let _ = std::fs::remove_file(&log);
+        let r = run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+        assert!(turns(&log).is_empty(), "{}: no turn expected: {}", input.display(), r.stderr);
+        assert!(r.stderr.contains("0 turns answered"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn speech_longer_than_the_maximum_is_cut_and_answered() {
+    let dir = tempdir();
+    let config = dir.path().join("voxd.toml");
+    std::fs::write(&config, "[vad]\nmax_utterance_s = 4.0\n").unwrap();
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let jfk = testdata("jfk.wav");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--input", jfk.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert!(!turns.is_empty(), "{}", r.stderr);
+    assert!(turns[0].asr.capped, "the first utterance hit the 4 s cap: {:?}", turns[0]);
+    assert!(turns[0].audio_s <= 4.01, "{}", turns[0].audio_s);
+}
+
+#[test]
+fn a_truncated_or_missing_input_is_a_clear_error() {
+    let dir = tempdir();
+    let cut = dir.path().join("cut.wav");
+    let bytes = std::fs::read(repo_data("capital-of-france.wav")).unwrap();
+    std::fs::write(&cut, &bytes[..40]).unwrap();
+    let out = dir.path().join("out.wav");
+    run_fails_with(&["run", "--input", cut.to_str().unwrap(), "--output", out.to_str().unwrap()], &["cut.wav"]);
+    run_fails_with(&["run", "--output", out.to_str().unwrap()], &["no --input given"]);
+}
+
+/// Engines for in-process runs: the real ASR and LLM, and the given voice.
+fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pipeline::Engines {
+    use voxd::engine::{asr, llm};
+    quiet_engine_logs();
+    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0 };
+    let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1 };
+    voxd::pipeline::Engines {
+        asr: asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap(),
+        llm: llm::Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct", llm_options).unwrap(),
+        tts: voice,
+        tts_rate_hz: rate_hz,
+        models: voxd::pipeline::telemetry::Models { asr: "tiny".into(), llm: "smollm2".into(), tts: "test".into() },
+    }
+}
+
+fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
+    let config = voxd::config::Config::default();
+    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, system_prompt: config.llm.system_prompt, latency_log: None }
+}
+
+/// A voice that takes its time: every sentence costs `delay` and comes out as a tone.
+struct SlowVoice {
+    delay: std::time::Duration,
+}
+
+impl voxd::pipeline::tts::Voice for SlowVoice {
+    fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        std::thread::sleep(self.delay);
+        let n = 16_000 * text.split_whitespace().count().clamp(1, 10) / 4;
+        Ok(((0..n).map(|i| (i as f32 * 0.05).sin() * 0.3).collect(), 16_000))
+    }
+}
+
+#[test]
+fn a_slow_voice_does_not_stall_capture_and_nothing_deadlocks() {
+    let dir = tempdir();
+    let parts = [(0.5, "Tell me a story about a cat."), (1.5, "What is two plus two?"), (1.5, "Name three colors."), (1.5, "What day comes after Monday?")];
+    let (input, _) = conversation(&dir, "busy", &parts, 1.0);
+    let clip = voxd::audio::read_wav(&input, 16_000).unwrap();
+    let input_s = clip.duration_s();
+    let voice = Box::new(SlowVoice { delay: std::time::Duration::from_millis(2500) });
+    let started = std::time::Instant::now();
+    let report = voxd::pipeline::run(engines(voice, 16_000), run_options(true), clip.samples).expect("the pipeline finishes");
+    let elapsed = started.elapsed().as_secs_f64();
+    // Capture ran at the pace of the input: it was never held up by the slow voice.
+    assert!(report.capture_lag_s < 0.5, "capture finished {:.2} s late", report.capture_lag_s);
+    assert!(elapsed < input_s + 120.0, "finished in {elapsed:.0} s (no deadlock)");
+    let overflow = report.counters.vad_drops.load(std::sync::atomic::Ordering::Relaxed);
+    let cancelled = report.turns.iter().filter(|t| t.cancelled).count();
+    // Utterances arriving while earlier answers are still being spoken either
+    // interrupt them (barge-in) or, when asr is behind, are dropped and counted.
+    assert!(!report.turns.is_empty());
+    assert!(cancelled + overflow as usize >= 1, "some turns were superseded or dropped: {:?}", report.turns.iter().map(|t| (t.turn, t.cancelled)).collect::<Vec<_>>());
+    let queued = report.turns.iter().map(|t| t.queues.llm_to_tts).max().unwrap_or(0);
+    assert!(queued >= 1, "sentences queued up behind the slow voice");
+}
+
+#[test]
+fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
+    let dir = tempdir();
+    // The second question starts 2.5 s after the first ends: the long first answer is
+    // still being spoken.
+    let parts = [(0.5, "Please tell me a long story about a brave little dragon."), (2.5, "Stop. What is two plus two?")];
+    let (input, ends) = conversation(&dir, "barge", &parts, 8.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let r = run_ok(&["run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 2, "{}", r.stderr);
+    let (first, second) = (&turns[0], &turns[1]);
+    assert!(first.cancelled, "{first:?}");
+    assert_eq!(first.cancel_reason.as_deref(), Some("barge-in"));
+    assert!(first.spoken.len() < first.reply.len(), "only part of the answer was played: {first:?}");
+    assert!(!second.cancelled && !second.reply.is_empty(), "{second:?}");
+    // Nothing of the first answer plays after the interruption (plus the time barge-in
+    // needs to be sure): the output is silent from there until the second answer.
+    let cut_s = ends[1] - 0.0; // the second question ends here; its speech began well before
+    let second_start = second.speech_end_s + second.marks.first_audio.unwrap() / 1000.0;
+    let quiet = dir.path().join("quiet.wav");
+    excerpt(&output, cut_s, second_start - 0.05, &quiet);
+    let reader = hound::WavReader::open(&quiet).unwrap();
+    let peak = reader.into_samples::<i16>().map(|s| s.unwrap().unsigned_abs()).max().unwrap_or(0);
+    assert!(peak < 500, "the cancelled answer kept playing (peak {peak})");
+    assert_eq!(second.llm.history_turns, usize::from(!first.spoken.is_empty()), "history holds the heard part only");
+}
