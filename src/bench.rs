@@ -90,3 +90,138 @@ mod tests {
         assert_eq!(wer("ten of clubs", "10 of clubs"), 0.0);
     }
 }
+
+/// A spoken corpus: `NN.wav` files, each with the words said in `NN.txt`.
+pub fn load_corpus(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut items: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading corpus {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .map(|wav| {
+            let txt = wav.with_extension("txt");
+            let text = std::fs::read_to_string(&txt).with_context(|| format!("{} has no transcript {}", wav.display(), txt.display()))?;
+            Ok((wav, text.trim().to_string()))
+        })
+        .collect::<Result<_>>()?;
+    items.sort();
+    if items.is_empty() {
+        anyhow::bail!("corpus {} holds no .wav files", dir.display());
+    }
+    Ok(items)
+}
+
+/// The corpus as one conversation: each question after `lead_s` of silence, then
+/// `gap_s` of silence for the answer. Returns 16 kHz samples.
+pub fn conversation(corpus: &[(PathBuf, String)], lead_s: f64, gap_s: f64) -> Result<Vec<f32>> {
+    let rate = crate::audio::ASR_RATE_HZ;
+    let silence = |s: f64| std::iter::repeat(0.0f32).take((s * rate as f64) as usize);
+    let mut out = Vec::new();
+    for (wav, _) in corpus {
+        out.extend(silence(lead_s));
+        out.extend(crate::audio::read_wav(wav, rate)?.samples);
+        out.extend(silence(gap_s));
+    }
+    Ok(out)
+}
+
+/// p50/p95 of each latency mark, and of each stage's own share of the round trip.
+pub fn report(turns: &[crate::pipeline::telemetry::TurnRecord]) -> String {
+    use std::fmt::Write;
+    let answered: Vec<_> = turns.iter().filter(|t| !t.cancelled && t.marks.first_audio.is_some()).collect();
+    let col = |f: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>| -> Vec<f64> { answered.iter().filter_map(|t| f(&t.marks)).collect() };
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<34} {:>8} {:>8}", "mark (ms after speech end)", "p50", "p95");
+    let marks: [(&str, &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>); 7] = [
+        ("endpoint", &|m| m.endpoint),
+        ("asr_done", &|m| m.asr_done),
+        ("llm_first_token", &|m| m.llm_first_token),
+        ("first_sentence", &|m| m.first_sentence),
+        ("tts_first_audio", &|m| m.tts_first_audio),
+        ("first_audio = round trip", &|m| m.first_audio),
+        ("turn_done", &|m| m.turn_done),
+    ];
+    for (name, f) in marks {
+        let v = col(f);
+        let _ = writeln!(out, "{:<34} {:>8} {:>8}", name, fmt(percentile(&v, 50.0)), fmt(percentile(&v, 95.0)));
+    }
+    let share = |a: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>, b: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>| -> Vec<f64> {
+        answered.iter().filter_map(|t| Some(b(&t.marks)? - a(&t.marks).unwrap_or(0.0))).collect()
+    };
+    let stages: [(&str, Vec<f64>); 6] = [
+        ("hangover (speech end → endpoint)", share(&|_| Some(0.0), &|m| m.endpoint)),
+        ("asr (→ transcript)", share(&|m| m.endpoint, &|m| m.asr_done)),
+        ("llm (→ first token)", share(&|m| m.asr_done, &|m| m.llm_first_token)),
+        ("first clause (→ first sentence)", share(&|m| m.llm_first_token, &|m| m.first_sentence)),
+        ("tts (→ first audio ready)", share(&|m| m.first_sentence, &|m| m.tts_first_audio)),
+        ("output (→ first sample heard)", share(&|m| m.tts_first_audio, &|m| m.first_audio)),
+    ];
+    let total: f64 = stages.iter().filter_map(|(_, v)| percentile(v, 50.0)).sum();
+    let _ = writeln!(out, "\nwhere the round trip goes (p50 of each stage's own share)");
+    for (name, v) in &stages {
+        let p = percentile(v, 50.0).unwrap_or(0.0);
+        let _ = writeln!(out, "{:<34} {:>8.0} {:>7.0}%", name, p, 100.0 * p / total.max(1e-9));
+    }
+    out
+}
+
+/// The reference stack's figures on the same audio.
+pub struct Reference {
+    pub describe: String,
+    pub p50: f64,
+    pub p95: f64,
+    pub asr_p50: f64,
+}
+
+/// Runs `scripts/reference_stack.py` (webrtcvad + faster-whisper + llama-cpp-python +
+/// piper-tts) on `input` with the models voxd is configured with, if
+/// `scripts/setup-reference` has installed it. None when it is not installed.
+pub fn reference(input: &Path, models: &ReferenceModels) -> Result<Option<Reference>> {
+    let venv = crate::paths::cache_dir().join("reference-venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_stack.py");
+    if !venv.exists() || !models.whisper_ct2.exists() {
+        return Ok(None);
+    }
+    let out = std::process::Command::new(&venv)
+        .arg(&script)
+        .arg("--input")
+        .arg(input)
+        .arg("--whisper")
+        .arg(&models.whisper_ct2)
+        .arg("--llm")
+        .arg(&models.llm)
+        .arg("--voice")
+        .arg(&models.voice)
+        .args(["--hangover-ms", &models.hangover_ms.to_string(), "--threads", &models.threads.to_string()])
+        .arg("--system-prompt")
+        .arg(&models.system_prompt)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("the reference stack failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let mut rt = Vec::new();
+    let mut asr = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reference output {line:?}"))?;
+        rt.push(v["round_trip_ms"].as_f64().unwrap_or(f64::NAN));
+        asr.push(v["asr_ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    Ok(Some(Reference {
+        describe: "webrtcvad + faster-whisper + llama-cpp-python + piper-tts".into(),
+        p50: percentile(&rt, 50.0).unwrap_or(f64::NAN),
+        p95: percentile(&rt, 95.0).unwrap_or(f64::NAN),
+        asr_p50: percentile(&asr, 50.0).unwrap_or(f64::NAN),
+    }))
+}
+
+/// What the reference stack runs: the same models, in the forms its engines read.
+pub struct ReferenceModels {
+    /// The CTranslate2 directory voxd's ggml was converted from.
+    pub whisper_ct2: PathBuf,
+    pub llm: PathBuf,
+    pub voice: PathBuf,
+    pub hangover_ms: u32,
+    pub threads: u32,
+    pub system_prompt: String,
+}

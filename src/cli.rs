@@ -85,6 +85,22 @@ pub enum Command {
         #[arg(long)]
         realtime: bool,
     },
+    /// The pipeline's latency on a spoken corpus, played in real time: p50/p95 of every
+    /// mark and each stage's share; with the reference stack installed
+    /// (`scripts/setup-reference`), the same audio through it too, and the ratio.
+    Bench {
+        /// Directory of NN.wav + NN.txt [default: tests/data/corpus].
+        corpus: Option<PathBuf>,
+        /// Latency log for the run [default: none].
+        #[arg(long, value_name = "LOG.jsonl")]
+        latency_log: Option<PathBuf>,
+        /// Seconds of silence after each question, for the answer.
+        #[arg(long, default_value_t = 5.0)]
+        gap_s: f64,
+        /// Skip the reference stack even if it is installed.
+        #[arg(long)]
+        no_reference: bool,
+    },
     /// Whisper's encoder window, scaled to the utterance vs the full 30 s: time and
     /// word error rate on speech with known words (the pocketsphinx clips, jfk.wav).
     BenchAsr {
@@ -128,13 +144,16 @@ pub enum ModelsCommand {
         dir: PathBuf,
         /// Output ggml file.
         out: PathBuf,
+        /// Weight matrices as shipped (f16) or 8-bit quantised (q8-0: smaller, faster on CPU).
+        #[arg(long, value_enum, default_value_t)]
+        weights: models::ct2::Weights,
     },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::CheckConfig { file } => check_config(file.as_deref().or(cli.config.as_deref())),
-        Command::Models { command: ModelsCommand::ImportCt2 { dir, out } } => import_ct2(&dir, &out),
+        Command::Models { command: ModelsCommand::ImportCt2 { dir, out, weights } } => import_ct2(&dir, &out, weights),
         command => {
             let env = Env::load(cli.config.as_deref())?;
             match command {
@@ -143,6 +162,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Chat { prompt, model } => chat(&env, &prompt, model.as_deref()),
                 Command::Answer { file, output } => answer(&env, &file, &output),
                 Command::BenchAsr { model } => bench_asr(&env, model.as_deref()),
+                Command::Bench { corpus, latency_log, gap_s, no_reference } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference),
                 Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
@@ -366,6 +386,56 @@ fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<
     Ok(())
 }
 
+fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBuf>, gap_s: f64, no_reference: bool) -> Result<()> {
+    use crate::bench;
+    let dir = corpus.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"));
+    let items = bench::load_corpus(&dir)?;
+    let audio = bench::conversation(&items, 1.0, gap_s)?;
+    let input = std::env::temp_dir().join(format!("voxd-bench-{}.wav", std::process::id()));
+    audio::write_wav(&input, &audio, audio::ASR_RATE_HZ)?;
+    let engines = env.engines()?;
+    let models = engines.models.clone();
+    println!(
+        "voxd bench: {} questions from {}, {:.0} s of audio in real time; {} + {} + {}; hangover {} ms",
+        items.len(),
+        dir.display(),
+        audio.len() as f64 / audio::ASR_RATE_HZ as f64,
+        models.asr,
+        models.llm,
+        models.tts,
+        env.config.vad.hangover_ms
+    );
+    let report = pipeline::run(engines, env.run_options(true, latency_log), audio)?;
+    let turns = &report.turns;
+    let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
+    println!("{} of {} questions answered, mean transcript WER {:.3}\n", turns.iter().filter(|t| !t.cancelled).count(), items.len(), heard);
+    print!("{}", bench::report(turns));
+    let ours = bench::percentile(&turns.iter().filter_map(|t| t.round_trip_ms).collect::<Vec<_>>(), 50.0);
+    if !no_reference {
+        let reference_models = bench::ReferenceModels {
+            // scripts/setup-reference unpacks the CTranslate2 original of the ASR model here.
+            whisper_ct2: crate::paths::cache_dir().join("reference").join(&models.asr),
+            llm: env.resolve(Role::Llm, None)?.path,
+            voice: env.resolve(Role::Tts, None)?.path,
+            hangover_ms: env.config.vad.hangover_ms,
+            threads: env.config.llm.threads,
+            system_prompt: env.config.llm.system_prompt.clone(),
+        };
+        match bench::reference(&input, &reference_models)? {
+            Some(r) => {
+                println!("\nreference stack ({}), same audio and models, hangover {} ms:", r.describe, env.config.vad.hangover_ms);
+                println!("  round trip p50 {:.0} ms, p95 {:.0} ms; ASR p50 {:.0} ms", r.p50, r.p95, r.asr_p50);
+                if let Some(ours) = ours {
+                    println!("voxd round trip p50 {ours:.0} ms: {:.2}x the reference's speed", r.p50 / ours);
+                }
+            }
+            None => println!("\nreference stack not installed (scripts/setup-reference): no comparison"),
+        }
+    }
+    let _ = std::fs::remove_file(&input);
+    Ok(())
+}
+
 fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     use crate::bench::{known_speech, wer};
     let clips = known_speech()?;
@@ -402,10 +472,10 @@ fn check_config(file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn import_ct2(dir: &Path, out: &Path) -> Result<()> {
+fn import_ct2(dir: &Path, out: &Path, weights: models::ct2::Weights) -> Result<()> {
     let started = std::time::Instant::now();
     let mut bar: Option<models::progress::Progress> = None;
-    let c = models::ct2::convert(dir, out, |done, total| {
+    let c = models::ct2::convert(dir, out, weights, |done, total| {
         bar.get_or_insert_with(|| models::progress::Progress::items("convert", total as u64)).set(done as u64);
     })?;
     if let Some(bar) = bar {

@@ -4,7 +4,9 @@ use crate::util::*;
 
 /// The audio a turn put on the output timeline, transcribed.
 fn heard_reply(dir: &tempfile::TempDir, output: &std::path::Path, t: &voxd::pipeline::telemetry::TurnRecord) -> String {
-    let start = t.speech_end_s + t.marks.first_audio.expect("the turn was heard") / 1000.0;
+    // From a moment before the reply (silence on the output: Whisper mishears words
+    // that start at a clip's first sample) to its end.
+    let start = t.speech_end_s + t.marks.first_audio.expect("the turn was heard") / 1000.0 - 0.3;
     let end = t.speech_end_s + t.marks.turn_done.expect("the turn ended") / 1000.0;
     let clip = dir.path().join(format!("reply-{}.wav", t.turn));
     excerpt(output, start, end, &clip);

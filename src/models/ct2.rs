@@ -156,23 +156,40 @@ pub struct Converted {
     pub bytes: u64,
 }
 
+/// How the weight matrices are stored in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Weights {
+    /// As CTranslate2 ships them (float16).
+    #[default]
+    F16,
+    /// 8-bit blocks (ggml Q8_0): half the size, faster matrix products on CPU.
+    Q8_0,
+}
+
+/// ggml storage types used here (ids from ggml.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DType {
+    F32 = 0,
+    F16 = 1,
+    Q8_0 = 8,
+}
+
 /// A tensor ready to write: ggml name, row-major dims (outermost first), f32 values.
 struct Tensor {
     name: String,
     dims: Vec<usize>,
     values: Vec<f32>,
-    /// whisper.cpp keeps 1-D tensors, conv biases and positional embeddings in f32.
-    as_f16: bool,
+    dtype: DType,
 }
 
 /// Converts `dir/model.bin` + `dir/vocabulary.txt` into a whisper.cpp ggml file at `out`.
 /// `progress` is called with (done, total) variables as the work advances.
-pub fn convert(dir: &Path, out: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Converted, ConvertError> {
+pub fn convert(dir: &Path, out: &Path, weights: Weights, mut progress: impl FnMut(usize, usize)) -> Result<Converted, ConvertError> {
     let model_path = dir.join("model.bin");
     let file = File::open(&model_path).map_err(|source| ConvertError::Read { path: model_path.clone(), source })?;
     let mut reader = Ct2Reader { inner: BufReader::new(file), path: model_path.clone() };
     let vars = reader.read_model()?;
-    let b = Builder { vars: &vars, path: &model_path, tensors: Vec::new() };
+    let b = Builder { vars: &vars, path: &model_path, tensors: Vec::new(), weights };
     let hparams = b.hparams()?;
     let vocab = read_vocabulary(&dir.join("vocabulary.txt"))?;
     if vocab.len() > hparams.n_vocab {
@@ -180,7 +197,7 @@ pub fn convert(dir: &Path, out: &Path, mut progress: impl FnMut(usize, usize)) -
     }
     let tensors = b.whisper_cpp_tensors(&hparams)?;
     let filters = mel_filters(16_000, 400, hparams.n_mels);
-    let bytes = write_ggml(out, &hparams, &filters, &vocab, &tensors, &mut progress)?;
+    let bytes = write_ggml(out, &hparams, weights, &filters, &vocab, &tensors, &mut progress)?;
     Ok(Converted { hparams, tensors: tensors.len(), vocab: vocab.len(), bytes })
 }
 
@@ -189,6 +206,7 @@ struct Builder<'a> {
     vars: &'a BTreeMap<String, Variable>,
     path: &'a Path,
     tensors: Vec<Tensor>,
+    weights: Weights,
 }
 
 impl Builder<'_> {
@@ -246,9 +264,16 @@ impl Builder<'_> {
     }
 
     fn push(&mut self, name: String, dims: Vec<usize>, values: Vec<f32>) {
-        // whisper.cpp keeps 1-D tensors, conv biases and positional embeddings in f32.
-        let as_f16 = dims.len() >= 2 && !name.ends_with("positional_embedding") && !name.ends_with("conv1.bias") && !name.ends_with("conv2.bias");
-        self.tensors.push(Tensor { name, dims, values, as_f16 });
+        // whisper.cpp keeps 1-D tensors, conv biases and positional embeddings in f32,
+        // the conv kernels in f16, and the matrices in the model's weight type.
+        let dtype = if dims.len() < 2 || name.ends_with("positional_embedding") || name.ends_with("conv1.bias") || name.ends_with("conv2.bias") {
+            DType::F32
+        } else if dims.len() == 3 || self.weights == Weights::F16 || dims[dims.len() - 1] % 32 != 0 {
+            DType::F16
+        } else {
+            DType::Q8_0
+        };
+        self.tensors.push(Tensor { name, dims, values, dtype });
     }
 
     fn plain(&mut self, from: &str, to: &str) -> Result<(), ConvertError> {
@@ -390,6 +415,7 @@ pub fn mel_filters(sample_rate: u32, n_fft: usize, n_mels: usize) -> Vec<f32> {
 fn write_ggml(
     out: &Path,
     hp: &Hparams,
+    weights: Weights,
     filters: &[f32],
     vocab: &[Vec<u8>],
     tensors: &[Tensor],
@@ -404,7 +430,7 @@ fn write_ggml(
     let put_i32 = |w: &mut BufWriter<File>, v: usize| w.write_all(&(v as i32).to_le_bytes());
     (|| -> std::io::Result<()> {
         w.write_all(&GGML_MAGIC.to_le_bytes())?;
-        for v in [hp.n_vocab, hp.n_audio_ctx, hp.n_audio_state, hp.n_audio_head, hp.n_audio_layer, hp.n_text_ctx, hp.n_text_state, hp.n_text_head, hp.n_text_layer, hp.n_mels, 1 /* ftype f16 */] {
+        for v in [hp.n_vocab, hp.n_audio_ctx, hp.n_audio_state, hp.n_audio_head, hp.n_audio_layer, hp.n_text_ctx, hp.n_text_state, hp.n_text_head, hp.n_text_layer, hp.n_mels, ftype(weights)] {
             put_i32(&mut w, v)?;
         }
         let n_bins = filters.len() / hp.n_mels;
@@ -421,20 +447,16 @@ fn write_ggml(
         for (i, t) in tensors.iter().enumerate() {
             put_i32(&mut w, t.dims.len())?;
             put_i32(&mut w, t.name.len())?;
-            put_i32(&mut w, t.as_f16 as usize)?;
+            put_i32(&mut w, t.dtype as usize)?;
             // ggml lists dimensions innermost first.
             for d in t.dims.iter().rev() {
                 put_i32(&mut w, *d)?;
             }
             w.write_all(t.name.as_bytes())?;
-            if t.as_f16 {
-                for v in &t.values {
-                    w.write_all(&f16::from_f32(*v).to_le_bytes())?;
-                }
-            } else {
-                for v in &t.values {
-                    w.write_all(&v.to_le_bytes())?;
-                }
+            match t.dtype {
+                DType::F32 => t.values.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
+                DType::F16 => t.values.iter().try_for_each(|v| w.write_all(&f16::from_f32(*v).to_le_bytes()))?,
+                DType::Q8_0 => w.write_all(&quantize_q8_0(&t.values))?,
             }
             progress(i + 1, tensors.len());
         }
@@ -446,9 +468,43 @@ fn write_ggml(
     Ok(std::fs::metadata(out).map_err(write_err)?.len())
 }
 
+/// whisper.cpp's file-level type: GGML_FTYPE_MOSTLY_F16 or _Q8_0.
+fn ftype(weights: Weights) -> usize {
+    match weights {
+        Weights::F16 => 1,
+        Weights::Q8_0 => 7,
+    }
+}
+
+/// ggml's Q8_0 (`quantize_row_q8_0_ref`): blocks of 32 values stored as an f16 scale
+/// (max |x| / 127) and 32 signed bytes. Rows are a whole number of blocks.
+fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for block in values.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|x| (x * id).round() as i8 as u8));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_0_blocks_hold_a_scale_and_32_bytes() {
+        let values: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) / 10.0).collect();
+        let q = quantize_q8_0(&values);
+        assert_eq!(q.len(), 2 * 34);
+        let d = f16::from_le_bytes([q[0], q[1]]).to_f32();
+        assert!((d - 3.2 / 127.0).abs() < 1e-4, "scale {d}");
+        assert_eq!(q[2] as i8, -127, "the largest magnitude maps to ±127");
+        let back: Vec<f32> = q[2..34].iter().map(|b| *b as i8 as f32 * d).collect();
+        assert!(back.iter().zip(&values).all(|(a, b)| (a - b).abs() <= d), "within one step");
+    }
 
     #[test]
     fn gpt2_byte_decoder_is_a_bijection_over_bytes() {

