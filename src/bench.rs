@@ -25,9 +25,8 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Word error rate (word-level edit distance over the reference length).
-pub fn wer(reference: &str, hypothesis: &str) -> f64 {
-    let (r, h) = (words(reference), words(hypothesis));
+/// Levenshtein distance between two sequences.
+fn edit_distance<T: PartialEq>(r: &[T], h: &[T]) -> usize {
     let mut prev: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];
@@ -36,7 +35,22 @@ pub fn wer(reference: &str, hypothesis: &str) -> f64 {
         }
         prev = cur;
     }
-    prev[h.len()] as f64 / r.len().max(1) as f64
+    prev[h.len()]
+}
+
+/// Word error rate (word-level edit distance over the reference length).
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    edit_distance(&r, &words(hypothesis)) as f64 / r.len().max(1) as f64
+}
+
+/// Character error rate over the letters and digits alone (spaces ignored): fairer
+/// than WER for judging synthesised speech, where "France is" heard as "Francis" is
+/// one letter, not two words, wrong.
+pub fn cer(reference: &str, hypothesis: &str) -> f64 {
+    let letters = |t: &str| words(t).concat().chars().collect::<Vec<char>>();
+    let r = letters(reference);
+    edit_distance(&r, &letters(hypothesis)) as f64 / r.len().max(1) as f64
 }
 
 /// Speech with known words: the pocketsphinx test clips and jfk.wav (installed by

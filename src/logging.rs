@@ -11,7 +11,7 @@ pub fn init(verbose: u8, quiet: bool) {
         (false, _) => "debug",
     };
     let filter = EnvFilter::try_from_env("VOXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 0).without_time().try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 0).without_time().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
     whisper_rs::install_logging_hooks();
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
 }

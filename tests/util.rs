@@ -73,57 +73,8 @@ pub fn repo_data(name: &str) -> PathBuf {
 
 pub const POCKETSPHINX: &str = "/usr/share/pocketsphinx/test/data";
 
-/// Lowercase words without punctuation, numbers spelled the way the references are.
-pub fn words(text: &str) -> Vec<String> {
-    let spelled = |w: &str| -> String {
-        match w {
-            "1" => "one", "2" => "two", "3" => "three", "4" => "four", "5" => "five",
-            "6" => "six", "7" => "seven", "8" => "eight", "9" => "nine", "10" => "ten",
-            "mr" => "mister",
-            other => other,
-        }
-        .to_string()
-    };
-    text.to_lowercase()
-        .replace(['-', '—'], " ")
-        .split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
-        .filter(|w| !w.is_empty())
-        .map(|w| spelled(&w))
-        .collect()
-}
-
-/// Word error rate of `hypothesis` against `reference` (Levenshtein over words).
-pub fn wer(reference: &str, hypothesis: &str) -> f64 {
-    let r = words(reference);
-    let h = words(hypothesis);
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rw != hw)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[h.len()] as f64 / r.len().max(1) as f64
-}
-
-/// Character error rate over the letters and digits alone (spaces ignored): fairer than
-/// WER for judging synthesised speech, where "France is" heard as "Francis" is one
-/// letter, not two words, wrong.
-pub fn cer(reference: &str, hypothesis: &str) -> f64 {
-    let letters = |t: &str| words(t).concat().chars().collect::<Vec<char>>();
-    let (r, h) = (letters(reference), letters(hypothesis));
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rc) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hc) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rc != hc)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[h.len()] as f64 / r.len().max(1) as f64
-}
+/// Transcripts are compared as voxd's benchmarks compare them.
+pub use voxd::bench::{cer, wer};
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
