@@ -188,7 +188,7 @@ section! {
         max_utterance_s: f32 = 15.0, check(|x: &f32| (1.0..=30.0).contains(x), "1.0 to 30.0");
         /// Start transcribing at a pause this long, before the hangover ends; kept only
         /// if the pause becomes the end of the turn. 0 turns it off.
-        speculate_after_ms: u32 = 120, check(|n: &u32| *n <= 3000, "0 to 3000");
+        speculate_after_ms: u32 = 60, check(|n: &u32| *n <= 3000, "0 to 3000");
     }
 }
 
@@ -239,8 +239,9 @@ section! {
         voice: String = String::new();
         /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster.
         rate: f32 = 1.0, check(|x: &f32| (0.5..=2.0).contains(x), "0.5 to 2.0");
-        /// CPU threads for ONNX Runtime.
-        threads: u32 = 1, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// CPU threads for ONNX Runtime. The llm stage pauses while the first sentence
+        /// is synthesised, so Piper can use the cores then.
+        threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");
         /// Directory that contains `espeak-ng-data`. Empty: found automatically.
         espeak_data_dir: String = String::new();
     }

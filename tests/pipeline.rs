@@ -28,8 +28,10 @@ fn a_two_question_recording_gets_two_spoken_answers() {
         assert!(!t.cancelled && !t.reply.is_empty(), "{t:?}");
         assert_eq!(t.spoken, t.reply, "everything said was played");
         let heard = heard_reply(&dir, &output, t);
+        // Piper samples its prosody and tiny.en is small: a word in ten may come back
+        // misspelled ("Francis" for "France is"), a wrong reply would not come back.
         let c = cer(&t.reply, &heard);
-        assert!(c <= 0.15, "turn {}: CER {c:.2}: logged {:?}, heard {:?}", t.turn, t.reply, heard);
+        assert!(c <= 0.2, "turn {}: CER {c:.2}: logged {:?}, heard {:?}", t.turn, t.reply, heard);
     }
     assert!(turns[0].reply.to_lowercase().contains("paris"), "{:?}", turns[0].reply);
     // The second turn's prompt reused the first turn's KV cache (system prompt at least).
@@ -215,4 +217,27 @@ fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     let peak = reader.into_samples::<i16>().map(|s| s.unwrap().unsigned_abs()).max().unwrap_or(0);
     assert!(peak < 500, "the cancelled answer kept playing (peak {peak})");
     assert_eq!(second.llm.history_turns, usize::from(!first.spoken.is_empty()), "history holds the heard part only");
+}
+
+/// A voice that breaks on its first sentence.
+struct BrokenVoice;
+
+impl voxd::pipeline::tts::Voice for BrokenVoice {
+    fn speak(&mut self, _: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        panic!("the voice broke");
+    }
+}
+
+#[test]
+fn a_stage_that_dies_is_named_and_the_rest_wind_down() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "broken", &[(0.5, "What is the capital of France?"), (2.0, "And of Spain?")], 1.0);
+    let clip = voxd::audio::read_wav(&input, 16_000).unwrap();
+    let started = std::time::Instant::now();
+    let err = match voxd::pipeline::run(engines(Box::new(BrokenVoice), 16_000), run_options(false), clip.samples) {
+        Ok(_) => panic!("a pipeline whose voice panics cannot succeed"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("stage tts panicked: the voice broke"), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the other stages shut down instead of hanging");
 }

@@ -39,6 +39,11 @@ struct Speculation {
 pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Transcript>, notes: Notes) -> anyhow::Result<()> {
     let mut speculation: Option<Speculation> = None;
     while let Some(u) = rx.blocking_recv() {
+        if u.speculative && !rx.is_empty() {
+            // Something newer is already queued (the user went on speaking, or the turn
+            // ended): this guess is stale, and transcribing it would delay that.
+            continue;
+        }
         if u.speculative {
             let t = asr.transcribe(&u.samples)?;
             tracing::debug!(turn = u.turn, ms = t.elapsed_ms as u64, text = %t.text, "speculative transcript");

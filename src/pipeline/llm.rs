@@ -99,6 +99,9 @@ impl LlmStage {
                 }
                 for sentence in splitter.push(piece) {
                     send(sentence, false, &mut index);
+                    if index == 1 {
+                        wait_for_first_audio(&counters, turn, &cancel);
+                    }
                 }
                 !cancel.is_cancelled() && !closed.get()
             });
@@ -145,5 +148,15 @@ impl LlmStage {
             history.drain(..2.min(history.len()));
         }
         Ok(history)
+    }
+}
+
+/// After the first sentence, generation pauses until tts has its audio (or 500 ms
+/// have passed): on a small board both engines compete for the same cores, and only
+/// the first sentence's synthesis is on the path to the first sound.
+fn wait_for_first_audio(counters: &Counters, turn: TurnId, cancel: &Cancel) {
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    while counters.tts_ready_turn.load(std::sync::atomic::Ordering::Acquire) < turn && Instant::now() < deadline && !cancel.is_cancelled() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }

@@ -92,6 +92,11 @@ pub struct Counters {
     /// High-water marks of the reply-side queues during the current turn.
     pub llm_to_tts_depth: AtomicUsize,
     pub tts_to_playback_depth: AtomicUsize,
+    /// Feedback, not a count: the newest turn whose first audio tts has ready. The
+    /// llm stage waits for it after the first sentence so Piper has the cores to itself
+    /// on the critical path (the rest of the reply is not needed until that sentence
+    /// has been played).
+    pub tts_ready_turn: AtomicU64,
 }
 
 impl Counters {

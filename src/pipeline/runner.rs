@@ -50,6 +50,8 @@ pub struct RunReport {
 
 /// Plays `input` (16 kHz mono) through the whole pipeline.
 pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<RunReport> {
+    // A log that cannot be written is an error now, not after the whole run.
+    let log = options.latency_log.as_deref().map(telemetry::open_log).transpose()?;
     let counters = Arc::new(Counters::default());
     let (note_tx, note_rx) = channel(&TELEMETRY);
     let notes = Notes::new(note_tx, counters.clone());
@@ -109,7 +111,7 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         });
         let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, req_tx, notes.clone()));
         let playback = tokio::spawn(playback::run(engines.tts_rate_hz, clock.clone(), speech_rx, status_tx, notes.clone(), counters.clone()));
-        let telemetry = tokio::spawn(telemetry::run(note_rx, options.latency_log.clone(), options.realtime, counters.clone()));
+        let telemetry = tokio::spawn(telemetry::run(note_rx, log, options.realtime, counters.clone()));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {
             Ok(Ok(lag)) => (Ok(()), lag),
@@ -120,11 +122,12 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         let telemetry = telemetry.await.map_err(|e| anyhow!("stage telemetry panicked: {e}")).and_then(|r| r.context("stage telemetry failed"));
         (vec![capture, agent], playback, telemetry, capture_lag_s)
     });
-    let threads = supervise(stages);
+    // A thread that failed is usually the cause, and the tasks' errors its echo
+    // ("the playback stage stopped"): report it first.
+    supervise(stages)?;
     for r in tasks {
         r?;
     }
-    threads?;
     let capture_lag_s = if options.realtime { capture_lag_s } else { 0.0 };
     Ok(RunReport { turns: turns?, capture_lag_s, recording: recording?, counters })
 }

@@ -39,8 +39,10 @@ impl Splitter {
     }
 
     /// Byte index just past the first complete piece in `pending`, if any. A boundary
-    /// is punctuation followed by whitespace (so "3.5" or "e.g." mid-word never
-    /// split), or a line break.
+    /// is sentence punctuation followed by whitespace, or at the very end of what has
+    /// arrived when it cannot be anything else: '!' and '?' always, '.' after a word
+    /// that is no abbreviation (a '.' after a digit may be "3.5" and waits for the next
+    /// token). Waiting one token less matters: it is on the path to the first sound.
     fn boundary(&self) -> Option<usize> {
         let s = &self.pending;
         let mut chars = s.char_indices().peekable();
@@ -49,7 +51,9 @@ impl Splitter {
             let end = i + c.len_utf8();
             match c {
                 '\n' if !s[..i].trim().is_empty() => return Some(end),
-                '.' | '!' | '?' if next.is_some_and(char::is_whitespace) && !is_abbreviation(&s[..i]) => return Some(end),
+                '!' | '?' if next.map_or(true, char::is_whitespace) => return Some(end),
+                '.' if next.is_some_and(char::is_whitespace) && !is_abbreviation(&s[..i]) => return Some(end),
+                '.' if next.is_none() && s[..i].ends_with(|p: char| p.is_alphabetic()) && !is_abbreviation(&s[..i]) => return Some(end),
                 ',' | ';' | ':' if self.emitted == 0 && next.is_some_and(char::is_whitespace) && s[..i].split_whitespace().count() >= MIN_CLAUSE_WORDS => {
                     return Some(end)
                 }
@@ -104,12 +108,16 @@ mod tests {
     }
 
     #[test]
-    fn sentences_come_out_as_soon_as_the_next_token_starts() {
+    fn sentences_come_out_as_soon_as_their_end_is_certain() {
         let mut s = Splitter::default();
         assert!(s.push("The capital").is_empty());
-        assert!(s.push(" is Paris.").is_empty(), "a dot alone may be a decimal point");
-        assert_eq!(s.push(" It"), vec!["The capital is Paris."]);
-        assert_eq!(s.finish().as_deref(), Some("It"));
+        assert_eq!(s.push(" is Paris."), vec!["The capital is Paris."], "a word and a dot end a sentence");
+        assert!(s.push(" It is 3.").is_empty(), "a dot after a digit may be a decimal point");
+        assert!(s.push("5").is_empty());
+        assert_eq!(s.push(" degrees! Nice"), vec!["It is 3.5 degrees!"]);
+        assert!(s.push(" to see Dr.").is_empty(), "an abbreviation waits");
+        assert_eq!(s.push(" Who? Me"), vec!["Nice to see Dr. Who?"]);
+        assert_eq!(s.finish().as_deref(), Some("Me"));
     }
 
     #[test]

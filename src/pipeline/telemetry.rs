@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -190,20 +189,10 @@ struct Ended {
 /// turn to `log` (append, one line, flushed) and returns them all.
 pub async fn run(
     mut rx: mpsc::Receiver<Note>,
-    log: Option<PathBuf>,
+    mut file: Option<std::fs::File>,
     realtime: bool,
     counters: Arc<Counters>,
 ) -> anyhow::Result<Vec<TurnRecord>> {
-    let mut file = match &log {
-        Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("cannot open latency log {}: {e}", path.display()))?;
-            Some(f)
-        }
-        None => None,
-    };
     let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
     let mut done = Vec::new();
     while let Some(note) = rx.recv().await {
@@ -273,6 +262,22 @@ pub async fn run(
         write(t, realtime, &counters, &mut file, &mut done)?;
     }
     Ok(done)
+}
+
+/// A log past this size is rotated to `LOG.1` (one generation kept) when opened.
+const ROTATE_BYTES: u64 = 64 << 20;
+
+/// Opens (creating, or rotating when large) the latency log for appending.
+pub fn open_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        std::fs::rename(path, &old).map_err(|e| anyhow::anyhow!("cannot rotate latency log {}: {e}", path.display()))?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("cannot open latency log {}: {e}", path.display()))
 }
 
 /// Writes a finished turn as one line, straight to the file: nothing is held back

@@ -47,8 +47,11 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
             continue;
         }
         let (samples, rate_hz) = if s.text.is_empty() { (Vec::new(), 22_050) } else { voice.speak(&s.text)? };
-        if s.index == 0 && !samples.is_empty() {
-            notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
+        if s.index == 0 {
+            counters.tts_ready_turn.fetch_max(s.turn, std::sync::atomic::Ordering::Release);
+            if !samples.is_empty() {
+                notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
+            }
         }
         let speech = Speech { turn: s.turn, index: s.index, text: s.text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
         if tx.blocking_send(speech).is_err() {
