@@ -98,6 +98,23 @@ mod tests {
     }
 
     #[test]
+    fn work_done_during_the_hangover_is_no_share_of_the_round_trip() {
+        use crate::pipeline::telemetry::Marks;
+        // A reply started at a pause: transcript and first token before the endpoint.
+        let m = Marks { endpoint: Some(300.0), asr_done: Some(150.0), llm_first_token: Some(250.0), first_sentence: Some(330.0), tts_first_audio: Some(410.0), first_audio: Some(412.0), ..Marks::default() };
+        let t = stage_times(&m, 70.0);
+        let own: Vec<f64> = t.iter().map(|x| x.0).collect();
+        let share: Vec<f64> = t.iter().map(|x| x.1).collect();
+        assert_eq!(own, vec![300.0, 70.0, 100.0, 80.0, 80.0, 2.0]);
+        assert_eq!(share, vec![300.0, 0.0, 0.0, 30.0, 80.0, 2.0]);
+        assert_eq!(share.iter().sum::<f64>(), 412.0, "the shares add up to the round trip");
+        // Without speculation, every stage comes after the endpoint.
+        let m = Marks { endpoint: Some(300.0), asr_done: Some(420.0), llm_first_token: Some(500.0), first_sentence: Some(580.0), tts_first_audio: Some(660.0), first_audio: Some(661.0), ..Marks::default() };
+        let share: Vec<f64> = stage_times(&m, 118.0).iter().map(|x| x.1).collect();
+        assert_eq!(share, vec![300.0, 120.0, 80.0, 80.0, 80.0, 1.0]);
+    }
+
+    #[test]
     fn wer_counts_word_edits() {
         assert_eq!(wer("turn on the lights", "Turn on the lights."), 0.0);
         assert_eq!(wer("turn on the lights", "turn off the lights"), 0.25);
@@ -138,43 +155,118 @@ pub fn conversation(corpus: &[(PathBuf, String)], lead_s: f64, gap_s: f64) -> Re
     Ok(out)
 }
 
-/// p50/p95 of each latency mark, and of each stage's own share of the round trip.
+/// p50/p95 of each latency mark, and where the round trip goes stage by stage.
 pub fn report(turns: &[crate::pipeline::telemetry::TurnRecord]) -> String {
     use std::fmt::Write;
     let answered: Vec<_> = turns.iter().filter(|t| !t.cancelled && t.marks.first_audio.is_some()).collect();
-    let col = |f: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>| -> Vec<f64> { answered.iter().filter_map(|t| f(&t.marks)).collect() };
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
     let mut out = String::new();
     let _ = writeln!(out, "{:<34} {:>8} {:>8}", "mark (ms after speech end)", "p50", "p95");
-    let marks: [(&str, &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>); 7] = [
-        ("endpoint", &|m| m.endpoint),
-        ("asr_done", &|m| m.asr_done),
-        ("llm_first_token", &|m| m.llm_first_token),
-        ("first_sentence", &|m| m.first_sentence),
-        ("tts_first_audio", &|m| m.tts_first_audio),
-        ("first_audio = round trip", &|m| m.first_audio),
-        ("turn_done", &|m| m.turn_done),
-    ];
-    for (name, f) in marks {
-        let v = col(f);
+    for (name, f) in MARKS {
+        let v: Vec<f64> = answered.iter().filter_map(|t| f(&t.marks)).collect();
         let _ = writeln!(out, "{:<34} {:>8} {:>8}", name, fmt(percentile(&v, 50.0)), fmt(percentile(&v, 95.0)));
     }
-    let share = |a: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>, b: &dyn Fn(&crate::pipeline::telemetry::Marks) -> Option<f64>| -> Vec<f64> {
-        answered.iter().filter_map(|t| Some(b(&t.marks)? - a(&t.marks).unwrap_or(0.0))).collect()
-    };
-    let stages: [(&str, Vec<f64>); 6] = [
-        ("hangover (speech end → endpoint)", share(&|_| Some(0.0), &|m| m.endpoint)),
-        ("asr (→ transcript)", share(&|m| m.endpoint, &|m| m.asr_done)),
-        ("llm (→ first token)", share(&|m| m.asr_done, &|m| m.llm_first_token)),
-        ("first clause (→ first sentence)", share(&|m| m.llm_first_token, &|m| m.first_sentence)),
-        ("tts (→ first audio ready)", share(&|m| m.first_sentence, &|m| m.tts_first_audio)),
-        ("output (→ first sample heard)", share(&|m| m.tts_first_audio, &|m| m.first_audio)),
-    ];
-    let total: f64 = stages.iter().filter_map(|(_, v)| percentile(v, 50.0)).sum();
-    let _ = writeln!(out, "\nwhere the round trip goes (p50 of each stage's own share)");
+    let speculative = answered.iter().filter(|t| t.speculative).count();
+    let abandoned = turns.iter().map(|t| t.counters.speculations_abandoned).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "\nreplies started during the hangover (speculation): {speculative} of {}; guesses the user spoke through: {abandoned}",
+        answered.len()
+    );
+    // A stage's own time runs from the mark before it; its share of the round trip is
+    // the part that came after everything before it, the endpoint included — work
+    // done during the hangover costs the user nothing. The shares add up to the
+    // round trip turn by turn.
+    let _ = writeln!(out, "\nwhere the round trip goes (p50)                  own time  critical path");
+    let stages: Vec<(&str, Vec<(f64, f64)>)> = STAGES.iter().map(|(name, _)| (*name, Vec::new())).collect();
+    let mut stages = stages;
+    for t in &answered {
+        for (i, (own, share)) in stage_times(&t.marks, t.asr.ms).into_iter().enumerate() {
+            stages[i].1.push((own, share));
+        }
+    }
+    let total: f64 = stages.iter().filter_map(|(_, v)| percentile(&v.iter().map(|x| x.1).collect::<Vec<_>>(), 50.0)).sum();
     for (name, v) in &stages {
-        let p = percentile(v, 50.0).unwrap_or(0.0);
-        let _ = writeln!(out, "{:<34} {:>8.0} {:>7.0}%", name, p, 100.0 * p / total.max(1e-9));
+        let own = percentile(&v.iter().map(|x| x.0).collect::<Vec<_>>(), 50.0).unwrap_or(0.0);
+        let share = percentile(&v.iter().map(|x| x.1).collect::<Vec<_>>(), 50.0).unwrap_or(0.0);
+        let _ = writeln!(out, "{:<46} {:>8.0} {:>8.0} {:>4.0}%", name, own, share, 100.0 * share / total.max(1e-9));
+    }
+    out
+}
+
+type MarkFn = fn(&crate::pipeline::telemetry::Marks) -> Option<f64>;
+
+const MARKS: [(&str, MarkFn); 7] = [
+    ("endpoint", |m| m.endpoint),
+    ("asr_done", |m| m.asr_done),
+    ("llm_first_token", |m| m.llm_first_token),
+    ("first_sentence", |m| m.first_sentence),
+    ("tts_first_audio", |m| m.tts_first_audio),
+    ("first_audio = round trip", |m| m.first_audio),
+    ("turn_done", |m| m.turn_done),
+];
+
+/// The stages on the way to the first sound, each ending at a mark.
+const STAGES: [(&str, MarkFn); 6] = [
+    ("hangover (speech end → endpoint)", |m| m.endpoint),
+    ("asr (→ transcript)", |m| m.asr_done),
+    ("llm (→ first token)", |m| m.llm_first_token),
+    ("first clause (→ first sentence)", |m| m.first_sentence),
+    ("tts (→ first audio ready)", |m| m.tts_first_audio),
+    ("output (→ first sample heard)", |m| m.first_audio),
+];
+
+/// (own time, share of the round trip) of each stage in `STAGES` for one turn. ASR's
+/// own time is Whisper's (`asr_ms`): its start is not a mark.
+pub fn stage_times(m: &crate::pipeline::telemetry::Marks, asr_ms: f64) -> Vec<(f64, f64)> {
+    let mut previous = 0.0f64; // the mark before, in pipeline order
+    let mut reached = 0.0f64; // the latest of all marks so far
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| {
+            let at = f(m).unwrap_or(previous);
+            let own = if i == 1 { asr_ms } else { at - previous };
+            let share = (at - reached).max(0.0);
+            previous = at;
+            reached = reached.max(at);
+            (own, share)
+        })
+        .collect()
+}
+
+/// The configurations `voxd bench --ablate` compares: as configured, then with each
+/// latency measure switched off in turn.
+pub fn ablations(config: &crate::config::Config) -> Vec<(&'static str, crate::config::Config)> {
+    let off = |name, change: fn(&mut crate::config::Config)| {
+        let mut c = config.clone();
+        change(&mut c);
+        (name, c)
+    };
+    vec![
+        ("voxd (all measures on)", config.clone()),
+        off("without speculation (reply starts at the endpoint)", |c| c.vad.speculate_after_ms = 0),
+        off("without the KV prefix cache", |c| c.llm.reuse_prefix = false),
+        off("without encoder scaling (full 30 s window)", |c| c.asr.scale_encoder = false),
+        off("without clause streaming (whole reply, then tts)", |c| c.llm.stream_sentences = false),
+    ]
+}
+
+/// The round trip of each configuration (and the reference stack), with the
+/// difference to the first and the first's speed-up over the reference.
+pub fn summary(rows: &[(String, Option<f64>, Option<f64>)]) -> String {
+    use std::fmt::Write;
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<58} {:>8} {:>8} {:>14}", "round trip (ms), same audio, one run", "p50", "p95", "p50 vs first");
+    let first = rows.first().and_then(|r| r.1);
+    for (i, (name, p50, p95)) in rows.iter().enumerate() {
+        let delta = match (i, p50, first) {
+            (0, _, _) => "-".to_string(),
+            (_, Some(p), Some(f)) => format!("{:+.0} ({:.2}x)", p - f, p / f),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(out, "{:<58} {:>8} {:>8} {:>14}", name, fmt(*p50), fmt(*p95), delta);
     }
     out
 }
@@ -184,7 +276,11 @@ pub struct Reference {
     pub describe: String,
     pub p50: f64,
     pub p95: f64,
+    /// p50 of each of its stages after the endpoint: Whisper, the whole reply, the
+    /// first sentence's audio.
     pub asr_p50: f64,
+    pub llm_p50: f64,
+    pub tts_p50: f64,
 }
 
 /// Runs `scripts/reference_stack.py` (webrtcvad + faster-whisper + llama-cpp-python +
@@ -214,18 +310,19 @@ pub fn reference(input: &Path, models: &ReferenceModels) -> Result<Option<Refere
     if !out.status.success() {
         anyhow::bail!("the reference stack failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
-    let mut rt = Vec::new();
-    let mut asr = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reference output {line:?}"))?;
-        rt.push(v["round_trip_ms"].as_f64().unwrap_or(f64::NAN));
-        asr.push(v["asr_ms"].as_f64().unwrap_or(f64::NAN));
-    }
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("reference output {line:?}")))
+        .collect::<Result<_>>()?;
+    let p50 = |key: &str| percentile(&lines.iter().map(|v| v[key].as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>(), 50.0).unwrap_or(f64::NAN);
+    let rt: Vec<f64> = lines.iter().map(|v| v["round_trip_ms"].as_f64().unwrap_or(f64::NAN)).collect();
     Ok(Some(Reference {
         describe: "webrtcvad + faster-whisper + llama-cpp-python + piper-tts".into(),
         p50: percentile(&rt, 50.0).unwrap_or(f64::NAN),
         p95: percentile(&rt, 95.0).unwrap_or(f64::NAN),
-        asr_p50: percentile(&asr, 50.0).unwrap_or(f64::NAN),
+        asr_p50: p50("asr_ms"),
+        llm_p50: p50("llm_ms"),
+        tts_p50: p50("tts_ms"),
     }))
 }
 

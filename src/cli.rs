@@ -100,6 +100,11 @@ pub enum Command {
         /// Skip the reference stack even if it is installed.
         #[arg(long)]
         no_reference: bool,
+        /// Also run the corpus with each latency measure switched off in turn
+        /// (speculation, the KV prefix cache, the scaled encoder window, clause
+        /// streaming) and print what each one saves.
+        #[arg(long)]
+        ablate: bool,
     },
     /// Whisper's encoder window, scaled to the utterance vs the full 30 s: time and
     /// word error rate on speech with known words (the pocketsphinx clips, jfk.wav).
@@ -162,7 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Chat { prompt, model } => chat(&env, &prompt, model.as_deref()),
                 Command::Answer { file, output } => answer(&env, &file, &output),
                 Command::BenchAsr { model } => bench_asr(&env, model.as_deref()),
-                Command::Bench { corpus, latency_log, gap_s, no_reference } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference),
+                Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
                 Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
@@ -224,6 +229,7 @@ impl Env {
             max_reply_tokens: c.max_reply_tokens,
             temperature: c.temperature,
             seed: c.seed,
+            reuse_prefix: c.reuse_prefix,
         };
         Ok(Llm::load(&r.path, &r.id, options)?)
     }
@@ -231,7 +237,7 @@ impl Env {
     fn tts(&self, voice: Option<&str>) -> Result<Tts> {
         let r = self.resolve(Role::Tts, voice)?;
         let c = &self.config.tts;
-        let options = TtsOptions { rate: c.rate, threads: c.threads, espeak_data_dir: c.espeak_data_dir.clone() };
+        let options = TtsOptions { rate: c.rate, variability: c.variability, threads: c.threads, espeak_data_dir: c.espeak_data_dir.clone() };
         Ok(Tts::load(&r.path, &r.id, &options)?)
     }
 
@@ -351,7 +357,7 @@ impl Env {
             realtime,
             vad: self.config.vad.clone(),
             agent: self.config.agent.clone(),
-            system_prompt: self.config.llm.system_prompt.clone(),
+            llm: self.config.llm.clone(),
             latency_log: latency_log.or(configured),
         }
     }
@@ -386,35 +392,48 @@ fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<
     Ok(())
 }
 
-fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBuf>, gap_s: f64, no_reference: bool) -> Result<()> {
+fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBuf>, gap_s: f64, no_reference: bool, ablate: bool) -> Result<()> {
     use crate::bench;
     let dir = corpus.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"));
     let items = bench::load_corpus(&dir)?;
     let audio = bench::conversation(&items, 1.0, gap_s)?;
     let input = std::env::temp_dir().join(format!("voxd-bench-{}.wav", std::process::id()));
     audio::write_wav(&input, &audio, audio::ASR_RATE_HZ)?;
-    let engines = env.engines()?;
-    let models = engines.models.clone();
-    println!(
-        "voxd bench: {} questions from {}, {:.0} s of audio in real time; {} + {} + {}; hangover {} ms",
-        items.len(),
-        dir.display(),
-        audio.len() as f64 / audio::ASR_RATE_HZ as f64,
-        models.asr,
-        models.llm,
-        models.tts,
-        env.config.vad.hangover_ms
-    );
-    let report = pipeline::run(engines, env.run_options(true, latency_log), audio)?;
-    let turns = &report.turns;
-    let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
-    println!("{} of {} questions answered, mean transcript WER {:.3}\n", turns.iter().filter(|t| !t.cancelled).count(), items.len(), heard);
-    print!("{}", bench::report(turns));
-    let ours = bench::percentile(&turns.iter().filter_map(|t| t.round_trip_ms).collect::<Vec<_>>(), 50.0);
+    let variants = if ablate { bench::ablations(&env.config) } else { vec![("voxd", env.config.clone())] };
+    let mut summary: Vec<(String, Option<f64>, Option<f64>)> = Vec::new();
+    for (i, (name, config)) in variants.into_iter().enumerate() {
+        let variant = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+        let engines = variant.engines()?;
+        let models = engines.models.clone();
+        if i == 0 {
+            println!(
+                "voxd bench: {} questions from {}, {:.0} s of audio in real time; {} + {} + {}; hangover {} ms",
+                items.len(),
+                dir.display(),
+                audio.len() as f64 / audio::ASR_RATE_HZ as f64,
+                models.asr,
+                models.llm,
+                models.tts,
+                env.config.vad.hangover_ms
+            );
+        } else {
+            eprintln!("bench: {name} …");
+        }
+        let log = if i == 0 { latency_log.clone() } else { None };
+        let report = pipeline::run(engines, variant.run_options(true, log), audio.clone())?;
+        let turns = &report.turns;
+        if i == 0 {
+            let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
+            println!("{} of {} questions answered, mean transcript WER {:.3}\n", turns.iter().filter(|t| !t.cancelled).count(), items.len(), heard);
+            print!("{}", bench::report(turns));
+        }
+        let rt: Vec<f64> = turns.iter().filter(|t| !t.cancelled).filter_map(|t| t.round_trip_ms).collect();
+        summary.push((name.to_string(), bench::percentile(&rt, 50.0), bench::percentile(&rt, 95.0)));
+    }
     if !no_reference {
         let reference_models = bench::ReferenceModels {
             // scripts/setup-reference unpacks the CTranslate2 original of the ASR model here.
-            whisper_ct2: crate::paths::cache_dir().join("reference").join(&models.asr),
+            whisper_ct2: crate::paths::cache_dir().join("reference").join(env.resolve(Role::Asr, None)?.id),
             llm: env.resolve(Role::Llm, None)?.path,
             voice: env.resolve(Role::Tts, None)?.path,
             hangover_ms: env.config.vad.hangover_ms,
@@ -423,16 +442,17 @@ fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBu
         };
         match bench::reference(&input, &reference_models)? {
             Some(r) => {
-                println!("\nreference stack ({}), same audio and models, hangover {} ms:", r.describe, env.config.vad.hangover_ms);
-                println!("  round trip p50 {:.0} ms, p95 {:.0} ms; ASR p50 {:.0} ms", r.p50, r.p95, r.asr_p50);
-                if let Some(ours) = ours {
-                    println!("voxd round trip p50 {ours:.0} ms: {:.2}x the reference's speed", r.p50 / ours);
-                }
+                println!(
+                    "\nreference stack ({}), same audio, models and hangover: p50 after the endpoint: Whisper {:.0} ms (30 s window), whole reply {:.0} ms, first sentence's audio {:.0} ms",
+                    r.describe, r.asr_p50, r.llm_p50, r.tts_p50
+                );
+                summary.push(("reference stack".to_string(), Some(r.p50), Some(r.p95)));
             }
             None => println!("\nreference stack not installed (scripts/setup-reference): no comparison"),
         }
     }
     let _ = std::fs::remove_file(&input);
+    print!("\n{}", bench::summary(&summary));
     Ok(())
 }
 

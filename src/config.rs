@@ -227,6 +227,13 @@ section! {
         temperature: f32 = 0.0, check(|x: &f32| (0.0..=2.0).contains(x), "0.0 to 2.0");
         /// Seed for sampling when temperature > 0.
         seed: u32 = 42;
+        /// Keep the system prompt and earlier turns in the KV cache across turns, so
+        /// each prompt evaluates only what is new; false evaluates every prompt whole
+        /// (`voxd bench --ablate` measures what this saves).
+        reuse_prefix: bool = true;
+        /// Speak the reply clause by clause as it is generated; false waits for the
+        /// whole reply before synthesising it (`voxd bench --ablate`).
+        stream_sentences: bool = true;
         /// The assistant's persona and rules, sent first in every conversation.
         system_prompt: String = "You are voxd, a helpful voice assistant in the user's home. Answer in one or two short spoken sentences. Use plain words: no lists, no markdown, no emoji.".into();
     }
@@ -239,6 +246,9 @@ section! {
         voice: String = String::new();
         /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster.
         rate: f32 = 1.0, check(|x: &f32| (0.5..=2.0).contains(x), "0.5 to 2.0");
+        /// Variation in prosody and timing from one synthesis to the next: 1.0 is the
+        /// voice's own; 0.0 says the same text the same way every time.
+        variability: f32 = 1.0, check(|x: &f32| (0.0..=2.0).contains(x), "0.0 to 2.0");
         /// CPU threads for ONNX Runtime. The llm stage pauses while the first sentence
         /// is synthesised, so Piper can use the cores then.
         threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");

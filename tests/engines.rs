@@ -107,7 +107,7 @@ fn chat_streams_a_reply_and_reports_token_rates() {
 fn llm_hands_out_text_while_it_is_still_generating() {
     use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
     quiet_engine_logs();
-    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 40, temperature: 0.0, seed: 1 };
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 40, temperature: 0.0, seed: 1, reuse_prefix: true };
     let llm = Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2", options).unwrap();
     let messages = [Message { role: Role::User, content: "Count from one to ten in words.".into() }];
     let mut pieces = Vec::new();

@@ -19,7 +19,8 @@ fn a_two_question_recording_gets_two_spoken_answers() {
     let questions = ["What is the capital of France?", "What color is the sky on a clear day?"];
     let (input, ends) = conversation(&dir, "two", &[(1.0, questions[0]), (4.0, questions[1])], 2.0);
     let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
-    let r = run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let config = deterministic_config(&dir, "");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
     let turns = turns(&log);
     assert_eq!(turns.len(), 2, "{}", r.stderr);
     for (t, (q, end)) in turns.iter().zip(questions.iter().zip(&ends)) {
@@ -28,8 +29,8 @@ fn a_two_question_recording_gets_two_spoken_answers() {
         assert!(!t.cancelled && !t.reply.is_empty(), "{t:?}");
         assert_eq!(t.spoken, t.reply, "everything said was played");
         let heard = heard_reply(&dir, &output, t);
-        // Piper samples its prosody and tiny.en is small: a word in ten may come back
-        // misspelled ("Francis" for "France is"), a wrong reply would not come back.
+        // tiny.en is small: a word may come back misspelled ("Francis" for "France
+        // is"); a wrong or garbled reply would not come back.
         let c = cer(&t.reply, &heard);
         assert!(c <= 0.2, "turn {}: CER {c:.2}: logged {:?}, heard {:?}", t.turn, t.reply, heard);
     }
@@ -50,10 +51,64 @@ fn the_first_sentence_is_heard_before_the_model_has_finished() {
     let (first_audio, llm_done) = (t.marks.first_audio.unwrap(), t.marks.llm_done.unwrap());
     assert!(first_audio < llm_done, "first audio at {first_audio:.0} ms, generation ended at {llm_done:.0} ms: {t:?}");
     let m = &t.marks;
-    let order = [m.endpoint, m.asr_done, m.llm_first_token, m.first_sentence, m.tts_first_audio, m.first_audio, m.turn_done].map(Option::unwrap);
+    // The reply's marks follow each other; the transcript and the first token may come
+    // before the endpoint (a reply started during the hangover), but nothing is heard
+    // before it.
+    let order = [m.asr_done, m.llm_first_token, m.first_sentence, m.tts_first_audio, m.first_audio, m.turn_done].map(Option::unwrap);
     assert!(order.windows(2).all(|w| w[0] <= w[1]), "marks in timeline order: {order:?}");
+    assert!(m.endpoint.unwrap() <= first_audio, "heard before the end of the turn was certain: {m:?}");
     assert_eq!(t.round_trip_ms, m.first_audio);
     assert_eq!(t.clock, "realtime");
+}
+
+/// Peak sample (16-bit) of `wav` between two times.
+fn peak(dir: &tempfile::TempDir, wav: &std::path::Path, from_s: f64, to_s: f64) -> u16 {
+    let part = dir.path().join("part.wav");
+    excerpt(wav, from_s, to_s, &part);
+    let reader = hound::WavReader::open(&part).unwrap();
+    reader.into_samples::<i16>().map(|s| s.unwrap().unsigned_abs()).max().unwrap_or(0)
+}
+
+#[test]
+fn a_reply_is_prepared_during_the_hangover_and_heard_only_after_it() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "eager", &[(0.5, "What is the capital of France?")], 3.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let config = deterministic_config(&dir, "");
+    run_ok(&["--config", config.to_str().unwrap(), "run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    let t = &turns[0];
+    let m = &t.marks;
+    assert!(t.speculative && t.asr.speculative_hit, "the reply was started at the pause: {t:?}");
+    assert!(m.asr_done.unwrap() < m.endpoint.unwrap(), "the transcript was ready during the hangover: {m:?}");
+    let endpoint = m.endpoint.unwrap();
+    assert!(m.first_audio.unwrap() >= endpoint, "{m:?}");
+    // On the output, silence until the end of the turn was certain.
+    let quiet = peak(&dir, &output, 0.0, t.speech_end_s + endpoint / 1000.0);
+    assert!(quiet < 300, "audio before the endpoint (peak {quiet})");
+    assert!(t.reply.to_lowercase().contains("paris"), "{:?}", t.reply);
+}
+
+#[test]
+fn speaking_on_after_a_pause_abandons_the_reply_started_there() {
+    let dir = tempdir();
+    // A pause in mid-question: longer than the speculation's 60 ms, shorter than the
+    // (here) 900 ms hangover.
+    let (input, ends) = conversation(&dir, "pause", &[(0.5, "What is the capital"), (0.15, "of Germany?")], 3.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let config = deterministic_config(&dir, "[vad]\nhangover_ms = 900");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 1, "one question, one turn: {turns:?}\n{}", r.stderr);
+    let t = &turns[0];
+    assert!(t.counters.speculations_abandoned >= 1, "the reply started at the pause was dropped: {t:?}");
+    let heard = voxd::bench::words(&t.transcript);
+    assert!(heard.contains(&"capital".to_string()) && heard.contains(&"germany".to_string()), "the whole question: {:?}", t.transcript);
+    assert!((t.speech_end_s - ends[1]).abs() < 0.3, "the turn ends with the second part");
+    // Nothing of the abandoned reply was played.
+    let quiet = peak(&dir, &output, 0.0, t.speech_end_s + t.marks.endpoint.unwrap() / 1000.0);
+    assert!(quiet < 300, "audio before the endpoint (peak {quiet})");
 }
 
 #[test]
@@ -65,7 +120,7 @@ fn the_latency_log_has_the_designed_fields() {
     let line = std::fs::read_to_string(&log).unwrap();
     let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["turn", "ts_unix_ms", "clock", "speech_end_s", "audio_s", "marks", "round_trip_ms", "transcript", "reply", "spoken", "cancelled", "asr", "llm", "models", "tool_calls", "counters", "queues"] {
+    for k in ["turn", "ts_unix_ms", "clock", "speech_end_s", "audio_s", "marks", "round_trip_ms", "transcript", "speculative", "reply", "spoken", "cancelled", "asr", "llm", "models", "tool_calls", "counters", "queues"] {
         assert!(keys.contains(&k), "no {k} in {keys:?}");
     }
     let marks: Vec<&str> = v["marks"].as_object().unwrap().keys().map(String::as_str).collect();
@@ -139,7 +194,7 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
     use voxd::engine::{asr, llm};
     quiet_engine_logs();
     let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0 };
-    let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1 };
+    let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true };
     voxd::pipeline::Engines {
         asr: asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap(),
         llm: llm::Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct", llm_options).unwrap(),
@@ -151,7 +206,7 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
 
 fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     let config = voxd::config::Config::default();
-    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, system_prompt: config.llm.system_prompt, latency_log: None }
+    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, latency_log: None }
 }
 
 /// A voice that takes its time: every sentence costs `delay` and comes out as a tone.
@@ -211,10 +266,7 @@ fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     // needs to be sure): the output is silent from there until the second answer.
     let cut_s = ends[1] - 0.0; // the second question ends here; its speech began well before
     let second_start = second.speech_end_s + second.marks.first_audio.unwrap() / 1000.0;
-    let quiet = dir.path().join("quiet.wav");
-    excerpt(&output, cut_s, second_start - 0.05, &quiet);
-    let reader = hound::WavReader::open(&quiet).unwrap();
-    let peak = reader.into_samples::<i16>().map(|s| s.unwrap().unsigned_abs()).max().unwrap_or(0);
+    let peak = peak(&dir, &output, cut_s, second_start - 0.05);
     assert!(peak < 500, "the cancelled answer kept playing (peak {peak})");
     assert_eq!(second.llm.history_turns, usize::from(!first.spoken.is_empty()), "history holds the heard part only");
 }

@@ -80,17 +80,28 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// A config file in `dir` holding `extra` and a deterministic voice (Piper's
+/// sampling noise off): the same text is the same audio in every run, so tests that
+/// synthesise questions and transcribe answers are repeatable.
+pub fn deterministic_config(dir: &tempfile::TempDir, extra: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = dir.path().join(format!("voxd-{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    std::fs::write(&path, format!("{extra}\n[tts]\nvariability = 0.0\n")).unwrap();
+    path
+}
+
 /// A conversation as a 16 kHz WAV: for each (silence before, words), that much
-/// silence then the words spoken by the configured Piper voice. Returns the path and
-/// where each utterance ends (seconds).
+/// silence then the words spoken by the Piper voice (deterministically). Returns the
+/// path and where each utterance ends (seconds).
 pub fn conversation(dir: &tempfile::TempDir, name: &str, parts: &[(f64, &str)], trailing_silence_s: f64) -> (PathBuf, Vec<f64>) {
+    let config = deterministic_config(dir, "");
     let rate = 16_000usize;
     let mut samples: Vec<f32> = Vec::new();
     let mut ends = Vec::new();
     for (i, (silence, text)) in parts.iter().enumerate() {
         samples.extend(std::iter::repeat(0.0).take((silence * rate as f64) as usize));
         let said = dir.path().join(format!("{name}-{i}.wav"));
-        run_ok(&["say", text, "-o", said.to_str().unwrap()]);
+        run_ok(&["--config", config.to_str().unwrap(), "say", text, "-o", said.to_str().unwrap()]);
         let clip = voxd::audio::read_wav(&said, rate as u32).unwrap();
         samples.extend(clip.samples);
         ends.push(samples.len() as f64 / rate as f64);

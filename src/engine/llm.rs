@@ -37,6 +37,8 @@ pub struct LlmOptions {
     pub max_reply_tokens: u32,
     pub temperature: f32,
     pub seed: u32,
+    /// Keep what the KV cache holds across calls of a session (see [`Session`]).
+    pub reuse_prefix: bool,
 }
 
 /// llama.cpp's backend may be initialised once per process.
@@ -194,7 +196,7 @@ impl Session<'_> {
     /// Returns (tokens reused, ms spent, batch index of the last token's logits).
     fn evaluate(&mut self, tokens: &[llama_cpp_2::token::LlamaToken]) -> Result<(usize, f64, i32), LlmError> {
         let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
-        let mut reuse = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let mut reuse = if self.llm.options.reuse_prefix { self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count() } else { 0 };
         reuse = reuse.min(tokens.len() - 1);
         self.ctx
             .clear_kv_cache_seq(Some(0), Some(reuse as u32), None)

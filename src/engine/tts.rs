@@ -25,6 +25,9 @@ pub enum TtsError {
 pub struct TtsOptions {
     /// 1.0 = the voice's own speed.
     pub rate: f32,
+    /// Scales the voice's sampling noise (prosody and timing variation): 1.0 = the
+    /// voice's own, 0.0 = the same audio for the same text every time.
+    pub variability: f32,
     pub threads: u32,
     /// Directory containing `espeak-ng-data`; empty = search.
     pub espeak_data_dir: String,
@@ -33,6 +36,8 @@ pub struct TtsOptions {
 pub struct Tts {
     piper: Piper,
     length_scale: f32,
+    noise_scale: f32,
+    noise_w: f32,
     pub rate_hz: u32,
     pub voice_id: String,
     pub load_ms: f64,
@@ -66,6 +71,8 @@ impl Tts {
         let config: ModelConfig = serde_json::from_str(&text).map_err(|e| TtsError::Config { path: json.clone(), reason: e.to_string() })?;
         let rate_hz = config.audio.sample_rate;
         let length_scale = config.inference.length_scale / options.rate;
+        let noise_scale = config.inference.noise_scale * options.variability;
+        let noise_w = config.inference.noise_w * options.variability;
 
         let started = Instant::now();
         let load_err = |e: ort::Error| TtsError::Load { path: onnx.into(), reason: e.to_string() };
@@ -76,14 +83,14 @@ impl Tts {
             .commit_from_file(onnx)
             .map_err(load_err)?;
         let piper = Piper::from_session(session, config);
-        Ok(Tts { piper, length_scale, rate_hz, voice_id: voice_id.to_string(), load_ms: ms_since(started) })
+        Ok(Tts { piper, length_scale, noise_scale, noise_w, rate_hz, voice_id: voice_id.to_string(), load_ms: ms_since(started) })
     }
 
     pub fn synthesize(&mut self, text: &str) -> Result<Speech, TtsError> {
         let started = Instant::now();
         let (samples, rate_hz) = self
             .piper
-            .create(text, false, None, Some(self.length_scale), None, None)
+            .create(text, false, None, Some(self.length_scale), Some(self.noise_scale), Some(self.noise_w))
             .map_err(|e| TtsError::Synthesize(e.to_string()))?;
         Ok(Speech { samples, rate_hz, elapsed_ms: ms_since(started) })
     }

@@ -1,12 +1,19 @@
 //! The agent: owns the conversation.
 //!
 //! Input: `Transcript` (from asr), `Voice` (watch, from vad), `Status` (watch, from
-//! playback) · Output: `Request` (to llm) · Thread: tokio task
+//! playback) · Output: `Request` (to llm), the confirmed turn (watch, to playback) ·
+//! Thread: tokio task
 //!
 //! Starts a turn for each transcript, keeps the rolling history, and decides when
 //! the user has interrupted the assistant (barge-in): then the turn is cancelled —
 //! llm stops at the next token, tts drops what is queued, playback cuts the sound —
 //! and the history keeps only what the user actually heard.
+//!
+//! A speculative transcript (made at a pause, before the hangover has run out)
+//! starts a *tentative* turn: the reply is generated and synthesised during the
+//! hangover, and playback holds its audio until the final transcript confirms the
+//! pause was the end. If the user speaks on instead, the tentative turn is abandoned:
+//! nothing of it is heard, logged or kept in the history.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +24,7 @@ use super::llm::{Reply, Request};
 use super::playback::Status;
 use super::telemetry::{Models, Note, Notes, TurnStart};
 use super::vad::Voice;
-use super::{Cancel, TurnId};
+use super::{sleep_until, Cancel, TurnId};
 use crate::engine::llm::{Message, Role};
 
 pub struct Agent {
@@ -25,8 +32,8 @@ pub struct Agent {
     pub barge_in: bool,
     /// How long the user must speak before that counts as an interruption.
     pub barge_in_min: Duration,
-    /// Answer turns strictly one after another, never cancelling (a file played as
-    /// fast as possible has no "during").
+    /// Answer turns strictly one after another, never cancelling and never starting
+    /// early (a file played as fast as possible has no "during" and no hangover).
     pub sequential: bool,
     pub models: Models,
 }
@@ -38,6 +45,8 @@ struct Current {
     cancel: Cancel,
     reply_rx: Option<oneshot::Receiver<Result<Reply, String>>>,
     reply: Option<String>,
+    /// Started from a speculative transcript and not confirmed yet: unheard.
+    tentative: bool,
 }
 
 impl Agent {
@@ -47,10 +56,12 @@ impl Agent {
         mut voice: watch::Receiver<Voice>,
         mut playback: watch::Receiver<Status>,
         llm: mpsc::Sender<Request>,
+        confirmed: watch::Sender<TurnId>,
         notes: Notes,
     ) -> anyhow::Result<()> {
         let mut history: Vec<Message> = Vec::new();
         let mut current: Option<Current> = None;
+        // The newest turn whose end was certain: older transcripts are late.
         let mut newest: TurnId = 0;
         let mut barge_at: Option<(TurnId, Instant)> = None;
         let mut transcripts_open = true;
@@ -71,13 +82,46 @@ impl Agent {
                         tracing::debug!(turn = t.turn, newest, "late transcript dropped");
                         continue;
                     }
-                    newest = t.turn;
-                    if let Some(c) = current.take() {
-                        // The user spoke again before the answer was over.
-                        cancel(c, "superseded by new speech", &playback, &notes, &mut history);
+                    if t.speculative {
+                        if self.sequential {
+                            continue;
+                        }
+                        match current.take() {
+                            // Still answering an earlier turn: guessing now would compete
+                            // with it; the final transcript will supersede it instead.
+                            Some(c) if !c.tentative => current = Some(c),
+                            older_guess => {
+                                if let Some(c) = older_guess {
+                                    abandon(c, &notes);
+                                }
+                                current = Some(self.start(t, true, &history, &llm, &notes).await?);
+                            }
+                        }
+                        continue;
                     }
-                    barge_at = None;
-                    current = Some(self.start(t, &history, &llm, &notes).await?);
+                    newest = t.turn;
+                    match current.take() {
+                        Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
+                            // The pause was the end: the reply under way is the answer.
+                            c.tentative = false;
+                            let endpoint_at = t.endpoint_at.expect("final transcripts carry their endpoint");
+                            notes.send(Note::Confirmed { turn: c.turn, endpoint_at });
+                            confirmed.send_replace(c.turn);
+                            current = Some(c);
+                        }
+                        other => {
+                            match other {
+                                Some(c) if c.tentative => abandon(c, &notes),
+                                // The user spoke again before the answer was over.
+                                Some(c) => cancel(c, "superseded by new speech", &playback, &notes, &mut history),
+                                None => {}
+                            }
+                            barge_at = None;
+                            let c = self.start(t, false, &history, &llm, &notes).await?;
+                            confirmed.send_replace(c.turn);
+                            current = Some(c);
+                        }
+                    }
                 }
                 r = async { current.as_mut().and_then(|c| c.reply_rx.as_mut()).expect("guarded").await }, if reply_pending => {
                     let c = current.as_mut().expect("guarded");
@@ -96,20 +140,25 @@ impl Agent {
                         anyhow::bail!("the playback stage stopped");
                     }
                 }
-                changed = voice.changed(), if busy && self.barge_in && !self.sequential => {
+                changed = voice.changed(), if busy && !self.sequential => {
                     if changed.is_err() {
                         continue; // vad ended: no more speech
                     }
                     let v = *voice.borrow();
-                    let answering = current.as_ref().map(|c| c.turn);
+                    let answering = current.as_ref().map(|c| (c.turn, c.tentative));
                     barge_at = match answering {
-                        Some(turn) if v.speaking && v.turn > turn => Some((v.turn, v.since + self.barge_in_min)),
+                        // Speech on after the guessed pause: the guess was wrong.
+                        Some((turn, true)) if v.speaking && v.turn > turn => {
+                            abandon(current.take().expect("checked"), &notes);
+                            None
+                        }
+                        Some((turn, false)) if self.barge_in && v.speaking && v.turn > turn => Some((v.turn, v.since + self.barge_in_min)),
                         _ => None,
                     };
                 }
                 _ = sleep_until(barge_deadline), if barge_deadline.is_some() => {
                     let (speech_turn, _) = barge_at.take().expect("guarded");
-                    let still = { let v = voice.borrow(); v.speaking && v.turn == speech_turn };
+                    let still = { let v = voice.borrow(); v.speaking && v.turn >= speech_turn };
                     if let (true, Some(c)) = (still, current.take()) {
                         tracing::info!(turn = c.turn, "barge-in: the user interrupted");
                         cancel(c, "barge-in", &playback, &notes, &mut history);
@@ -117,7 +166,7 @@ impl Agent {
                 }
             }
             // A turn is over when its reply is known and its audio has played.
-            let finished = current.as_ref().is_some_and(|c| c.reply.is_some() && playback.borrow().done_turn >= c.turn);
+            let finished = current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
             if finished {
                 let c = current.take().expect("checked");
                 history.push(Message { role: Role::User, content: c.user });
@@ -127,12 +176,13 @@ impl Agent {
         Ok(())
     }
 
-    async fn start(&self, t: Transcript, history: &[Message], llm: &mpsc::Sender<Request>, notes: &Notes) -> anyhow::Result<Current> {
+    async fn start(&self, t: Transcript, tentative: bool, history: &[Message], llm: &mpsc::Sender<Request>, notes: &Notes) -> anyhow::Result<Current> {
         let cancel = Cancel::default();
         notes.send(Note::TurnStart(Box::new(TurnStart {
             turn: t.turn,
             anchor: t.anchor,
             endpoint_at: t.endpoint_at,
+            speculative: tentative,
             asr_done_at: t.done_at,
             audio_s: t.audio_s,
             transcript: t.text.clone(),
@@ -142,7 +192,7 @@ impl Agent {
         let (respond_to, reply_rx) = oneshot::channel();
         let request = Request { turn: t.turn, history: history.to_vec(), user: t.text.clone(), anchor: t.anchor, cancel: cancel.clone(), respond_to };
         llm.send(request).await.map_err(|_| anyhow::anyhow!("the llm stage stopped"))?;
-        Ok(Current { turn: t.turn, user: t.text, cancel, reply_rx: Some(reply_rx), reply: None })
+        Ok(Current { turn: t.turn, user: t.text, cancel, reply_rx: Some(reply_rx), reply: None, tentative })
     }
 }
 
@@ -160,9 +210,11 @@ fn cancel(c: Current, reason: &str, playback: &watch::Receiver<Status>, notes: &
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// Drops a tentative turn: its work stops, and as nothing of it was heard, nothing
+/// of it is kept.
+fn abandon(c: Current, notes: &Notes) {
+    debug_assert!(c.tentative);
+    tracing::debug!(turn = c.turn, "the user spoke on: reply started at the pause abandoned");
+    c.cancel.cancel();
+    notes.send(Note::Abandoned { turn: c.turn });
 }

@@ -3,8 +3,10 @@
 //! Input: `Utterance` (from vad) · Output: `Transcript` (to agent) · Thread: dedicated
 //! (`voxd-asr`, owns the Whisper state)
 //!
-//! Speculative utterances (sent at a pause) are transcribed and remembered; when the
-//! final utterance of that turn is the same audio, its transcript is ready at once.
+//! Speculative utterances (sent at a pause) are transcribed, remembered and passed
+//! on, so the agent can start the reply during the hangover; when the final
+//! utterance of that turn is the same audio, its transcript is ready at once and
+//! confirms the guess.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,8 +23,13 @@ use crate::engine::asr::Asr;
 pub struct Transcript {
     pub turn: TurnId,
     pub text: String,
+    /// Made at a pause, before the end of the turn is certain: a final transcript of
+    /// the same turn follows if the pause turns out to be the end.
+    pub speculative: bool,
     pub anchor: Anchor,
-    pub endpoint_at: Instant,
+    /// When vad declared the end of the turn; None while speculative.
+    pub endpoint_at: Option<Instant>,
+    /// When the text was ready (for a confirmed guess: when the guess was).
     pub done_at: Instant,
     pub audio_s: f64,
     pub stats: AsrStats,
@@ -33,7 +40,9 @@ struct Speculation {
     turn: TurnId,
     samples: Arc<Vec<f32>>,
     text: String,
+    ms: f64,
     audio_ctx: u32,
+    done_at: Instant,
 }
 
 pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Transcript>, notes: Notes) -> anyhow::Result<()> {
@@ -44,36 +53,41 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
             // ended): this guess is stale, and transcribing it would delay that.
             continue;
         }
-        if u.speculative {
-            let t = asr.transcribe(&u.samples)?;
-            tracing::debug!(turn = u.turn, ms = t.elapsed_ms as u64, text = %t.text, "speculative transcript");
-            speculation = Some(Speculation { turn: u.turn, samples: u.samples, text: t.text, audio_ctx: t.audio_ctx });
-            continue;
-        }
-        let anchor = u.anchor.expect("final utterances carry their anchor");
-        let reuse = speculation.take().filter(|s| s.turn == u.turn && s.samples == u.samples);
-        let (text, ms, audio_ctx, hit) = match reuse {
-            Some(s) => (s.text, 0.0, s.audio_ctx, true),
+        // A final utterance that is the audio of the last guess needs no second pass.
+        let confirmed = speculation.take().filter(|s| !u.speculative && s.turn == u.turn && s.samples == u.samples);
+        let hit = confirmed.is_some();
+        let s = match confirmed {
+            Some(s) => s,
             None => {
                 let t = asr.transcribe(&u.samples)?;
-                (t.text, t.elapsed_ms, t.audio_ctx, false)
+                let text = strip_annotations(&t.text);
+                Speculation { turn: u.turn, samples: u.samples.clone(), text, ms: t.elapsed_ms, audio_ctx: t.audio_ctx, done_at: Instant::now() }
             }
         };
-        let text = strip_annotations(&text);
-        tracing::info!(turn = u.turn, speculative_hit = hit, asr_ms = ms as u64, "heard: {text}");
-        if text.is_empty() {
-            notes.dropped(u.turn);
-            continue;
-        }
+        tracing::debug!(turn = u.turn, speculative = u.speculative, speculative_hit = hit, asr_ms = s.ms as u64, text = %s.text, "transcript");
         let transcript = Transcript {
             turn: u.turn,
-            text,
-            anchor,
+            text: s.text.clone(),
+            speculative: u.speculative,
+            anchor: u.anchor,
             endpoint_at: u.endpoint_at,
-            done_at: Instant::now(),
+            done_at: s.done_at,
             audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64,
-            stats: AsrStats { ms, audio_ctx, speculative_hit: hit, capped: u.capped },
+            stats: AsrStats { ms: s.ms, audio_ctx: s.audio_ctx, speculative_hit: hit, capped: u.capped },
         };
+        if u.speculative {
+            speculation = Some(s);
+        }
+        if transcript.text.is_empty() {
+            // Noise or a cough: a guess says nothing, a final utterance is no turn.
+            if !u.speculative {
+                notes.dropped(u.turn);
+            }
+            continue;
+        }
+        if !u.speculative {
+            tracing::info!(turn = u.turn, speculative_hit = hit, "heard: {}", transcript.text);
+        }
         if tx.blocking_send(transcript).is_err() {
             break; // the agent has stopped: shutting down
         }

@@ -47,6 +47,8 @@ pub struct Sentence {
 pub struct LlmStage {
     pub system_prompt: String,
     pub history_tokens: usize,
+    /// Hand tts each clause as soon as it is complete (else the whole reply at the end).
+    pub stream_sentences: bool,
 }
 
 impl LlmStage {
@@ -96,6 +98,10 @@ impl LlmStage {
                 if first_token {
                     first_token = false;
                     notes.send(Note::LlmFirstToken { turn, at: Instant::now() });
+                }
+                if !self.stream_sentences {
+                    splitter.hold(piece);
+                    return !cancel.is_cancelled() && !closed.get();
                 }
                 for sentence in splitter.push(piece) {
                     send(sentence, false, &mut index);

@@ -1,8 +1,9 @@
 //! The voice pipeline: each stage an actor, joined by bounded channels.
 //!
 //! ```text
-//! capture ─Frame─▶ vad ─Utterance─▶ asr ─Transcript─▶ agent ─Prompt─▶ llm ─Sentence─▶ tts ─Speech─▶ playback
+//! capture ─Frame─▶ vad ─Utterance─▶ asr ─Transcript─▶ agent ─Request─▶ llm ─Sentence─▶ tts ─Speech─▶ playback
 //!                   └─ user voice (watch) ──────────▶ agent ◀── playback status (watch) ──────────────┘
+//!                                                     └──── confirmed turn (watch) ────────────────────▶ playback
 //! every stage ─Note─▶ telemetry ─▶ latency log (one JSON line per turn)
 //! ```
 //!
@@ -10,6 +11,12 @@
 //! played) goes back through `watch` channels and per-turn cancel flags, so there is
 //! no cycle of bounded channels to deadlock on. Every edge, its capacity and what
 //! happens when it is full is declared once, below, in data-flow order.
+//!
+//! Speculation: at a short pause (`vad.speculate_after_ms`) vad hands asr a copy of
+//! the utterance so far, and the agent starts a *tentative* turn from its transcript:
+//! the reply is generated and synthesised while the hangover runs. Playback holds
+//! that audio until the end of the turn is confirmed; if the user speaks on, vad
+//! gives the utterance a new turn id and the tentative turn is abandoned unheard.
 
 pub mod agent;
 pub mod asr;
@@ -89,6 +96,8 @@ pub struct Counters {
     pub playback_underruns: AtomicU64,
     /// Notes telemetry never saw because its queue was full.
     pub telemetry_drops: AtomicU64,
+    /// Replies started at a pause the user then spoke through.
+    pub speculations_abandoned: AtomicU64,
     /// High-water marks of the reply-side queues during the current turn.
     pub llm_to_tts_depth: AtomicUsize,
     pub tts_to_playback_depth: AtomicUsize,
@@ -151,6 +160,14 @@ impl Anchor {
     /// Position on the input's timeline of `at`.
     pub fn stream_s(&self, at: Instant) -> f64 {
         self.speech_end_s + signed_ms(self.speech_end_at, at) / 1000.0
+    }
+}
+
+/// Sleeps until `at`, or forever: for an optional deadline in `select!`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,7 +16,7 @@ use super::telemetry::{Models, Notes, TurnRecord};
 use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
-use crate::config::{AgentConfig, VadConfig};
+use crate::config::{AgentConfig, LlmConfig, VadConfig};
 use crate::engine::asr::Asr;
 use crate::engine::llm::Llm;
 
@@ -34,7 +34,8 @@ pub struct RunOptions {
     pub realtime: bool,
     pub vad: VadConfig,
     pub agent: AgentConfig,
-    pub system_prompt: String,
+    /// The persona and how replies are streamed (the engine itself is in `Engines`).
+    pub llm: LlmConfig,
     pub latency_log: Option<PathBuf>,
 }
 
@@ -66,12 +67,18 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
     // Feedback, never bounded queues: what the user and the speaker are doing.
     let (voice_tx, voice_rx) = watch::channel(Voice { speaking: false, turn: 0, since: std::time::Instant::now() });
     let (status_tx, status_rx) = watch::channel(Status::default());
+    // Forward, but a watch too: the newest turn whose reply may be heard.
+    let (confirmed_tx, confirmed_rx) = watch::channel(0);
 
     let mut stages: Vec<(&'static str, JoinHandle<Result<()>>)> = Vec::new();
 
     // The llm stage warms its KV cache with the system prompt before audio starts.
     let (ready_tx, ready_rx) = oneshot::channel();
-    let llm_stage = LlmStage { system_prompt: options.system_prompt.clone(), history_tokens: options.agent.history_tokens as usize };
+    let llm_stage = LlmStage {
+        system_prompt: options.llm.system_prompt.clone(),
+        history_tokens: options.agent.history_tokens as usize,
+        stream_sentences: options.llm.stream_sentences,
+    };
     {
         let (notes, counters, llm) = (notes.clone(), counters.clone(), engines.llm);
         stages.push(("llm", spawn("llm", move || llm_stage.run(llm, req_rx, sentence_tx, notes, counters, ready_tx))?));
@@ -109,8 +116,8 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
             capture::pace_file(input, frame_len, capture_clock.clone(), frame_tx).await?;
             Ok::<f64, anyhow::Error>(capture_clock.start.elapsed().as_secs_f64() - input_s)
         });
-        let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, req_tx, notes.clone()));
-        let playback = tokio::spawn(playback::run(engines.tts_rate_hz, clock.clone(), speech_rx, status_tx, notes.clone(), counters.clone()));
+        let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, req_tx, confirmed_tx, notes.clone()));
+        let playback = tokio::spawn(playback::run(engines.tts_rate_hz, clock.clone(), speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
         let telemetry = tokio::spawn(telemetry::run(note_rx, log, options.realtime, counters.clone()));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {

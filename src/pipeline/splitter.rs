@@ -28,6 +28,11 @@ impl Splitter {
         out
     }
 
+    /// Adds generated text without cutting it: `finish` returns it all as one piece.
+    pub fn hold(&mut self, text: &str) {
+        self.pending.push_str(text);
+    }
+
     /// The rest, when generation ends.
     pub fn finish(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.pending);

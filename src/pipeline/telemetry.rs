@@ -22,8 +22,13 @@ use super::{Anchor, Counters, TurnId};
 /// Something a stage saw, stamped with when.
 #[derive(Debug)]
 pub enum Note {
-    /// The agent starts answering a transcript.
+    /// The agent starts answering a transcript (a speculative one: tentatively).
     TurnStart(Box<TurnStart>),
+    /// The pause a tentative turn was started at is the end of the turn: it stands.
+    Confirmed { turn: TurnId, endpoint_at: Instant },
+    /// The user spoke on after the pause a tentative turn was started at: it never
+    /// happened, and is not logged (only counted).
+    Abandoned { turn: TurnId },
     LlmFirstToken { turn: TurnId, at: Instant },
     FirstSentence { turn: TurnId, at: Instant },
     /// Generation ended (the whole reply, or as far as it got before cancellation).
@@ -40,7 +45,10 @@ pub enum Note {
 pub struct TurnStart {
     pub turn: TurnId,
     pub anchor: Anchor,
-    pub endpoint_at: Instant,
+    /// None for a tentative turn, until it is confirmed.
+    pub endpoint_at: Option<Instant>,
+    /// Started from a speculative transcript, before the end of the turn was certain.
+    pub speculative: bool,
     pub asr_done_at: Instant,
     pub audio_s: f64,
     pub transcript: String,
@@ -50,7 +58,8 @@ pub struct TurnStart {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AsrStats {
-    /// Time Whisper worked on the final transcript (0 when speculation had it ready).
+    /// Time Whisper worked on the transcript (during the hangover when
+    /// `speculative_hit`: the transcript of the pause was the final one).
     pub ms: f64,
     pub audio_ctx: u32,
     pub speculative_hit: bool,
@@ -104,6 +113,9 @@ pub struct TurnCounters {
     pub utterances_dropped: u64,
     pub playback_underruns: u64,
     pub telemetry_drops: u64,
+    /// Replies started at a pause that the user then spoke through (wasted work, not
+    /// heard: a measure of how eagerly `vad.speculate_after_ms` guesses).
+    pub speculations_abandoned: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -131,6 +143,10 @@ pub struct TurnRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round_trip_ms: Option<f64>,
     pub transcript: String,
+    /// The reply was started at a pause, before the end of the turn was certain, and
+    /// kept when the pause became the end: its marks before `endpoint` are work done
+    /// during the hangover.
+    pub speculative: bool,
     pub reply: String,
     /// What was actually played (less than `reply` when cancelled).
     pub spoken: String,
@@ -198,7 +214,9 @@ pub async fn run(
     while let Some(note) = rx.recv().await {
         let turn = match &note {
             Note::TurnStart(s) => s.turn,
-            Note::LlmFirstToken { turn, .. }
+            Note::Confirmed { turn, .. }
+            | Note::Abandoned { turn }
+            | Note::LlmFirstToken { turn, .. }
             | Note::FirstSentence { turn, .. }
             | Note::LlmDone { turn, .. }
             | Note::TtsFirstAudio { turn, .. }
@@ -208,7 +226,7 @@ pub async fn run(
         };
         if let Note::TurnStart(start) = note {
             let anchor = start.anchor;
-            let marks = Marks { endpoint: Some(anchor.ms(start.endpoint_at)), asr_done: Some(anchor.ms(start.asr_done_at)), ..Marks::default() };
+            let marks = Marks { endpoint: start.endpoint_at.map(|at| anchor.ms(at)), asr_done: Some(anchor.ms(start.asr_done_at)), ..Marks::default() };
             counters.llm_to_tts_depth.store(0, Ordering::Relaxed);
             counters.tts_to_playback_depth.store(0, Ordering::Relaxed);
             // A cancelled turn still waiting for its llm report is written now.
@@ -224,6 +242,11 @@ pub async fn run(
             Counters::bump(&counters.utterances_dropped);
             continue;
         }
+        if let Note::Abandoned { .. } = note {
+            open.remove(&turn);
+            Counters::bump(&counters.speculations_abandoned);
+            continue;
+        }
         let Some(t) = open.get_mut(&turn) else {
             // A note for a turn already written (e.g. audio of a cancelled turn).
             tracing::trace!(turn, "late note dropped");
@@ -231,6 +254,10 @@ pub async fn run(
         };
         let anchor = t.start.anchor;
         match note {
+            Note::Confirmed { endpoint_at, .. } => {
+                t.marks.endpoint = Some(anchor.ms(endpoint_at));
+                t.start.asr.speculative_hit = true;
+            }
             Note::LlmFirstToken { at, .. } => t.marks.llm_first_token = Some(anchor.ms(at)),
             Note::FirstSentence { at, .. } => t.marks.first_sentence = Some(anchor.ms(at)),
             Note::LlmDone { at, reply, llm, .. } => {
@@ -253,7 +280,7 @@ pub async fn run(
                     write(t, realtime, &counters, &mut file, &mut done)?;
                 }
             }
-            Note::TurnStart(_) | Note::Dropped { .. } => unreachable!("handled above"),
+            Note::TurnStart(_) | Note::Dropped { .. } | Note::Abandoned { .. } => unreachable!("handled above"),
         }
     }
     // Shutting down: nothing more will come for turns still open; they are written
@@ -307,6 +334,7 @@ fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
         round_trip_ms: t.marks.first_audio,
         marks: t.marks,
         transcript: start.transcript,
+        speculative: start.speculative,
         reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },
         spoken,
         cancelled,
@@ -321,6 +349,7 @@ fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
             utterances_dropped: load(&counters.utterances_dropped),
             playback_underruns: load(&counters.playback_underruns),
             telemetry_drops: load(&counters.telemetry_drops),
+            speculations_abandoned: load(&counters.speculations_abandoned),
         },
         queues: Queues {
             llm_to_tts: counters.llm_to_tts_depth.load(Ordering::Relaxed),

@@ -7,7 +7,10 @@
 //! utterances: it keeps a pre-roll so first syllables survive, ignores sounds shorter
 //! than `min_speech_ms`, ends a turn after `hangover_ms` of silence, cuts utterances at
 //! `max_utterance_s`, and at a shorter pause hands asr a speculative copy so the
-//! transcript is ready by the time the pause turns out to be the end.
+//! transcript — and the reply — are under way by the time the pause turns out to be
+//! the end. When the user speaks on after such a guess, the utterance continues under
+//! a new turn id: whatever was started from the guess belongs to a turn that never
+//! happened, and nothing downstream can confuse the two.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,9 +38,11 @@ pub struct Utterance {
     pub speculative: bool,
     /// Cut at `max_utterance_s` while the user was still speaking.
     pub capped: bool,
-    /// Set on final utterances: the end of speech and the end-of-turn decision.
-    pub anchor: Option<Anchor>,
-    pub endpoint_at: Instant,
+    /// Where and when the user stopped speaking (the same for a speculative cut and
+    /// the final one when the pause holds).
+    pub anchor: Anchor,
+    /// When vad declared the end of the turn; None while speculative.
+    pub endpoint_at: Option<Instant>,
 }
 
 /// Whether the user is speaking now (for barge-in).
@@ -53,6 +58,9 @@ pub struct Voice {
 pub enum Event {
     /// Speech confirmed (`min_speech_ms` voiced): a turn begins.
     Started { turn: TurnId },
+    /// Speech again after a pause that was speculated on: the utterance goes on
+    /// under a new id, and the guess (the old id) is void.
+    Resumed { turn: TurnId },
     Speculate(Cut),
     /// End of turn.
     Final(Cut),
@@ -160,6 +168,12 @@ impl Endpointer {
             self.voiced += frame.len();
             self.silence = 0;
             self.last_voiced_end = end;
+            if self.speculated {
+                let turn = self.next_turn;
+                self.next_turn += 1;
+                self.confirmed = Some(turn);
+                events.push(Event::Resumed { turn });
+            }
             self.speculated = false;
             if self.confirmed.is_none() && self.voiced >= self.p.min_speech {
                 let turn = self.next_turn;
@@ -237,22 +251,23 @@ pub fn run(
     let mut pcm = [0i16; super::capture::MAX_FRAME];
     let mut end_sample = 0;
     let emit = |event: Event, now: Instant| -> anyhow::Result<()> {
-        let rate = crate::audio::ASR_RATE_HZ as f64;
         match event {
             Event::Started { turn } => {
                 voice.send_replace(Voice { speaking: true, turn, since: now });
             }
+            // The same speech goes on: `since` stays when it began (barge-in timing).
+            Event::Resumed { turn } => voice.send_modify(|v| {
+                v.speaking = true;
+                v.turn = turn;
+            }),
             Event::Discarded => {}
             Event::Speculate(cut) | Event::Final(cut) if cut.samples.is_empty() => {
                 tracing::debug!(turn = cut.turn, "empty utterance ignored");
             }
-            Event::Speculate(cut) => send(&utterances, to_utterance(cut, true, None, now), &clock, &counters, &notes),
+            Event::Speculate(cut) => send(&utterances, to_utterance(cut, None, &clock, now), &clock, &counters, &notes),
             Event::Final(cut) => {
                 voice.send_modify(|v| v.speaking = false);
-                let late_s = (cut.decided_sample - cut.speech_end_sample) as f64 / rate;
-                let speech_end_s = cut.speech_end_sample as f64 / rate;
-                let anchor = Anchor { speech_end_s, speech_end_at: clock.arrival(speech_end_s, late_s, now) };
-                send(&utterances, to_utterance(cut, false, Some(anchor), now), &clock, &counters, &notes);
+                send(&utterances, to_utterance(cut, Some(now), &clock, now), &clock, &counters, &notes);
             }
         }
         Ok(())
@@ -275,17 +290,20 @@ pub fn run(
     Ok(())
 }
 
-fn to_utterance(cut: Cut, speculative: bool, anchor: Option<Anchor>, now: Instant) -> Utterance {
+/// A cut as asr gets it; `endpoint_at` is None for a speculative cut.
+fn to_utterance(cut: Cut, endpoint_at: Option<Instant>, clock: &Clock, now: Instant) -> Utterance {
     let rate = crate::audio::ASR_RATE_HZ as f64;
+    let speech_end_s = cut.speech_end_sample as f64 / rate;
+    let late_s = (cut.decided_sample - cut.speech_end_sample) as f64 / rate;
     Utterance {
         turn: cut.turn,
         samples: Arc::new(cut.samples),
         start_s: cut.start_sample as f64 / rate,
-        speech_end_s: cut.speech_end_sample as f64 / rate,
-        speculative,
+        speech_end_s,
+        speculative: endpoint_at.is_none(),
         capped: cut.capped,
-        anchor,
-        endpoint_at: now,
+        anchor: Anchor { speech_end_s, speech_end_at: clock.arrival(speech_end_s, late_s, now) },
+        endpoint_at,
     }
 }
 
@@ -346,14 +364,26 @@ mod tests {
     }
 
     #[test]
-    fn speech_resuming_after_a_short_pause_continues_the_turn() {
+    fn speech_resuming_after_a_short_pause_continues_the_utterance_under_a_new_id() {
         let mut e = Endpointer::new(params(), 1);
         let events = feed(&mut e, &format!("{}{}{}{}", "x".repeat(20), ".".repeat(10), "x".repeat(20), ".".repeat(20)), 0);
         let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c) } else { None }).collect();
         assert_eq!(finals.len(), 1);
         assert_eq!(finals[0].speech_end_sample, 50 * F as u64);
-        let speculations = events.iter().filter(|(_, ev)| matches!(ev, Event::Speculate(_))).count();
-        assert_eq!(speculations, 2, "one per pause; the first is superseded");
+        assert_eq!(finals[0].start_sample, 0, "one utterance: the pause did not split it");
+        let speculations: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Speculate(c) = ev { Some(c.turn) } else { None }).collect();
+        assert_eq!(speculations, vec![1, 2], "one per pause");
+        assert!(events.iter().any(|(n, ev)| *n == 30 && *ev == Event::Resumed { turn: 2 }), "the first guess is void once speech resumes: {events:?}");
+        assert_eq!(finals[0].turn, 2, "the final carries the id of the guess it confirms");
+    }
+
+    #[test]
+    fn a_pause_shorter_than_the_speculation_keeps_the_id() {
+        let mut e = Endpointer::new(params(), 1);
+        let events = feed(&mut e, &format!("{}{}{}{}", "x".repeat(20), ".".repeat(4), "x".repeat(20), ".".repeat(20)), 0);
+        assert!(!events.iter().any(|(_, ev)| matches!(ev, Event::Resumed { .. })), "{events:?}");
+        let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c.turn) } else { None }).collect();
+        assert_eq!(finals, vec![1]);
     }
 
     #[test]
