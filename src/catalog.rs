@@ -82,6 +82,9 @@ pub struct ModelEntry {
     pub tool_format: Option<String>,
     /// Expected generation speed on a Jetson Orin NX 16 GB (see the table's header).
     pub orin_nx_tok_s: Option<f64>,
+    /// LLMs: false when the model degenerates given the conversation so far
+    /// (measured); voxd then answers each question on its own. Absent: it copes.
+    pub multi_turn: Option<bool>,
     pub notes: Option<String>,
     /// Installed by `scripts/setup` for the tests.
     #[serde(default)]

@@ -216,6 +216,7 @@ impl Env {
             no_speech_threshold: c.no_speech_threshold,
             scale_encoder: c.scale_encoder,
             min_encoder_s: c.min_encoder_s,
+            temperature_fallback: c.temperature_fallback,
         };
         Ok(Asr::load(&r.path, &r.id, options)?)
     }
@@ -351,15 +352,33 @@ impl Env {
         Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models })
     }
 
-    fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> pipeline::RunOptions {
+    fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> Result<pipeline::RunOptions> {
         let configured = (!self.config.log.latency_log.is_empty()).then(|| PathBuf::from(&self.config.log.latency_log));
-        pipeline::RunOptions {
+        Ok(pipeline::RunOptions {
             realtime,
             vad: self.config.vad.clone(),
             agent: self.config.agent.clone(),
             llm: self.config.llm.clone(),
+            multi_turn: self.multi_turn()?,
             latency_log: latency_log.or(configured),
-        }
+        })
+    }
+
+    /// `agent.multi_turn`: "auto" keeps the conversation in the prompt unless the
+    /// model table says the LLM degenerates with it.
+    fn multi_turn(&self) -> Result<bool> {
+        Ok(match self.config.agent.multi_turn.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => {
+                let llm = self.resolve(Role::Llm, None)?;
+                let copes = self.catalog.get(&llm.id).and_then(|m| m.multi_turn).unwrap_or(true);
+                if !copes {
+                    tracing::warn!("{} loses the thread with conversation history (models.toml: multi_turn = false): each question is answered on its own (agent.multi_turn = \"on\" keeps history anyway)", llm.id);
+                }
+                copes
+            }
+        })
     }
 }
 
@@ -367,7 +386,7 @@ fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<
     let input = input.context("no --input given: live microphone input is not available yet; pass --input FILE.wav")?;
     let clip = audio::read_wav(input, audio::ASR_RATE_HZ)?;
     let engines = env.engines()?;
-    let options = env.run_options(realtime, latency_log);
+    let options = env.run_options(realtime, latency_log)?;
     let log = options.latency_log.clone();
     let report = pipeline::run(engines, options, clip.samples.clone())?;
     let mut played = report.recording.samples;
@@ -420,7 +439,7 @@ fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBu
             eprintln!("bench: {name} …");
         }
         let log = if i == 0 { latency_log.clone() } else { None };
-        let report = pipeline::run(engines, variant.run_options(true, log), audio.clone())?;
+        let report = pipeline::run(engines, variant.run_options(true, log)?, audio.clone())?;
         let turns = &report.turns;
         if i == 0 {
             let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
@@ -464,10 +483,18 @@ fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     let audio: Vec<(audio::Clip, String)> = clips.iter().map(|(p, t)| Ok((audio::read_wav(p, audio::ASR_RATE_HZ)?, t.clone()))).collect::<Result<_>>()?;
     let total_audio: f64 = audio.iter().map(|(c, _)| c.duration_s()).sum();
     println!("{} clips, {:.1} s of speech, model {}, {} thread(s)", audio.len(), total_audio, asr.model_id, env.config.asr.threads);
-    println!("{:<28} {:>10} {:>9} {:>9}", "encoder window", "time (ms)", "RTF", "mean WER");
+    println!("{:<34} {:>10} {:>9} {:>9}", "encoder window", "time (ms)", "RTF", "mean WER");
+    let fallback = env.config.asr.temperature_fallback;
+    let toggled = if fallback { "without" } else { "with" };
+    let rows = [
+        ("full 30 s".to_string(), false, fallback),
+        (format!("scaled (floor {:.1} s)", env.config.asr.min_encoder_s), true, fallback),
+        (format!("scaled, {toggled} temp. fallback"), true, !fallback),
+    ];
     let mut results = Vec::new();
-    for scaled in [false, true] {
+    for (label, scaled, fallback) in rows {
         asr.set_scale_encoder(scaled);
+        asr.set_temperature_fallback(fallback);
         let (mut ms, mut werr) = (0.0, 0.0);
         for ((clip, reference), (path, _)) in audio.iter().zip(&clips) {
             let t = asr.transcribe(&clip.samples)?;
@@ -475,11 +502,10 @@ fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
             werr += wer(reference, &t.text);
             tracing::info!("{} ({:.1} s): {:.0} ms, ctx {}, WER {:.2}: {}", path.file_name().unwrap_or_default().to_string_lossy(), clip.duration_s(), t.elapsed_ms, t.audio_ctx, wer(reference, &t.text), t.text);
         }
-        let label = if scaled { format!("scaled (floor {:.1} s)", env.config.asr.min_encoder_s) } else { "full 30 s".to_string() };
-        println!("{:<28} {:>10.0} {:>9.3} {:>9.3}", label, ms, ms / 1000.0 / total_audio, werr / audio.len() as f64);
+        println!("{:<34} {:>10.0} {:>9.3} {:>9.3}", label, ms, ms / 1000.0 / total_audio, werr / audio.len() as f64);
         results.push(ms);
     }
-    println!("speed-up of the scaled window: {:.2}x", results[0] / results[1]);
+    println!("speed-up of the scaled window: {:.2}x; the temperature fallback {} costs {:.2}x the time", results[0] / results[1], if fallback { "(on)" } else { "(off here)" }, if fallback { results[1] / results[2] } else { results[2] / results[1] });
     Ok(())
 }
 

@@ -168,6 +168,10 @@ section! {
         /// (`voxd bench-asr`): 10 s keeps the full window's accuracy; 3 s is faster but
         /// makes Whisper invent repeats.
         min_encoder_s: f32 = 10.0, check(|x: &f32| (1.0..=30.0).contains(x), "1.0 to 30.0");
+        /// Decode again at rising temperatures when a greedy pass looks unsure
+        /// (whisper.cpp's fallback). Off: one greedy pass — on the test speech
+        /// (`voxd bench-asr`) as accurate and 1.4x faster.
+        temperature_fallback: bool = false;
     }
 }
 
@@ -197,6 +201,10 @@ section! {
     AgentConfig "agent" {
         /// Tokens of earlier turns kept in the prompt (oldest dropped first).
         history_tokens: u32 = 768, check(|n: &u32| *n <= 65_536, "0 to 65536");
+        /// Keep the conversation so far in the prompt: "on", "off" (each question on
+        /// its own), or "auto": on unless models.toml marks the LLM `multi_turn = false`
+        /// (a model that degenerates with history, like the 135M test model).
+        multi_turn: String = "auto".into(), check(|s: &String| ["auto", "on", "off"].contains(&s.as_str()), "\"auto\", \"on\" or \"off\"");
         /// Let the user interrupt the assistant by speaking (barge-in).
         barge_in: bool = true;
         /// Speech needed during a reply before it counts as an interruption.

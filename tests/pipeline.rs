@@ -19,7 +19,8 @@ fn a_two_question_recording_gets_two_spoken_answers() {
     let questions = ["What is the capital of France?", "What color is the sky on a clear day?"];
     let (input, ends) = conversation(&dir, "two", &[(1.0, questions[0]), (4.0, questions[1])], 2.0);
     let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
-    let config = deterministic_config(&dir, "");
+    // History on, whatever the test model's entry says: this checks the mechanism.
+    let config = deterministic_config(&dir, "[agent]\nmulti_turn = \"on\"");
     let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
     let turns = turns(&log);
     assert_eq!(turns.len(), 2, "{}", r.stderr);
@@ -37,6 +38,21 @@ fn a_two_question_recording_gets_two_spoken_answers() {
     assert!(turns[0].reply.to_lowercase().contains("paris"), "{:?}", turns[0].reply);
     // The second turn's prompt reused the first turn's KV cache (system prompt at least).
     assert!(turns[1].llm.cached_tokens > 0 && turns[1].llm.history_turns == 1, "{:?}", turns[1].llm);
+}
+
+#[test]
+fn a_model_that_loses_the_thread_answers_each_question_on_its_own() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "alone", &[(0.5, "What is the capital of France?"), (2.0, "What color is the sky?")], 1.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    // Default config: multi_turn = "auto", and models.toml marks the test LLM
+    // multi_turn = false.
+    let r = run_ok(&["run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    assert!(r.stderr.contains("loses the thread with conversation history"), "{}", r.stderr);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 2, "{}", r.stderr);
+    assert_eq!(turns[1].llm.history_turns, 0, "{:?}", turns[1].llm);
+    assert!(turns[1].llm.cached_tokens > 0, "the system prompt is still reused: {:?}", turns[1].llm);
 }
 
 #[test]
@@ -193,7 +209,7 @@ fn a_truncated_or_missing_input_is_a_clear_error() {
 fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pipeline::Engines {
     use voxd::engine::{asr, llm};
     quiet_engine_logs();
-    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0 };
+    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false };
     let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true };
     voxd::pipeline::Engines {
         asr: asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap(),
@@ -206,7 +222,7 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
 
 fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     let config = voxd::config::Config::default();
-    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, latency_log: None }
+    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, latency_log: None }
 }
 
 /// A voice that takes its time: every sentence costs `delay` and comes out as a tone.
@@ -254,7 +270,8 @@ fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     let parts = [(0.5, "Please tell me a long story about a brave little dragon."), (2.5, "Stop. What is two plus two?")];
     let (input, ends) = conversation(&dir, "barge", &parts, 8.0);
     let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
-    let r = run_ok(&["run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let config = deterministic_config(&dir, "[agent]\nmulti_turn = \"on\"");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
     let turns = turns(&log);
     assert_eq!(turns.len(), 2, "{}", r.stderr);
     let (first, second) = (&turns[0], &turns[1]);

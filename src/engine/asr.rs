@@ -32,6 +32,8 @@ pub struct AsrOptions {
     /// `min_encoder_s`), instead of always the full window. See `encoder_frames`.
     pub scale_encoder: bool,
     pub min_encoder_s: f32,
+    /// Decode again at higher temperatures when a greedy decode looks unsure.
+    pub temperature_fallback: bool,
 }
 
 pub struct Asr {
@@ -79,14 +81,19 @@ impl Asr {
         Ok(Asr { state, options, multilingual, model_id: model_id.to_string(), load_ms: ms_since(started) })
     }
 
-    /// Switches encoder-window scaling (for benchmarks comparing the two).
+    /// Switches encoder-window scaling and the temperature fallback (for benchmarks
+    /// comparing them).
     pub fn set_scale_encoder(&mut self, on: bool) {
         self.options.scale_encoder = on;
+    }
+    pub fn set_temperature_fallback(&mut self, on: bool) {
+        self.options.temperature_fallback = on;
     }
 
     /// Transcribes one utterance (16 kHz mono f32).
     pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, AsrError> {
         let started = Instant::now();
+        let audio_s = samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.options.threads as i32);
         // English-only models must not be asked for another language.
@@ -99,8 +106,17 @@ impl Asr {
         params.set_print_realtime(false);
         params.set_print_timestamps(false);
         params.set_suppress_blank(true);
+        if !self.options.temperature_fallback {
+            // One greedy pass. whisper.cpp otherwise re-decodes up to five times at
+            // rising temperatures when a pass looks unsure (`voxd bench-asr` measures
+            // what that costs). Without those retries, a pass that loops on its own
+            // output ("5. 5. 5. …") is cut off here — nobody says more than ~6 tokens
+            // a second — instead of holding the turn up. (With the fallback on, the
+            // cap would hide the loop from whisper.cpp's repetition check.)
+            params.set_temperature_inc(0.0);
+            params.set_max_tokens((16.0 + 8.0 * audio_s) as i32);
+        }
         params.set_no_speech_thold(self.options.no_speech_threshold);
-        let audio_s = samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
         let audio_ctx = encoder_frames(audio_s, &self.options);
         params.set_audio_ctx(audio_ctx as i32);
         if audio_ctx < 1500 {
@@ -154,7 +170,7 @@ mod tests {
     use super::*;
 
     fn options(scale: bool) -> AsrOptions {
-        AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: scale, min_encoder_s: 3.0 }
+        AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: scale, min_encoder_s: 3.0, temperature_fallback: false }
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Agent {
     /// Answer turns strictly one after another, never cancelling and never starting
     /// early (a file played as fast as possible has no "during" and no hangover).
     pub sequential: bool,
+    /// Keep the conversation so far for the next prompt (else each question stands
+    /// alone: for models that lose the thread with history).
+    pub multi_turn: bool,
     pub models: Models,
 }
 
@@ -113,7 +116,7 @@ impl Agent {
                             match other {
                                 Some(c) if c.tentative => abandon(c, &notes),
                                 // The user spoke again before the answer was over.
-                                Some(c) => cancel(c, "superseded by new speech", &playback, &notes, &mut history),
+                                Some(c) => self.cancel(c, "superseded by new speech", &playback, &notes, &mut history),
                                 None => {}
                             }
                             barge_at = None;
@@ -161,7 +164,7 @@ impl Agent {
                     let still = { let v = voice.borrow(); v.speaking && v.turn >= speech_turn };
                     if let (true, Some(c)) = (still, current.take()) {
                         tracing::info!(turn = c.turn, "barge-in: the user interrupted");
-                        cancel(c, "barge-in", &playback, &notes, &mut history);
+                        self.cancel(c, "barge-in", &playback, &notes, &mut history);
                     }
                 }
             }
@@ -169,8 +172,8 @@ impl Agent {
             let finished = current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
             if finished {
                 let c = current.take().expect("checked");
-                history.push(Message { role: Role::User, content: c.user });
-                history.push(Message { role: Role::Assistant, content: c.reply.unwrap_or_default() });
+                let reply = c.reply.unwrap_or_default();
+                self.remember(&mut history, c.user, reply);
             }
         }
         Ok(())
@@ -194,19 +197,25 @@ impl Agent {
         llm.send(request).await.map_err(|_| anyhow::anyhow!("the llm stage stopped"))?;
         Ok(Current { turn: t.turn, user: t.text, cancel, reply_rx: Some(reply_rx), reply: None, tentative })
     }
-}
 
-/// Cancels a turn everywhere and keeps in the history only what was heard.
-fn cancel(c: Current, reason: &str, playback: &watch::Receiver<Status>, notes: &Notes, history: &mut Vec<Message>) {
-    c.cancel.cancel();
-    let spoken = {
-        let s = playback.borrow();
-        if s.turn == c.turn { s.spoken.join(" ") } else { String::new() }
-    };
-    notes.send(Note::TurnEnd { turn: c.turn, at: Instant::now(), spoken: spoken.clone(), cancelled: true, reason: Some(reason.to_string()) });
-    if !spoken.is_empty() {
-        history.push(Message { role: Role::User, content: c.user });
-        history.push(Message { role: Role::Assistant, content: spoken });
+    /// Cancels a turn everywhere and keeps in the history only what was heard.
+    fn cancel(&self, c: Current, reason: &str, playback: &watch::Receiver<Status>, notes: &Notes, history: &mut Vec<Message>) {
+        c.cancel.cancel();
+        let spoken = {
+            let s = playback.borrow();
+            if s.turn == c.turn { s.spoken.join(" ") } else { String::new() }
+        };
+        notes.send(Note::TurnEnd { turn: c.turn, at: Instant::now(), spoken: spoken.clone(), cancelled: true, reason: Some(reason.to_string()) });
+        if !spoken.is_empty() {
+            self.remember(history, c.user, spoken);
+        }
+    }
+
+    fn remember(&self, history: &mut Vec<Message>, user: String, assistant: String) {
+        if self.multi_turn {
+            history.push(Message { role: Role::User, content: user });
+            history.push(Message { role: Role::Assistant, content: assistant });
+        }
     }
 }
 

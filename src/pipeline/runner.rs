@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub agent: AgentConfig,
     /// The persona and how replies are streamed (the engine itself is in `Engines`).
     pub llm: LlmConfig,
+    /// Keep the conversation so far in the prompt (`agent.multi_turn`, resolved).
+    pub multi_turn: bool,
     pub latency_log: Option<PathBuf>,
 }
 
@@ -105,6 +107,7 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         barge_in: options.agent.barge_in,
         barge_in_min: std::time::Duration::from_millis(options.agent.barge_in_min_ms as u64),
         sequential: !options.realtime,
+        multi_turn: options.multi_turn,
         models: engines.models,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
