@@ -79,7 +79,10 @@ fn say_writes_speech_that_transcribes_back_to_its_text() {
     let dir = tempdir();
     let out = dir.path().join("said.wav");
     let text = "Turn on the kitchen lights, please.";
-    let r = run_ok(&["say", text, "-o", out.to_str().unwrap()]);
+    // The same audio every run (Piper's sampling noise off): with its default
+    // variation tiny.en now and then hears "Turn" as "Card".
+    let config = deterministic_config(&dir, "");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "say", text, "-o", out.to_str().unwrap()]);
     assert!(r.stderr.contains("RTF"), "timings on stderr: {}", r.stderr);
     let spec = hound::WavReader::open(&out).unwrap().spec();
     assert_eq!(spec.sample_rate, 22_050, "the voice's own rate");
@@ -92,6 +95,24 @@ fn say_writes_speech_that_transcribes_back_to_its_text() {
     let back = run_ok(&["transcribe", padded.to_str().unwrap(), "--model", "whisper-tiny.en"]);
     let c = cer(text, &back.stdout);
     assert!(c <= 0.1, "CER {c:.2}: said {text:?}, heard {:?}", back.stdout);
+}
+
+#[test]
+fn the_voice_varies_by_default_and_repeats_itself_at_zero_variability() {
+    let dir = tempdir();
+    let said = |config: Option<&std::path::Path>, name: &str| -> Vec<i16> {
+        let out = dir.path().join(name);
+        let mut args = Vec::new();
+        if let Some(c) = config {
+            args.extend(["--config", c.to_str().unwrap()]);
+        }
+        args.extend(["say", "Good morning.", "-o", out.to_str().unwrap()]);
+        run_ok(&args);
+        hound::WavReader::open(&out).unwrap().into_samples::<i16>().map(Result::unwrap).collect()
+    };
+    let config = deterministic_config(&dir, "");
+    assert_eq!(said(Some(&config), "a.wav"), said(Some(&config), "b.wav"), "variability 0: the same audio");
+    assert_ne!(said(None, "c.wav"), said(None, "d.wav"), "default: the voice's own variation");
 }
 
 #[test]

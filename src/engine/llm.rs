@@ -256,8 +256,9 @@ impl Session<'_> {
         let mut logits_at = logits_at;
         let mut stopped = false;
         while generated < options.max_reply_tokens as usize {
+            // `sample` also accepts the token into the sampler's state (a second accept
+            // would advance it twice: fatal with a grammar in the chain).
             let token = sampler.sample(&self.ctx, logits_at);
-            sampler.accept(token);
             if generated == 0 {
                 first_token_ms = ms_since(started);
             }
