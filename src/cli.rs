@@ -113,6 +113,36 @@ pub enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// How well the LLM calls tools: the evaluation set's spoken-style requests (lights,
+    /// climate, covers, locks, scenes, state questions, chit-chat, ambiguous and unsafe
+    /// requests), scored per category.
+    EvalTools {
+        /// Evaluation set: [[tool]]s and [[case]]s [default: the built-in one,
+        /// tests/data/tools-eval.toml].
+        #[arg(long, value_name = "FILE")]
+        set: Option<PathBuf>,
+        /// LLM id from models.toml or a GGUF path [default: from the config].
+        #[arg(long)]
+        model: Option<String>,
+        /// Let the model write freely instead of constraining it with the grammar.
+        #[arg(long)]
+        no_grammar: bool,
+        /// Also write every case's result as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// The latency of a tool turn (speech end → confirmation audio): the evaluation
+    /// set's light, cover and scene commands spoken into the pipeline in real time,
+    /// against a Home Assistant endpoint on loopback, once with the model deciding
+    /// every call and once with the set's fast-path intents.
+    BenchTools {
+        /// LLM id or path [default: from the config].
+        #[arg(long)]
+        model: Option<String>,
+        /// Seconds of silence after each command, for the answer.
+        #[arg(long, default_value_t = 6.0)]
+        gap_s: f64,
+    },
     /// Check a configuration file and report every problem in it.
     CheckConfig {
         /// [default: the file voxd would use]
@@ -167,6 +197,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Chat { prompt, model } => chat(&env, &prompt, model.as_deref()),
                 Command::Answer { file, output } => answer(&env, &file, &output),
                 Command::BenchAsr { model } => bench_asr(&env, model.as_deref()),
+                Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
+                Command::EvalTools { set, model, no_grammar, json } => eval_tools(&env, set.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
                 Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
@@ -349,7 +381,8 @@ impl Env {
         tracing::info!("engines warmed up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
         let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
         let tts_rate_hz = tts.rate_hz;
-        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models })
+        let toolbox = crate::tools::Toolbox::start(&self.config)?;
+        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models, toolbox })
     }
 
     fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> Result<pipeline::RunOptions> {
@@ -360,6 +393,9 @@ impl Env {
             agent: self.config.agent.clone(),
             llm: self.config.llm.clone(),
             multi_turn: self.multi_turn()?,
+            tools: self.config.tools.clone(),
+            tool: self.config.tool.clone(),
+            intent: self.config.intent.clone(),
             latency_log: latency_log.or(configured),
         })
     }
@@ -507,6 +543,114 @@ fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     }
     println!("speed-up of the scaled window: {:.2}x; the temperature fallback {} costs {:.2}x the time", results[0] / results[1], if fallback { "(on)" } else { "(off here)" }, if fallback { results[1] / results[2] } else { results[2] / results[1] });
     Ok(())
+}
+
+fn eval_tools(env: &Env, set: Option<&Path>, model: Option<&str>, grammar: bool, json: Option<&Path>) -> Result<()> {
+    use crate::tools::eval::{self, EvalSet};
+    let (text, name) = match set {
+        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.to_path_buf()),
+        None => (eval::BUILTIN.to_string(), PathBuf::from("tests/data/tools-eval.toml")),
+    };
+    let set = EvalSet::parse(&text, &name)?;
+    let llm = env.llm(model)?;
+    let preamble = crate::tools::preamble(&env.config.llm.system_prompt, &set.tools, env.config.tools.examples);
+    let compiled = if grammar { crate::tools::grammar(&set.tools)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
+    println!(
+        "voxd eval-tools: {} requests from {}, model {}, grammar {}",
+        set.cases.len(),
+        name.display(),
+        llm.model_id,
+        if grammar { "on" } else { "off" }
+    );
+    let bar = models::progress::Progress::items("evaluating", set.cases.len() as u64);
+    let report = eval::run(&llm, &preamble, &set, compiled.as_ref(), |_, r| {
+        bar.advance(1);
+        tracing::info!("{} {:?} → {} ({:.0} ms)", if r.correct { "ok " } else { "BAD" }, r.say, r.output, r.ms);
+    })?;
+    bar.finish();
+    print!("\n{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Result<()> {
+    use crate::tools::eval::{Expect, EvalSet};
+    let set = EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
+    // Commands that act at once (a tool that asks "yes or no?" first is another flow).
+    let commands: Vec<(String, String, serde_json::Value)> = set
+        .cases
+        .iter()
+        .filter(|c| ["lights", "covers", "scenes"].contains(&c.category.as_str()))
+        .filter_map(|c| match &c.expect {
+            Expect::Call { name, arguments } if !set.tools.iter().any(|t| &t.name == name && t.confirm) => Some((c.say.clone(), name.clone(), serde_json::Value::Object(arguments.clone()))),
+            _ => None,
+        })
+        .collect();
+    let dir = tempfile_dir("voxd-bench-tools")?;
+    // The commands, spoken by the configured voice (the same audio every run).
+    let mut voice_config = env.config.clone();
+    voice_config.tts.variability = 0.0;
+    let mut tts = Env { config: voice_config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() }.tts(None)?;
+    let mut corpus = Vec::new();
+    for (i, (say, _, _)) in commands.iter().enumerate() {
+        let speech = tts.synthesize(say)?;
+        let path = dir.join(format!("{i:02}.wav"));
+        audio::write_wav(&path, &speech.samples, speech.rate_hz)?;
+        corpus.push((path, say.clone()));
+    }
+    let audio = crate::bench::conversation(&corpus, 1.0, gap_s)?;
+    let token = format!("bench-{}", std::process::id());
+    let ha = crate::tools::local_ha::LocalHomeAssistant::start(&token)?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    println!(
+        "voxd bench-tools: {} commands ({:.0} s of audio in real time) against a Home Assistant endpoint on {}",
+        commands.len(),
+        audio.len() as f64 / audio::ASR_RATE_HZ as f64,
+        ha.url()
+    );
+    let mut rows = Vec::new();
+    for (label, intents) in [("the model decides every call", Vec::new()), ("fast path: intents first", set.intents.clone())] {
+        let mut config = env.config.clone();
+        if let Some(m) = &model {
+            config.llm.model = m.clone();
+        }
+        config.tool = set.tools.clone();
+        config.intent = intents;
+        config.home_assistant.url = ha.url();
+        config.home_assistant.token_file = token_file.display().to_string();
+        let variant = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+        eprintln!("bench-tools: {label} …");
+        let engines = variant.engines()?;
+        let llm_id = engines.models.llm.clone();
+        let report = pipeline::run(engines, variant.run_options(true, None)?, audio.clone())?;
+        let (mut right, mut via_intent, mut rt) = (0, 0, Vec::new());
+        for (t, (_, name, arguments)) in report.turns.iter().zip(&commands) {
+            if let Some(call) = t.tool_calls.first() {
+                right += usize::from(call.ok && &call.name == name && &call.arguments == arguments);
+                via_intent += usize::from(call.via == "intent");
+                rt.extend(t.round_trip_ms.filter(|_| !t.cancelled));
+            }
+        }
+        println!("\n{label} ({llm_id}): {right} of {} commands done right, {via_intent} by an intent", commands.len());
+        print!("{}", crate::bench::report(&report.turns));
+        rows.push((format!("{label}"), crate::bench::percentile(&rt, 50.0), crate::bench::percentile(&rt, 95.0)));
+    }
+    println!("\ntool turns: speech end → first audio of the confirmation");
+    print!("{}", crate::bench::summary(&rows));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A fresh directory under the system's temp dir.
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn check_config(file: Option<&Path>) -> Result<()> {

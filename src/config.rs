@@ -10,8 +10,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::de::IntoDeserializer;
-use serde::Deserialize;
+pub use crate::tools::config::{HomeAssistantConfig, IntentConfig, MqttConfig, ToolConfig, ToolsConfig};
+
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,13 +50,13 @@ pub enum ConfigError {
 }
 
 /// Collects problems while a document is walked.
-struct Problems<'a> {
+pub(crate) struct Problems<'a> {
     text: &'a str,
     found: Vec<ConfigProblem>,
 }
 
 impl Problems<'_> {
-    fn add(&mut self, span: Option<Range<usize>>, key: String, message: String) {
+    pub(crate) fn add(&mut self, span: Option<Range<usize>>, key: String, message: String) {
         let (line, column) = line_column(self.text, span.map_or(0, |s| s.start));
         self.found.push(ConfigProblem { line, column, key, message });
     }
@@ -97,14 +97,23 @@ macro_rules! section {
             pub const KEY: &'static str = $key;
             pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
 
-            fn from_table(table: &toml_edit::Table, problems: &mut Problems<'_>) -> Self {
+            #[allow(dead_code)]
+            pub(crate) fn from_table(table: &toml_edit::Table, problems: &mut $crate::config::Problems<'_>) -> Self {
+                Self::from_table_at(table, $key, problems)
+            }
+
+            /// Reads the section from `table`, naming keys `PREFIX.key` in problems
+            /// (`tool[2].service` for the third `[[tool]]`).
+            pub(crate) fn from_table_at(table: &toml_edit::Table, prefix: &str, problems: &mut $crate::config::Problems<'_>) -> Self {
+                use serde::de::IntoDeserializer as _;
+                use serde::Deserialize as _;
                 let mut out = Self::default();
                 for (k, item) in table.iter() {
                     let span = table.key(k).and_then(|key| key.span()).or_else(|| item.span());
                     match k {
                         $(
                         stringify!($field) => {
-                            let path = format!("{}.{}", $key, k);
+                            let path = format!("{}.{}", prefix, k);
                             let value = match item.clone().into_value() {
                                 Ok(v) => v,
                                 Err(_) => { problems.add(span, path, "expected a value, found a table".into()); continue; }
@@ -127,7 +136,7 @@ macro_rules! section {
                         )*
                         other => problems.add(
                             span,
-                            format!("{}.{}", $key, other),
+                            format!("{}.{}", prefix, other),
                             format!("unknown key; expected one of: {}", Self::FIELDS.join(", ")),
                         ),
                     }
@@ -137,6 +146,8 @@ macro_rules! section {
         }
     };
 }
+
+pub(crate) use section;
 
 section! {
     /// Where voxd keeps its models.
@@ -277,9 +288,17 @@ pub struct Config {
     pub vad: VadConfig,
     pub agent: AgentConfig,
     pub log: LogConfig,
+    pub tools: ToolsConfig,
+    pub home_assistant: HomeAssistantConfig,
+    pub mqtt: MqttConfig,
+    /// `[[tool]]`: what the assistant may do.
+    pub tool: Vec<ToolConfig>,
+    /// `[[intent]]`: commands that skip the model.
+    pub intent: Vec<IntentConfig>,
 }
 
-/// The sections, for messages and for the example-config test.
+/// The sections, for messages and for the example-config test (`tool` and `intent`
+/// are lists: `[[tool]]`).
 pub const SECTIONS: &[(&str, &[&str])] = &[
     (PathsConfig::KEY, PathsConfig::FIELDS),
     (AsrConfig::KEY, AsrConfig::FIELDS),
@@ -288,11 +307,22 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (VadConfig::KEY, VadConfig::FIELDS),
     (AgentConfig::KEY, AgentConfig::FIELDS),
     (LogConfig::KEY, LogConfig::FIELDS),
+    (ToolsConfig::KEY, ToolsConfig::FIELDS),
+    (HomeAssistantConfig::KEY, HomeAssistantConfig::FIELDS),
+    (MqttConfig::KEY, MqttConfig::FIELDS),
+    (ToolConfig::KEY, ToolConfig::FIELDS),
+    (IntentConfig::KEY, IntentConfig::FIELDS),
 ];
 
 impl Config {
     /// Parses configuration text; `path` names it in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse_with(text, path, &[])
+    }
+
+    /// Parses configuration text that may also hold the top-level keys `other`
+    /// (read by someone else: the evaluation set's `[[case]]`s).
+    pub fn parse_with(text: &str, path: &Path, other: &[&str]) -> Result<Config, ConfigErrors> {
         let mut problems = Problems { text, found: Vec::new() };
         let doc = match toml_edit::ImDocument::parse(text) {
             Ok(doc) => doc,
@@ -336,8 +366,43 @@ impl Config {
         if let Some(t) = section(LogConfig::KEY, &mut problems) {
             config.log = LogConfig::from_table(t, &mut problems);
         }
+        if let Some(t) = section(ToolsConfig::KEY, &mut problems) {
+            config.tools = ToolsConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(HomeAssistantConfig::KEY, &mut problems) {
+            config.home_assistant = HomeAssistantConfig::from_table(t, &mut problems);
+            secret_hint(t, HomeAssistantConfig::KEY, &["token", "password"], "token_env (an environment variable) or token_file", &mut problems);
+        }
+        if let Some(t) = section(MqttConfig::KEY, &mut problems) {
+            config.mqtt = MqttConfig::from_table(t, &mut problems);
+            secret_hint(t, MqttConfig::KEY, &["password"], "password_env (an environment variable)", &mut problems);
+        }
+        let tools = crate::tools::config::read_list(&doc, ToolConfig::KEY, &mut problems, ToolConfig::from_table_at);
+        for (i, (tool, table)) in tools.iter().enumerate() {
+            let prefix = format!("tool[{i}]");
+            tool.check(table, &prefix, &mut problems);
+            if tools[..i].iter().any(|(t, _)| t.name == tool.name) {
+                problems.add(table.key("name").and_then(|k| k.span()), format!("{prefix}.name"), format!("{:?}: another [[tool]] has this name", tool.name));
+            }
+            let (needs, set) = if tool.executor.starts_with("home_assistant") {
+                ("[home_assistant] url", config.home_assistant.url.is_empty())
+            } else if tool.executor.starts_with("mqtt") {
+                ("[mqtt] host", config.mqtt.host.is_empty())
+            } else {
+                ("", false)
+            };
+            if set {
+                problems.add(table.key("executor").and_then(|k| k.span()), format!("{prefix}.executor"), format!("{} tools need {needs} to be set", tool.executor));
+            }
+        }
+        config.tool = tools.into_iter().map(|(t, _)| t).collect();
+        let intents = crate::tools::config::read_list(&doc, IntentConfig::KEY, &mut problems, IntentConfig::from_table_at);
+        for (i, (intent, table)) in intents.iter().enumerate() {
+            intent.check(table, &format!("intent[{i}]"), &config.tool, &mut problems);
+        }
+        config.intent = intents.into_iter().map(|(t, _)| t).collect();
         for (k, item) in doc.iter() {
-            if !SECTIONS.iter().any(|(name, _)| *name == k) {
+            if !SECTIONS.iter().any(|(name, _)| *name == k) && !other.contains(&k) {
                 let span = doc.key(k).and_then(|key| key.span()).or_else(|| item.span());
                 let names: Vec<_> = SECTIONS.iter().map(|(n, _)| format!("[{n}]")).collect();
                 problems.add(span, k.into(), format!("unknown section; expected one of: {}", names.join(", ")));
@@ -370,6 +435,18 @@ impl Config {
             return Config::load(&user);
         }
         Ok(Config::default())
+    }
+}
+
+/// A secret written into the file is an error with a pointer to where it belongs.
+fn secret_hint(table: &toml_edit::Table, section: &str, keys: &[&str], instead: &str, problems: &mut Problems<'_>) {
+    for key in keys {
+        if let Some(k) = table.key(key) {
+            // Instead of the generic "unknown key" for it.
+            let path = format!("{section}.{key}");
+            problems.found.retain(|p| p.key != path);
+            problems.add(k.span(), path, format!("secrets never go in the config file (it is often shared or logged): set {instead}"));
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Layout: `pipeline` is the voice pipeline (one file per stage, the topology in
 //! `pipeline/mod.rs`); `engine` holds the three inference engines (whisper, llama, piper) as plain
-//! structs; `models` gets and checks their files; `catalog` is models.toml; `config`
+//! structs; `tools` is what the assistant can do in the home (schemas, executors, intents); `models` gets and checks their files; `catalog` is models.toml; `config`
 //! is voxd.toml; `audio` reads and writes WAV; `cli` wires them into commands.
 
 pub mod audio;
@@ -15,3 +15,4 @@ pub mod logging;
 pub mod models;
 pub mod paths;
 pub mod pipeline;
+pub mod tools;

@@ -8,3 +8,4 @@ mod config;
 mod engines;
 mod models;
 mod pipeline;
+mod tools;

@@ -2,17 +2,6 @@
 
 use crate::util::*;
 
-/// The audio a turn put on the output timeline, transcribed.
-fn heard_reply(dir: &tempfile::TempDir, output: &std::path::Path, t: &voxd::pipeline::telemetry::TurnRecord) -> String {
-    // From a moment before the reply (silence on the output: Whisper mishears words
-    // that start at a clip's first sample) to its end.
-    let start = t.speech_end_s + t.marks.first_audio.expect("the turn was heard") / 1000.0 - 0.3;
-    let end = t.speech_end_s + t.marks.turn_done.expect("the turn ended") / 1000.0;
-    let clip = dir.path().join(format!("reply-{}.wav", t.turn));
-    excerpt(output, start, end, &clip);
-    run_ok(&["transcribe", clip.to_str().unwrap(), "--model", "whisper-tiny.en"]).stdout
-}
-
 #[test]
 fn a_two_question_recording_gets_two_spoken_answers() {
     let dir = tempdir();
@@ -217,12 +206,13 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
         tts: voice,
         tts_rate_hz: rate_hz,
         models: voxd::pipeline::telemetry::Models { asr: "tiny".into(), llm: "smollm2".into(), tts: "test".into() },
+        toolbox: voxd::tools::Toolbox::default(),
     }
 }
 
 fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     let config = voxd::config::Config::default();
-    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, latency_log: None }
+    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, tools: config.tools, tool: config.tool, intent: config.intent, latency_log: None }
 }
 
 /// A voice that takes its time: every sentence costs `delay` and comes out as a tone.

@@ -127,3 +127,99 @@ pub fn excerpt(wav: &Path, from_s: f64, to_s: f64, out: &Path) {
     let f: Vec<f32> = samples[a.min(b)..b].iter().map(|s| *s as f32 / 32768.0).collect();
     voxd::audio::write_wav(out, &f, rate as u32).unwrap();
 }
+
+/// A free TCP port on loopback (bound and released: good enough for a test's server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A real MQTT broker (Debian's mosquitto) on a loopback port, stopped when dropped.
+pub struct Broker {
+    pub port: u16,
+    config: PathBuf,
+    child: std::process::Child,
+}
+
+impl Broker {
+    pub fn start(dir: &tempfile::TempDir) -> Broker {
+        Broker::start_on(dir, free_port())
+    }
+
+    pub fn start_on(dir: &tempfile::TempDir, port: u16) -> Broker {
+        let config = dir.path().join(format!("mosquitto-{port}.conf"));
+        std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        let child = Command::new("mosquitto").arg("-c").arg(&config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("mosquitto runs (apt package mosquitto; ./scripts/setup installs it)");
+        wait_for_port(port);
+        Broker { port, config, child }
+    }
+
+    /// Stops the broker, waits `down`, and starts it again on the same port.
+    pub fn restart(&mut self, down: std::time::Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Command::new("mosquitto").arg("-c").arg(&self.config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        wait_for_port(self.port);
+    }
+
+    /// Everything published under `filter` until the subscriber is dropped, seen by
+    /// an independent client (mosquitto_sub), as "topic payload" lines.
+    pub fn watch(&self, filter: &str) -> Subscriber {
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", filter, "-v"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs (apt package mosquitto-clients)");
+        // Give the subscription a moment to reach the broker before anything is published.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Subscriber { child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Subscriber {
+    child: std::process::Child,
+}
+
+impl Subscriber {
+    /// Stops the subscriber and returns the "topic payload" lines it received.
+    pub fn received(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The audio a turn put on the output timeline, transcribed.
+pub fn heard_reply(dir: &tempfile::TempDir, output: &Path, t: &voxd::pipeline::telemetry::TurnRecord) -> String {
+    // From a moment before the reply (silence on the output: Whisper mishears words
+    // that start at a clip's first sample) to its end.
+    let start = t.speech_end_s + t.marks.first_audio.expect("the turn was heard") / 1000.0 - 0.3;
+    let end = t.speech_end_s + t.marks.turn_done.expect("the turn ended") / 1000.0;
+    let clip = dir.path().join(format!("reply-{}.wav", t.turn));
+    excerpt(output, start, end, &clip);
+    run_ok(&["transcribe", clip.to_str().unwrap(), "--model", "whisper-tiny.en"]).stdout
+}

@@ -11,6 +11,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
 
 use super::{ms_since, sniff, FileKind};
 
@@ -28,6 +31,8 @@ pub enum LlmError {
     PromptTooLong { prompt: usize, ctx: u32 },
     #[error("llama.cpp failed while {doing}: {reason}")]
     Inference { doing: &'static str, reason: String },
+    #[error("llama.cpp rejected the output grammar ({0}); its parse error is on stderr")]
+    Grammar(String),
 }
 
 #[derive(Debug, Clone)]
@@ -163,13 +168,22 @@ impl Llm {
 
     /// One-shot generation in a fresh context (see [`Session::generate`]).
     pub fn generate(&self, messages: &[Message], on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
-        self.session()?.generate(messages, on_text)
+        self.session()?.generate(messages, None, on_text)
+    }
+
+    /// A grammar (GBNF, root rule `root`) that constrains what this model may
+    /// generate; pass it to [`Session::generate`].
+    pub fn grammar(&self, gbnf: &str) -> Result<Grammar, LlmError> {
+        LlamaSampler::grammar(&self.model, gbnf, "root").map(Grammar).map_err(|e| LlmError::Grammar(e.to_string()))
     }
 
     pub fn options(&self) -> &LlmOptions {
         &self.options
     }
 }
+
+/// A compiled output grammar. Each generation starts from a fresh copy of it.
+pub struct Grammar(LlamaSampler);
 
 /// A llama context and the tokens its KV cache holds.
 pub struct Session<'m> {
@@ -225,7 +239,8 @@ impl Session<'_> {
 
     /// Generates a reply, calling `on_text` with each piece of text as soon as it is
     /// complete UTF-8. Returning `false` from `on_text` stops generation (cancellation).
-    pub fn generate(&mut self, messages: &[Message], mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
+    /// With a `grammar`, only text the grammar accepts is generated.
+    pub fn generate(&mut self, messages: &[Message], grammar: Option<&Grammar>, mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
         let started = Instant::now();
         let llm = self.llm;
         let options = &llm.options;
@@ -242,6 +257,8 @@ impl Session<'_> {
         let (reuse, prompt_ms, logits_at) = self.evaluate(&tokens)?;
         let mut batch = LlamaBatch::new(1, 1);
 
+        // The grammar keeps its parse state: every generation starts from a copy.
+        let mut grammar = grammar.map(|g| g.0.clone());
         let mut sampler = if options.temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
@@ -258,7 +275,10 @@ impl Session<'_> {
         while generated < options.max_reply_tokens as usize {
             // `sample` also accepts the token into the sampler's state (a second accept
             // would advance it twice: fatal with a grammar in the chain).
-            let token = sampler.sample(&self.ctx, logits_at);
+            let token = match grammar.as_mut() {
+                None => sampler.sample(&self.ctx, logits_at),
+                Some(g) => self.sample_constrained(&mut sampler, g, logits_at)?,
+            };
             if generated == 0 {
                 first_token_ms = ms_since(started);
             }
@@ -290,6 +310,29 @@ impl Session<'_> {
             first_token_ms,
             stopped,
         })
+    }
+}
+
+impl Session<'_> {
+    /// Samples a token the grammar accepts, and advances the grammar by it. The
+    /// sampler picks freely first and the grammar judges that one token; only when it
+    /// is rejected is the grammar applied to the whole vocabulary (as llama.cpp's own
+    /// sampler does): the same tokens, at a fraction of the cost (~0.1 ms instead of
+    /// 3-5 ms a token on a 49k vocabulary).
+    fn sample_constrained(&self, sampler: &mut LlamaSampler, grammar: &mut LlamaSampler, logits_at: i32) -> Result<LlamaToken, LlmError> {
+        let mut all = self.ctx.token_data_array_ith(logits_at);
+        all.apply_sampler(sampler);
+        let mut token = all.selected_token().ok_or_else(|| LlmError::Inference { doing: "sampling", reason: "no token selected".into() })?;
+        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
+        one.apply_sampler(grammar);
+        if one.data[0].logit() == f32::NEG_INFINITY {
+            let mut all = self.ctx.token_data_array_ith(logits_at);
+            all.apply_sampler(grammar);
+            all.apply_sampler(sampler);
+            token = all.selected_token().ok_or_else(|| LlmError::Inference { doing: "sampling", reason: "the grammar allows no token here".into() })?;
+        }
+        grammar.try_accept(token).map_err(|e| LlmError::Inference { doing: "advancing the grammar", reason: e.to_string() })?;
+        Ok(token)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The agent: owns the conversation.
 //!
 //! Input: `Transcript` (from asr), `Voice` (watch, from vad), `Status` (watch, from
-//! playback) · Output: `Request` (to llm), the confirmed turn (watch, to playback) ·
-//! Thread: tokio task
+//! playback), `Reply` (from llm, per request), `Outcome` (from tools, per job) ·
+//! Output: `Request` (to llm), `Job` (to tools), the confirmed turn (watch, to
+//! playback) · Thread: tokio task
 //!
 //! Starts a turn for each transcript, keeps the rolling history, and decides when
 //! the user has interrupted the assistant (barge-in): then the turn is cancelled —
@@ -13,19 +14,27 @@
 //! starts a *tentative* turn: the reply is generated and synthesised during the
 //! hangover, and playback holds its audio until the final transcript confirms the
 //! pause was the end. If the user speaks on instead, the tentative turn is abandoned:
-//! nothing of it is heard, logged or kept in the history.
+//! nothing of it is heard, logged or kept in the history. Nothing is *done* on a
+//! guess either: a tool call decided during the hangover waits for the confirmation.
+//!
+//! A turn that calls a tool: the model's call (or a fast-path intent's) is validated
+//! and checked against the allow-list, confirmed with the user when the tool asks
+//! for it, run by the tools stage, and its outcome spoken — by a template, by the
+//! model in one sentence, or as an honest error.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asr::Transcript;
-use super::llm::{Reply, Request};
+use super::llm::{Job, Reply, Request};
 use super::playback::Status;
-use super::telemetry::{Models, Note, Notes, TurnStart};
+use super::telemetry::{Models, Note, Notes, ToolCallRecord, TurnStart};
 use super::vad::Voice;
-use super::{sleep_until, Cancel, TurnId};
+use super::{sleep_until, tools, Anchor, Cancel, TurnId};
 use crate::engine::llm::{Message, Role};
+use crate::tools::intents::{yes_or_no, Intents};
+use crate::tools::{parse_call, say, Outcome, Rejected, ToolCall, ToolConfig};
 
 pub struct Agent {
     /// Let speech during a reply interrupt it.
@@ -39,149 +48,185 @@ pub struct Agent {
     /// alone: for models that lose the thread with history).
     pub multi_turn: bool,
     pub models: Models,
+    /// What the model may call, and the commands that skip the model.
+    pub tools: Vec<ToolConfig>,
+    pub intents: Intents,
 }
 
-/// The turn being answered.
-struct Current {
-    turn: TurnId,
-    user: String,
-    cancel: Cancel,
-    reply_rx: Option<oneshot::Receiver<Result<Reply, String>>>,
-    reply: Option<String>,
-    /// Started from a speculative transcript and not confirmed yet: unheard.
-    tentative: bool,
+/// The other stages, as the agent reaches them.
+pub struct Links {
+    pub llm: mpsc::Sender<Request>,
+    pub tools: mpsc::Sender<tools::Job>,
+    pub confirmed: watch::Sender<TurnId>,
+    pub notes: Notes,
 }
+
+/// A yes/no question asked before a tool runs is answered within this long.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
 impl Agent {
-    pub async fn run(
-        self,
-        mut transcripts: mpsc::Receiver<Transcript>,
-        mut voice: watch::Receiver<Voice>,
-        mut playback: watch::Receiver<Status>,
-        llm: mpsc::Sender<Request>,
-        confirmed: watch::Sender<TurnId>,
-        notes: Notes,
-    ) -> anyhow::Result<()> {
-        let mut history: Vec<Message> = Vec::new();
-        let mut current: Option<Current> = None;
-        // The newest turn whose end was certain: older transcripts are late.
-        let mut newest: TurnId = 0;
-        let mut barge_at: Option<(TurnId, Instant)> = None;
+    pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
+        let mut c = Conversation { agent: &self, links, history: Vec::new(), current: None, newest: 0, barge_at: None, pending: None };
         let mut transcripts_open = true;
         loop {
-            let busy = current.is_some();
+            let busy = c.current.is_some();
             if !transcripts_open && !busy {
                 break;
             }
-            let reply_pending = current.as_ref().is_some_and(|c| c.reply_rx.is_some());
-            let barge_deadline = barge_at.map(|(_, at)| at);
+            let waiting = c.current.as_ref().is_some_and(|t| !matches!(t.waiting, Waiting::Nothing));
+            let barge_deadline = c.barge_at.map(|(_, at)| at);
             tokio::select! {
-                t = transcripts.recv(), if transcripts_open && !(self.sequential && busy) => {
-                    let Some(t) = t else {
-                        transcripts_open = false;
-                        continue;
-                    };
-                    if t.turn <= newest {
-                        tracing::debug!(turn = t.turn, newest, "late transcript dropped");
-                        continue;
-                    }
-                    if t.speculative {
-                        if self.sequential {
-                            continue;
-                        }
-                        match current.take() {
-                            // Still answering an earlier turn: guessing now would compete
-                            // with it; the final transcript will supersede it instead.
-                            Some(c) if !c.tentative => current = Some(c),
-                            older_guess => {
-                                if let Some(c) = older_guess {
-                                    abandon(c, &notes);
-                                }
-                                current = Some(self.start(t, true, &history, &llm, &notes).await?);
-                            }
-                        }
-                        continue;
-                    }
-                    newest = t.turn;
-                    match current.take() {
-                        Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
-                            // The pause was the end: the reply under way is the answer.
-                            c.tentative = false;
-                            let endpoint_at = t.endpoint_at.expect("final transcripts carry their endpoint");
-                            notes.send(Note::Confirmed { turn: c.turn, endpoint_at });
-                            confirmed.send_replace(c.turn);
-                            current = Some(c);
-                        }
-                        other => {
-                            match other {
-                                Some(c) if c.tentative => abandon(c, &notes),
-                                // The user spoke again before the answer was over.
-                                Some(c) => self.cancel(c, "superseded by new speech", &playback, &notes, &mut history),
-                                None => {}
-                            }
-                            barge_at = None;
-                            let c = self.start(t, false, &history, &llm, &notes).await?;
-                            confirmed.send_replace(c.turn);
-                            current = Some(c);
-                        }
-                    }
-                }
-                r = async { current.as_mut().and_then(|c| c.reply_rx.as_mut()).expect("guarded").await }, if reply_pending => {
-                    let c = current.as_mut().expect("guarded");
-                    c.reply_rx = None;
-                    match r {
-                        Ok(Ok(reply)) => c.reply = Some(reply.text),
-                        Ok(Err(e)) => {
-                            tracing::warn!(turn = c.turn, "no answer: {e}");
-                            c.reply = Some(String::new());
-                        }
-                        Err(_) => anyhow::bail!("the llm stage stopped"),
-                    }
-                }
+                t = transcripts.recv(), if transcripts_open && !(self.sequential && busy) => match t {
+                    Some(t) => c.on_transcript(t, &playback).await?,
+                    None => transcripts_open = false,
+                },
+                p = progress(c.current.as_mut()), if waiting => c.on_progress(p).await?,
                 changed = playback.changed(), if busy => {
                     if changed.is_err() {
                         anyhow::bail!("the playback stage stopped");
                     }
                 }
                 changed = voice.changed(), if busy && !self.sequential => {
-                    if changed.is_err() {
-                        continue; // vad ended: no more speech
+                    if changed.is_ok() {
+                        c.on_voice(*voice.borrow());
                     }
-                    let v = *voice.borrow();
-                    let answering = current.as_ref().map(|c| (c.turn, c.tentative));
-                    barge_at = match answering {
-                        // Speech on after the guessed pause: the guess was wrong.
-                        Some((turn, true)) if v.speaking && v.turn > turn => {
-                            abandon(current.take().expect("checked"), &notes);
-                            None
-                        }
-                        Some((turn, false)) if self.barge_in && v.speaking && v.turn > turn => Some((v.turn, v.since + self.barge_in_min)),
-                        _ => None,
-                    };
                 }
-                _ = sleep_until(barge_deadline), if barge_deadline.is_some() => {
-                    let (speech_turn, _) = barge_at.take().expect("guarded");
-                    let still = { let v = voice.borrow(); v.speaking && v.turn >= speech_turn };
-                    if let (true, Some(c)) = (still, current.take()) {
-                        tracing::info!(turn = c.turn, "barge-in: the user interrupted");
-                        self.cancel(c, "barge-in", &playback, &notes, &mut history);
+                _ = sleep_until(barge_deadline), if barge_deadline.is_some() => c.on_barge_deadline(&voice, &playback),
+            }
+            c.finish_if_heard(&playback);
+        }
+        Ok(())
+    }
+}
+
+/// The turn being answered.
+struct Current {
+    turn: TurnId,
+    user: String,
+    anchor: Anchor,
+    cancel: Cancel,
+    /// Started from a speculative transcript and not confirmed yet: unheard.
+    tentative: bool,
+    waiting: Waiting,
+    /// What was said, once the last job of the turn is done.
+    reply: Option<String>,
+    /// This turn's messages for the model: the user's words, then any call and result.
+    messages: Vec<Message>,
+    /// A call decided while tentative: made once the turn is confirmed.
+    held: Option<Decision>,
+    /// The model already had its one chance to repair an invalid call.
+    repaired: bool,
+}
+
+/// What a turn waits for.
+enum Waiting {
+    Nothing,
+    Llm(oneshot::Receiver<Result<Reply, String>>),
+    Tool { rx: oneshot::Receiver<Outcome>, call: ToolCall, tool: ToolConfig },
+}
+
+enum Progress {
+    Reply(Result<Result<Reply, String>, oneshot::error::RecvError>),
+    Outcome(Result<Outcome, oneshot::error::RecvError>, ToolCall, ToolConfig),
+}
+
+/// What the current turn was waiting for, when it comes. (select! builds every
+/// branch's future even when the branch is off: this one must not assume a turn.)
+async fn progress(current: Option<&mut Current>) -> Progress {
+    match current.map(|c| &mut c.waiting) {
+        Some(Waiting::Llm(rx)) => Progress::Reply(rx.await),
+        Some(Waiting::Tool { rx, call, tool }) => Progress::Outcome(rx.await, call.clone(), tool.clone()),
+        Some(Waiting::Nothing) | None => std::future::pending().await,
+    }
+}
+
+/// A tool call a turn is to make.
+enum Decision {
+    /// The model's output, still to be validated.
+    Model(String),
+    /// A fast-path intent's call (valid by construction).
+    Intent(ToolCall),
+}
+
+/// A call waiting for the user's yes.
+struct Pending {
+    call: ToolCall,
+    tool: ToolConfig,
+    via: &'static str,
+    asked: Instant,
+}
+
+/// The agent's state while it runs.
+struct Conversation<'a> {
+    agent: &'a Agent,
+    links: Links,
+    history: Vec<Message>,
+    current: Option<Current>,
+    /// The newest turn whose end was certain: older transcripts are late.
+    newest: TurnId,
+    barge_at: Option<(TurnId, Instant)>,
+    pending: Option<Pending>,
+}
+
+impl Conversation<'_> {
+    async fn on_transcript(&mut self, t: Transcript, playback: &watch::Receiver<Status>) -> anyhow::Result<()> {
+        if t.turn <= self.newest {
+            tracing::debug!(turn = t.turn, newest = self.newest, "late transcript dropped");
+            return Ok(());
+        }
+        if t.speculative {
+            // No guessing in a file played as fast as possible, nor while a yes/no
+            // question waits for its answer.
+            if self.agent.sequential || self.pending.is_some() {
+                return Ok(());
+            }
+            match self.current.take() {
+                // Still answering an earlier turn: guessing now would compete with it;
+                // the final transcript will supersede it instead.
+                Some(c) if !c.tentative => self.current = Some(c),
+                older_guess => {
+                    if let Some(c) = older_guess {
+                        self.abandon(c);
                     }
+                    let c = self.start(t, true).await?;
+                    self.current = Some(c);
                 }
             }
-            // A turn is over when its reply is known and its audio has played.
-            let finished = current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
-            if finished {
-                let c = current.take().expect("checked");
-                let reply = c.reply.unwrap_or_default();
-                self.remember(&mut history, c.user, reply);
+            return Ok(());
+        }
+        self.newest = t.turn;
+        match self.current.take() {
+            Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
+                // The pause was the end: the reply under way is the answer.
+                c.tentative = false;
+                let endpoint_at = t.endpoint_at.expect("final transcripts carry their endpoint");
+                self.links.notes.send(Note::Confirmed { turn: c.turn, endpoint_at });
+                self.links.confirmed.send_replace(c.turn);
+                if let Some(decision) = c.held.take() {
+                    self.decided(&mut c, decision).await?;
+                }
+                self.current = Some(c);
+            }
+            other => {
+                match other {
+                    Some(c) if c.tentative => self.abandon(c),
+                    // The user spoke again before the answer was over.
+                    Some(c) => self.cancel(c, "superseded by new speech", playback),
+                    None => {}
+                }
+                self.barge_at = None;
+                let c = self.start(t, false).await?;
+                self.links.confirmed.send_replace(c.turn);
+                self.current = Some(c);
             }
         }
         Ok(())
     }
 
-    async fn start(&self, t: Transcript, tentative: bool, history: &[Message], llm: &mpsc::Sender<Request>, notes: &Notes) -> anyhow::Result<Current> {
-        let cancel = Cancel::default();
-        notes.send(Note::TurnStart(Box::new(TurnStart {
+    /// Opens a turn for a transcript: the answer to a pending question, a fast-path
+    /// command, or a question for the model.
+    async fn start(&mut self, t: Transcript, tentative: bool) -> anyhow::Result<Current> {
+        self.links.notes.send(Note::TurnStart(Box::new(TurnStart {
             turn: t.turn,
             anchor: t.anchor,
             endpoint_at: t.endpoint_at,
@@ -190,40 +235,221 @@ impl Agent {
             audio_s: t.audio_s,
             transcript: t.text.clone(),
             asr: t.stats.clone(),
-            models: self.models.clone(),
+            models: self.agent.models.clone(),
         })));
-        let (respond_to, reply_rx) = oneshot::channel();
-        let request = Request { turn: t.turn, history: history.to_vec(), user: t.text.clone(), anchor: t.anchor, cancel: cancel.clone(), respond_to };
-        llm.send(request).await.map_err(|_| anyhow::anyhow!("the llm stage stopped"))?;
-        Ok(Current { turn: t.turn, user: t.text, cancel, reply_rx: Some(reply_rx), reply: None, tentative })
+        let mut c = Current {
+            turn: t.turn,
+            user: t.text.clone(),
+            anchor: t.anchor,
+            cancel: Cancel::default(),
+            tentative,
+            waiting: Waiting::Nothing,
+            reply: None,
+            messages: vec![Message { role: Role::User, content: t.text.clone() }],
+            held: None,
+            repaired: false,
+        };
+        if let Some(p) = self.pending.take().filter(|p| !tentative && p.asked.elapsed() < CONFIRM_WITHIN) {
+            match yes_or_no(&t.text) {
+                Some(true) => {
+                    self.execute(&mut c, p.call, p.tool, p.via).await?;
+                    return Ok(c);
+                }
+                Some(false) => {
+                    self.say(&mut c, say::declined()).await?;
+                    return Ok(c);
+                }
+                None => {} // Something else: the question lapses; this is a new request.
+            }
+        }
+        if let Some(call) = self.agent.intents.call(&t.text, &self.agent.tools) {
+            if tentative {
+                c.held = Some(Decision::Intent(call));
+            } else {
+                self.decided(&mut c, Decision::Intent(call)).await?;
+            }
+            return Ok(c);
+        }
+        self.ask_model(&mut c, !self.agent.tools.is_empty()).await?;
+        Ok(c)
+    }
+
+    async fn on_progress(&mut self, p: Progress) -> anyhow::Result<()> {
+        let mut c = self.current.take().expect("progress belongs to the current turn");
+        c.waiting = Waiting::Nothing;
+        match p {
+            Progress::Reply(Err(_)) => anyhow::bail!("the llm stage stopped"),
+            Progress::Reply(Ok(Err(e))) => {
+                tracing::warn!(turn = c.turn, "no answer: {e}");
+                c.reply = Some(String::new());
+            }
+            Progress::Reply(Ok(Ok(reply))) => match reply.call {
+                Some(text) if c.tentative => c.held = Some(Decision::Model(text)),
+                Some(text) => self.decided(&mut c, Decision::Model(text)).await?,
+                None => c.reply = Some(reply.text),
+            },
+            Progress::Outcome(Err(_), ..) => anyhow::bail!("the tools stage stopped"),
+            Progress::Outcome(Ok(outcome), call, tool) => self.spoken_outcome(&mut c, outcome, call, tool).await?,
+        }
+        self.current = Some(c);
+        Ok(())
+    }
+
+    /// A call is to be made: validate it, check it is allowed, ask first if the tool
+    /// wants a yes, else run it.
+    async fn decided(&mut self, c: &mut Current, decision: Decision) -> anyhow::Result<()> {
+        let (parsed, via) = match decision {
+            Decision::Intent(call) => {
+                let tool = self.agent.tools.iter().find(|t| t.name == call.name).expect("intents name configured tools");
+                let checked = tool.permits(&call).map(|()| (call, tool));
+                (checked, "intent")
+            }
+            Decision::Model(text) => {
+                let parsed = parse_call(&text, &self.agent.tools).and_then(|(call, tool)| tool.permits(&call).map(|()| (call, tool)));
+                if let Err(Rejected::Invalid(problem)) = &parsed {
+                    if !c.repaired {
+                        // One repair: show the model its output and what is wrong with it.
+                        c.repaired = true;
+                        tracing::info!(turn = c.turn, "invalid call ({problem}): asking the model to repair {text}");
+                        c.messages.push(Message { role: Role::Assistant, content: text.clone() });
+                        c.messages.push(Message { role: Role::User, content: format!("That call is not valid: {problem}. Reply with a corrected call, or answer in words.") });
+                        return self.ask_model(c, true).await;
+                    }
+                    self.record(c.turn, ToolCallRecord { name: call_name(&text), arguments: serde_json::Value::Null, ok: false, ms: 0.0, via: "model".into(), error: Some(problem.clone()) });
+                    return self.say(c, say::could_not_call()).await;
+                }
+                (parsed, "model")
+            }
+        };
+        let (call, tool) = match parsed {
+            Ok((call, tool)) => (call, tool.clone()),
+            Err(Rejected::NotAllowed { tool, target }) => {
+                tracing::warn!(turn = c.turn, "refused: {tool} may not touch {target}");
+                let t = self.agent.tools.iter().find(|t| t.name == tool).expect("a refused call names its tool").clone();
+                self.record(c.turn, ToolCallRecord { name: tool, arguments: serde_json::Value::Null, ok: false, ms: 0.0, via: via.into(), error: Some(format!("not allowed: {target}")) });
+                return self.say(c, say::not_allowed(&t, &target)).await;
+            }
+            Err(Rejected::Invalid(_)) => unreachable!("handled above"),
+        };
+        if tool.confirm {
+            let question = tool.confirm_question(&call);
+            self.pending = Some(Pending { call, tool, via, asked: Instant::now() });
+            return self.say(c, question).await;
+        }
+        self.execute(c, call, tool, via).await
+    }
+
+    async fn execute(&mut self, c: &mut Current, call: ToolCall, tool: ToolConfig, via: &'static str) -> anyhow::Result<()> {
+        let (respond_to, rx) = oneshot::channel();
+        let job = tools::Job { turn: c.turn, call: call.clone(), tool: tool.clone(), via, respond_to };
+        self.links.tools.send(job).await.map_err(|_| anyhow::anyhow!("the tools stage stopped"))?;
+        c.messages.push(Message { role: Role::Assistant, content: serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string() });
+        c.waiting = Waiting::Tool { rx, call, tool };
+        Ok(())
+    }
+
+    /// Says how a call went: the tool's template, else the model in one sentence; a
+    /// failure always plainly (the model might dress it up as a success).
+    async fn spoken_outcome(&mut self, c: &mut Current, outcome: Outcome, call: ToolCall, tool: ToolConfig) -> anyhow::Result<()> {
+        if let Some(error) = &outcome.error {
+            return self.say(c, say::failed(error)).await;
+        }
+        if !tool.reply.is_empty() {
+            let state = tool.executor.ends_with("_state").then_some(outcome.result.as_str());
+            return self.say(c, crate::tools::render(&tool.reply, &call.arguments, state)).await;
+        }
+        let result = if outcome.result.is_empty() { "done".to_string() } else { outcome.result };
+        c.messages.push(Message { role: Role::User, content: format!("Result of {}: {result}. Tell me in one short spoken sentence.", call.name) });
+        self.ask_model(c, false).await
+    }
+
+    async fn ask_model(&mut self, c: &mut Current, tools: bool) -> anyhow::Result<()> {
+        self.request(c, Job::Answer { tools }).await
+    }
+
+    async fn say(&mut self, c: &mut Current, text: String) -> anyhow::Result<()> {
+        self.request(c, Job::Say(text)).await
+    }
+
+    async fn request(&mut self, c: &mut Current, job: Job) -> anyhow::Result<()> {
+        let (respond_to, rx) = oneshot::channel();
+        let request = Request { turn: c.turn, history: self.history.clone(), messages: c.messages.clone(), job, anchor: c.anchor, cancel: c.cancel.clone(), respond_to };
+        self.links.llm.send(request).await.map_err(|_| anyhow::anyhow!("the llm stage stopped"))?;
+        c.waiting = Waiting::Llm(rx);
+        Ok(())
+    }
+
+    fn record(&self, turn: TurnId, record: ToolCallRecord) {
+        self.links.notes.send(Note::ToolCall { turn, record });
+    }
+
+    fn on_voice(&mut self, v: Voice) {
+        let answering = self.current.as_ref().map(|c| (c.turn, c.tentative));
+        self.barge_at = match answering {
+            // Speech on after the guessed pause: the guess was wrong.
+            Some((turn, true)) if v.speaking && v.turn > turn => {
+                let c = self.current.take().expect("checked");
+                self.abandon(c);
+                None
+            }
+            Some((turn, false)) if self.agent.barge_in && v.speaking && v.turn > turn => Some((v.turn, v.since + self.agent.barge_in_min)),
+            _ => None,
+        };
+    }
+
+    fn on_barge_deadline(&mut self, voice: &watch::Receiver<Voice>, playback: &watch::Receiver<Status>) {
+        let (speech_turn, _) = self.barge_at.take().expect("guarded");
+        let still = {
+            let v = voice.borrow();
+            v.speaking && v.turn >= speech_turn
+        };
+        if let (true, Some(c)) = (still, self.current.take()) {
+            tracing::info!(turn = c.turn, "barge-in: the user interrupted");
+            self.cancel(c, "barge-in", playback);
+        }
+    }
+
+    /// A turn is over when its reply is known and its audio has played.
+    fn finish_if_heard(&mut self, playback: &watch::Receiver<Status>) {
+        let finished = self.current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
+        if finished {
+            let c = self.current.take().expect("checked");
+            let reply = c.reply.unwrap_or_default();
+            self.remember(c.user, reply);
+        }
     }
 
     /// Cancels a turn everywhere and keeps in the history only what was heard.
-    fn cancel(&self, c: Current, reason: &str, playback: &watch::Receiver<Status>, notes: &Notes, history: &mut Vec<Message>) {
+    fn cancel(&mut self, c: Current, reason: &str, playback: &watch::Receiver<Status>) {
         c.cancel.cancel();
         let spoken = {
             let s = playback.borrow();
             if s.turn == c.turn { s.spoken.join(" ") } else { String::new() }
         };
-        notes.send(Note::TurnEnd { turn: c.turn, at: Instant::now(), spoken: spoken.clone(), cancelled: true, reason: Some(reason.to_string()) });
+        self.links.notes.send(Note::TurnEnd { turn: c.turn, at: Instant::now(), spoken: spoken.clone(), cancelled: true, reason: Some(reason.to_string()) });
         if !spoken.is_empty() {
-            self.remember(history, c.user, spoken);
+            self.remember(c.user, spoken);
         }
     }
 
-    fn remember(&self, history: &mut Vec<Message>, user: String, assistant: String) {
-        if self.multi_turn {
-            history.push(Message { role: Role::User, content: user });
-            history.push(Message { role: Role::Assistant, content: assistant });
+    /// Drops a tentative turn: its work stops, and as nothing of it was heard (or
+    /// done), nothing of it is kept.
+    fn abandon(&mut self, c: Current) {
+        debug_assert!(c.tentative);
+        tracing::debug!(turn = c.turn, "the user spoke on: reply started at the pause abandoned");
+        c.cancel.cancel();
+        self.links.notes.send(Note::Abandoned { turn: c.turn });
+    }
+
+    fn remember(&mut self, user: String, assistant: String) {
+        if self.agent.multi_turn {
+            self.history.push(Message { role: Role::User, content: user });
+            self.history.push(Message { role: Role::Assistant, content: assistant });
         }
     }
 }
 
-/// Drops a tentative turn: its work stops, and as nothing of it was heard, nothing
-/// of it is kept.
-fn abandon(c: Current, notes: &Notes) {
-    debug_assert!(c.tentative);
-    tracing::debug!(turn = c.turn, "the user spoke on: reply started at the pause abandoned");
-    c.cancel.cancel();
-    notes.send(Note::Abandoned { turn: c.turn });
+/// The tool an invalid call meant, for the log ("?" when even that is unreadable).
+fn call_name(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string)).unwrap_or_else(|| "?".into())
 }

@@ -4,6 +4,7 @@
 //! capture ─Frame─▶ vad ─Utterance─▶ asr ─Transcript─▶ agent ─Request─▶ llm ─Sentence─▶ tts ─Speech─▶ playback
 //!                   └─ user voice (watch) ──────────▶ agent ◀── playback status (watch) ──────────────┘
 //!                                                     └──── confirmed turn (watch) ────────────────────▶ playback
+//!                                                     agent ─Job─▶ tools ─Outcome─▶ agent (per job)
 //! every stage ─Note─▶ telemetry ─▶ latency log (one JSON line per turn)
 //! ```
 //!
@@ -25,6 +26,7 @@ pub mod llm;
 pub mod playback;
 pub mod splitter;
 pub mod telemetry;
+pub mod tools;
 pub mod tts;
 pub mod vad;
 
@@ -61,10 +63,12 @@ pub const CAPTURE_TO_VAD: Edge = Edge { name: "capture → vad", capacity: 16, w
 pub const VAD_TO_ASR: Edge = Edge { name: "vad → asr", capacity: 4, when_full: WhenFull::DropNewest };
 pub const ASR_TO_AGENT: Edge = Edge { name: "asr → agent", capacity: 8, when_full: WhenFull::Block };
 pub const AGENT_TO_LLM: Edge = Edge { name: "agent → llm", capacity: 2, when_full: WhenFull::Block };
+/// One call at a time per turn; the agent waits for each outcome.
+pub const AGENT_TO_TOOLS: Edge = Edge { name: "agent → tools", capacity: 4, when_full: WhenFull::Block };
 pub const LLM_TO_TTS: Edge = Edge { name: "llm → tts", capacity: 4, when_full: WhenFull::Block };
 pub const TTS_TO_PLAYBACK: Edge = Edge { name: "tts → playback", capacity: 8, when_full: WhenFull::Block };
 pub const TELEMETRY: Edge = Edge { name: "→ telemetry", capacity: 1024, when_full: WhenFull::DropNewest };
-pub const EDGES: [&Edge; 7] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY];
+pub const EDGES: [&Edge; 8] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &AGENT_TO_TOOLS, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY];
 
 fn channel<T>(edge: &Edge) -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
     mpsc::channel(edge.capacity)

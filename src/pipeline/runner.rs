@@ -16,17 +16,20 @@ use super::telemetry::{Models, Notes, TurnRecord};
 use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
-use crate::config::{AgentConfig, LlmConfig, VadConfig};
+use crate::config::{AgentConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig};
+use crate::tools::intents::Intents;
+use crate::tools::Toolbox;
 use crate::engine::asr::Asr;
 use crate::engine::llm::Llm;
 
-/// The loaded engines, moved into their stages.
+/// The loaded engines (and the connected tool executors), moved into their stages.
 pub struct Engines {
     pub asr: Asr,
     pub llm: Llm,
     pub tts: Box<dyn TtsVoice>,
     pub tts_rate_hz: u32,
     pub models: Models,
+    pub toolbox: Toolbox,
 }
 
 pub struct RunOptions {
@@ -38,6 +41,10 @@ pub struct RunOptions {
     pub llm: LlmConfig,
     /// Keep the conversation so far in the prompt (`agent.multi_turn`, resolved).
     pub multi_turn: bool,
+    /// `[tools]`, the `[[tool]]`s and the `[[intent]]`s.
+    pub tools: ToolsConfig,
+    pub tool: Vec<ToolConfig>,
+    pub intent: Vec<IntentConfig>,
     pub latency_log: Option<PathBuf>,
 }
 
@@ -64,6 +71,7 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
     let (utt_tx, utt_rx) = channel(&VAD_TO_ASR);
     let (text_tx, text_rx) = channel(&ASR_TO_AGENT);
     let (req_tx, req_rx) = channel(&AGENT_TO_LLM);
+    let (job_tx, job_rx) = channel(&AGENT_TO_TOOLS);
     let (sentence_tx, sentence_rx) = channel(&LLM_TO_TTS);
     let (speech_tx, speech_rx) = channel(&TTS_TO_PLAYBACK);
     // Feedback, never bounded queues: what the user and the speaker are doing.
@@ -76,10 +84,14 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
 
     // The llm stage warms its KV cache with the system prompt before audio starts.
     let (ready_tx, ready_rx) = oneshot::channel();
+    // The tools sit in the system prompt (the cached prefix) and shape the grammar.
+    let constrained = options.tools.grammar && !options.tool.is_empty();
     let llm_stage = LlmStage {
-        system_prompt: options.llm.system_prompt.clone(),
+        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, options.tools.examples),
         history_tokens: options.agent.history_tokens as usize,
         stream_sentences: options.llm.stream_sentences,
+        tools_grammar: if constrained { crate::tools::grammar(&options.tool)? } else { None },
+        answer_grammar: constrained.then(crate::tools::answer_grammar),
     };
     {
         let (notes, counters, llm) = (notes.clone(), counters.clone(), engines.llm);
@@ -102,6 +114,10 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         let (voice, notes, counters) = (engines.tts, notes.clone(), counters.clone());
         stages.push(("tts", spawn("tts", move || tts::run(voice, sentence_rx, speech_tx, notes, counters))?));
     }
+    {
+        let (toolbox, notes) = (engines.toolbox, notes.clone());
+        stages.push(("tools", spawn("tools", move || tools::run(toolbox, job_rx, notes))?));
+    }
 
     let agent = Agent {
         barge_in: options.agent.barge_in,
@@ -109,6 +125,8 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         sequential: !options.realtime,
         multi_turn: options.multi_turn,
         models: engines.models,
+        intents: Intents::new(&options.intent)?,
+        tools: options.tool,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
     let frame_len = (options.vad.frame_ms * 16) as usize;
@@ -119,7 +137,8 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
             capture::pace_file(input, frame_len, capture_clock.clone(), frame_tx).await?;
             Ok::<f64, anyhow::Error>(capture_clock.start.elapsed().as_secs_f64() - input_s)
         });
-        let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, req_tx, confirmed_tx, notes.clone()));
+        let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
+        let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, links));
         let playback = tokio::spawn(playback::run(engines.tts_rate_hz, clock.clone(), speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
         let telemetry = tokio::spawn(telemetry::run(note_rx, log, options.realtime, counters.clone()));
         drop(notes);

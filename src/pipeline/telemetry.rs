@@ -31,8 +31,11 @@ pub enum Note {
     Abandoned { turn: TurnId },
     LlmFirstToken { turn: TurnId, at: Instant },
     FirstSentence { turn: TurnId, at: Instant },
-    /// Generation ended (the whole reply, or as far as it got before cancellation).
-    LlmDone { turn: TurnId, at: Instant, reply: String, llm: LlmStats },
+    /// A job of the llm stage ended: `reply` is what it said (empty for a tool call);
+    /// `llm` its generation figures (None for fixed words).
+    LlmDone { turn: TurnId, at: Instant, reply: String, llm: Option<LlmStats> },
+    /// A tool call was run, refused or could not be made.
+    ToolCall { turn: TurnId, record: ToolCallRecord },
     TtsFirstAudio { turn: TurnId, at: Instant },
     FirstAudio { turn: TurnId, at: Instant },
     /// The last sample played, or the turn was cancelled.
@@ -75,6 +78,22 @@ pub struct LlmStats {
     pub prompt_tok_s: f64,
     pub generate_tok_s: f64,
     pub history_turns: usize,
+}
+
+/// One tool call of a turn, as the latency log shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolCallRecord {
+    pub name: String,
+    pub arguments: serde_json::Value,
+    /// Ran and succeeded.
+    pub ok: bool,
+    /// Time the executor took (0 when it never ran).
+    pub ms: f64,
+    /// "model" (the LLM's call) or "intent" (the fast path).
+    pub via: String,
+    /// Why it did not run or failed ("not allowed", "Home Assistant did not answer in time").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,7 +175,7 @@ pub struct TurnRecord {
     pub asr: AsrStats,
     pub llm: LlmStats,
     pub models: Models,
-    pub tool_calls: Vec<serde_json::Value>,
+    pub tool_calls: Vec<ToolCallRecord>,
     pub counters: TurnCounters,
     pub queues: Queues,
 }
@@ -189,8 +208,9 @@ struct Open {
     start: Box<TurnStart>,
     marks: Marks,
     reply: String,
-    llm: LlmStats,
+    llm: Option<LlmStats>,
     llm_done: bool,
+    tool_calls: Vec<ToolCallRecord>,
     /// Set when the turn was cancelled before the llm reported: the record waits for
     /// the llm's report (it stops at the next token) or the next turn, whichever first.
     ended: Option<Ended>,
@@ -222,6 +242,7 @@ pub async fn run(
             | Note::TtsFirstAudio { turn, .. }
             | Note::FirstAudio { turn, .. }
             | Note::TurnEnd { turn, .. }
+            | Note::ToolCall { turn, .. }
             | Note::Dropped { turn } => *turn,
         };
         if let Note::TurnStart(start) = note {
@@ -235,7 +256,7 @@ pub async fn run(
                 let t = open.remove(&id).expect("listed above");
                 write(t, realtime, &counters, &mut file, &mut done)?;
             }
-            open.insert(turn, Open { start, marks, reply: String::new(), llm: LlmStats::default(), llm_done: false, ended: None });
+            open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), ended: None });
             continue;
         }
         if let Note::Dropped { .. } = note {
@@ -258,20 +279,36 @@ pub async fn run(
                 t.marks.endpoint = Some(anchor.ms(endpoint_at));
                 t.start.asr.speculative_hit = true;
             }
-            Note::LlmFirstToken { at, .. } => t.marks.llm_first_token = Some(anchor.ms(at)),
-            Note::FirstSentence { at, .. } => t.marks.first_sentence = Some(anchor.ms(at)),
+            // A tool turn runs several jobs (the call, then its confirmation): the
+            // marks keep the first of each, the figures the first generation's (the
+            // one that decided), the reply what was said last.
+            Note::LlmFirstToken { at, .. } => {
+                t.marks.llm_first_token.get_or_insert(anchor.ms(at));
+            }
+            Note::FirstSentence { at, .. } => {
+                t.marks.first_sentence.get_or_insert(anchor.ms(at));
+            }
+            Note::ToolCall { record, .. } => t.tool_calls.push(record),
             Note::LlmDone { at, reply, llm, .. } => {
                 t.marks.llm_done = Some(anchor.ms(at));
-                t.reply = reply;
-                t.llm = llm;
+                if !reply.is_empty() {
+                    t.reply = reply;
+                }
+                if t.llm.is_none() {
+                    t.llm = llm;
+                }
                 t.llm_done = true;
                 if t.ended.is_some() {
                     let t = open.remove(&turn).expect("looked up above");
                     write(t, realtime, &counters, &mut file, &mut done)?;
                 }
             }
-            Note::TtsFirstAudio { at, .. } => t.marks.tts_first_audio = Some(anchor.ms(at)),
-            Note::FirstAudio { at, .. } => t.marks.first_audio = Some(anchor.ms(at)),
+            Note::TtsFirstAudio { at, .. } => {
+                t.marks.tts_first_audio.get_or_insert(anchor.ms(at));
+            }
+            Note::FirstAudio { at, .. } => {
+                t.marks.first_audio.get_or_insert(anchor.ms(at));
+            }
             Note::TurnEnd { at, spoken, cancelled, reason, .. } => {
                 t.marks.turn_done = Some(anchor.ms(at));
                 t.ended = Some(Ended { spoken, reason: cancelled.then_some(reason).flatten().or(cancelled.then(|| "cancelled".to_string())) });
@@ -340,9 +377,9 @@ fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
         cancelled,
         cancel_reason: reason,
         asr: start.asr,
-        llm: t.llm,
+        llm: t.llm.unwrap_or_default(),
         models: start.models,
-        tool_calls: Vec::new(),
+        tool_calls: t.tool_calls,
         counters: TurnCounters {
             capture_overflows: load(&counters.capture_overflows),
             vad_drops: load(&counters.vad_drops),

@@ -1,0 +1,38 @@
+//! Tools stage.
+//!
+//! Input: `Job` (from agent) · Output: `Outcome` (to agent, per job) · Thread:
+//! dedicated (`voxd-tools`; executors block on the network, each with its timeout)
+//!
+//! Runs tool calls the agent has already validated and checked against the
+//! allow-list, one at a time, and logs every one of them.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::telemetry::{Note, Notes, ToolCallRecord};
+use super::TurnId;
+use crate::tools::{Outcome, ToolCall, ToolConfig, Toolbox};
+
+pub struct Job {
+    pub turn: TurnId,
+    pub call: ToolCall,
+    pub tool: ToolConfig,
+    /// "model" or "intent", for the log.
+    pub via: &'static str,
+    pub respond_to: oneshot::Sender<Outcome>,
+}
+
+pub fn run(toolbox: Toolbox, mut rx: mpsc::Receiver<Job>, notes: Notes) -> anyhow::Result<()> {
+    while let Some(job) = rx.blocking_recv() {
+        let outcome = toolbox.run(&job.tool, &job.call);
+        match &outcome.error {
+            None => tracing::info!(turn = job.turn, ms = outcome.ms as u64, "tool {} {} ran", job.call.name, job.call.arguments),
+            Some(e) => tracing::warn!(turn = job.turn, ms = outcome.ms as u64, "tool {} {} failed: {e}", job.call.name, job.call.arguments),
+        }
+        let record = ToolCallRecord { name: job.call.name, arguments: job.call.arguments, ok: outcome.ok, ms: outcome.ms, via: job.via.into(), error: outcome.error.clone() };
+        notes.send(Note::ToolCall { turn: job.turn, record });
+        // The agent may have moved on (the user interrupted): the call still happened
+        // and is logged above.
+        let _ = job.respond_to.send(outcome);
+    }
+    Ok(())
+}

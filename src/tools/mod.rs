@@ -1,0 +1,481 @@
+//! Tools: what the assistant can do in the home, and how a model's call becomes an
+//! action safely.
+//!
+//! A call travels: model output (constrained by [`grammar`] to a call or an answer)
+//! → [`parse_call`] (JSON, a known tool, arguments valid against its schema) →
+//! [`Tool::permits`] (the allow-list) → confirmation when the tool asks for it → an
+//! executor ([`home_assistant`], [`mqtt`], [`webhook`]) with a timeout → an
+//! [`Outcome`] that is spoken: a template, the model's short confirmation, or an
+//! honest error. [`intents`] are the fast path that skips the model for the
+//! commonest commands. The pipeline's `tools` stage runs executors on its own thread.
+
+pub mod config;
+pub mod eval;
+pub mod home_assistant;
+pub mod intents;
+pub mod local_ha;
+pub mod mqtt;
+pub mod schema;
+pub mod webhook;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use config::ToolConfig;
+
+use crate::engine::llm::{Message, Role};
+
+/// A call of a tool: what the model (or an intent) asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+impl ToolCall {
+    /// The arguments, for speech: "light.kitchen, 40".
+    pub fn arguments_text(&self) -> String {
+        self.arguments.as_object().map(|a| a.values().map(plain).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    }
+}
+
+/// What running a call came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// For state tools: the state read ("on", "21.5"); for others, what the service
+    /// answered, shortened.
+    pub result: String,
+    /// Set when not ok: what went wrong, as it can be said aloud.
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+/// An action that failed, phrased to be said aloud: "Home Assistant did not answer
+/// in time".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failure(pub String);
+
+/// Maps an HTTP client error to what the user hears, naming `service`.
+pub(crate) fn http_failure(service: &str, e: ureq::Error) -> Failure {
+    match e {
+        ureq::Error::Status(401 | 403, _) => Failure(format!("{service} refused my access token")),
+        ureq::Error::Status(404, _) => Failure(format!("{service} does not know that")),
+        ureq::Error::Status(code, _) => Failure(format!("{service} reported an error, code {code}")),
+        ureq::Error::Transport(t) => {
+            let timed_out = std::error::Error::source(&t)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock));
+            if timed_out || t.to_string().contains("timed out") {
+                Failure(format!("{service} did not answer in time"))
+            } else {
+                Failure(format!("I could not reach {service}"))
+            }
+        }
+    }
+}
+
+/// Why a call does not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    /// Not a call voxd can run as written (the model may repair it).
+    #[error("{0}")]
+    Invalid(String),
+    /// A valid call the allow-list does not permit (never repaired: refused).
+    #[error("{tool} may not touch {target}")]
+    NotAllowed { tool: String, target: String },
+}
+
+/// A value as it reads in speech and templates: strings without quotes.
+pub fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fills `{name}` placeholders from `arguments` (and `{state}` from `state`).
+pub fn render(template: &str, arguments: &Value, state: Option<&str>) -> String {
+    let mut out = template.to_string();
+    for p in config::placeholders(template) {
+        let value = match (p, state) {
+            ("state", Some(s)) => s.to_string(),
+            _ => arguments.get(p).map(plain).unwrap_or_default(),
+        };
+        out = out.replace(&format!("{{{p}}}"), &value);
+    }
+    out
+}
+
+/// Does `value` match an allow-list `pattern`? `*` matches any run of characters
+/// (entity ids, URLs); MQTT filters use `+` (one level) and `#` (the rest).
+pub fn allowed_by(pattern: &str, value: &str, mqtt: bool) -> bool {
+    if mqtt && (pattern.contains('+') || pattern.contains('#')) {
+        let (mut p, mut v) = (pattern.split('/'), value.split('/'));
+        loop {
+            match (p.next(), v.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+    glob(pattern.as_bytes(), value.as_bytes())
+}
+
+/// Wildcard match where `*` stands for any run of bytes (two pointers, backtracking
+/// to the last star).
+fn glob(p: &[u8], v: &[u8]) -> bool {
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None; // (pattern index after '*', value index it matched from)
+    while vi < v.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi + 1, vi));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == v[vi] {
+            pi += 1;
+            vi += 1;
+        } else if let Some((after, from)) = star {
+            // Let the star swallow one more byte and try again.
+            star = Some((after, from + 1));
+            pi = after;
+            vi = from + 1;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+impl ToolConfig {
+    /// What a call of this tool would touch: the entity ids, the topic or the URL.
+    pub fn targets(&self, call: &ToolCall) -> Vec<String> {
+        match self.executor.as_str() {
+            "mqtt" | "mqtt_state" => vec![render(&self.topic, &call.arguments, None)],
+            "webhook" => vec![render(&self.url, &call.arguments, None)],
+            _ => match call.arguments.get("entity_id") {
+                Some(Value::Array(ids)) => ids.iter().map(plain).collect(),
+                Some(id) => vec![plain(id)],
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// The allow-list check: every target must match a pattern (for MQTT and webhooks
+    /// with a fixed target and no list, that target itself).
+    pub fn permits(&self, call: &ToolCall) -> Result<(), Rejected> {
+        let mqtt = self.executor.starts_with("mqtt");
+        let fixed = match self.executor.as_str() {
+            "mqtt" | "mqtt_state" => Some(&self.topic),
+            "webhook" => Some(&self.url),
+            _ => None,
+        };
+        let patterns: Vec<&str> = match (self.allow.is_empty(), fixed) {
+            (true, Some(t)) if config::placeholders(t).is_empty() => vec![t.as_str()],
+            _ => self.allow.iter().map(String::as_str).collect(),
+        };
+        let targets = self.targets(call);
+        if targets.is_empty() && !self.allow.is_empty() {
+            return Err(Rejected::NotAllowed { tool: self.name.clone(), target: "nothing named".into() });
+        }
+        for t in targets {
+            if !patterns.iter().any(|p| allowed_by(p, &t, mqtt)) {
+                return Err(Rejected::NotAllowed { tool: self.name.clone(), target: t });
+            }
+        }
+        Ok(())
+    }
+
+    /// The question asked before a `confirm` tool runs.
+    pub fn confirm_question(&self, call: &ToolCall) -> String {
+        if self.confirm_prompt.is_empty() {
+            let what = self.description.trim_end_matches('.').to_lowercase();
+            format!("Should I {what}: {}? Please say yes or no.", call.arguments_text())
+        } else {
+            render(&self.confirm_prompt, &call.arguments, None)
+        }
+    }
+}
+
+/// The executors, connected and ready to run calls (on the tools stage's thread).
+/// The default has none (a configuration without tools).
+#[derive(Default)]
+pub struct Toolbox {
+    home_assistant: Option<home_assistant::HomeAssistant>,
+    mqtt: Option<mqtt::Mqtt>,
+}
+
+impl Toolbox {
+    /// Reads the Home Assistant token and starts the MQTT connection (in the
+    /// background: a broker that is down now is redialled, not fatal).
+    pub fn start(config: &crate::config::Config) -> anyhow::Result<Toolbox> {
+        let uses = |prefix: &str| config.tool.iter().any(|t| t.executor.starts_with(prefix));
+        let home_assistant = if uses("home_assistant") { home_assistant::HomeAssistant::from_config(&config.home_assistant)? } else { None };
+        let state_filters = config.tool.iter().filter(|t| t.executor == "mqtt_state").map(|t| mqtt::filter(&t.topic)).collect();
+        let mqtt = if uses("mqtt") { mqtt::Mqtt::start(&config.mqtt, state_filters)? } else { None };
+        Ok(Toolbox { home_assistant, mqtt })
+    }
+
+    /// Runs a call (already validated and permitted) and says how it went.
+    pub fn run(&self, tool: &ToolConfig, call: &ToolCall) -> Outcome {
+        let started = std::time::Instant::now();
+        let timeout = std::time::Duration::from_millis(tool.timeout_ms as u64);
+        let args = &call.arguments;
+        let missing = |what: &str| Failure(format!("{what} is not configured"));
+        let result = match tool.executor.as_str() {
+            "home_assistant" => self.home_assistant.as_ref().ok_or_else(|| missing("Home Assistant")).and_then(|ha| ha.call_service(&tool.service, args, timeout).map(|_| String::new())),
+            "home_assistant_state" => self.home_assistant.as_ref().ok_or_else(|| missing("Home Assistant")).and_then(|ha| ha.state(&args.get("entity_id").map(plain).unwrap_or_default(), timeout)),
+            "mqtt" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| {
+                let payload = if tool.payload.is_empty() { args.to_string() } else { render(&tool.payload, args, None) };
+                m.publish(&render(&tool.topic, args, None), &payload, tool.qos, tool.retain, timeout).map(|_| String::new())
+            }),
+            "mqtt_state" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| m.state(&render(&tool.topic, args, None), timeout)),
+            "webhook" => webhook::call(&tool.method, &render(&tool.url, args, None), args, timeout),
+            other => Err(Failure(format!("the executor {other} is unknown"))),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(result) => Outcome { ok: true, result, error: None, ms },
+            Err(Failure(e)) => Outcome { ok: false, result: String::new(), error: Some(e), ms },
+        }
+    }
+}
+
+/// Reads a model's output as a call of one of `tools`, validated against its schema.
+pub fn parse_call<'t>(text: &str, tools: &'t [ToolConfig]) -> Result<(ToolCall, &'t ToolConfig), Rejected> {
+    let text = text.trim();
+    let value: Value = serde_json::from_str(text).map_err(|e| Rejected::Invalid(format!("not valid JSON ({e})")))?;
+    let call: ToolCall = serde_json::from_value(value).map_err(|_| Rejected::Invalid("expected {\"name\": ..., \"arguments\": {...}}".into()))?;
+    let tool = tools.iter().find(|t| t.name == call.name).ok_or_else(|| {
+        let known: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        Rejected::Invalid(format!("there is no tool {:?}; the tools are: {}", call.name, known.join(", ")))
+    })?;
+    schema::validate(&tool.parameters, &call.arguments).map_err(|e| Rejected::Invalid(e.to_string()))?;
+    Ok((call, tool))
+}
+
+/// Does the reply begin a tool call? (Calls are JSON objects; answers are words.)
+pub fn looks_like_call(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// The fixed start of every conversation: the system message (the persona, then the
+/// tools as compact signatures and the rules for calling them), and with `examples`
+/// a few exchanges showing calls and plain answers — as real turns, which small
+/// models follow far better than examples described in the system text. It is the
+/// same for every turn, so it stays in the KV cache: its length costs one prefill.
+pub fn preamble(persona: &str, tools: &[ToolConfig], examples: bool) -> Vec<Message> {
+    use std::fmt::Write;
+    let mut system = persona.to_string();
+    if tools.is_empty() {
+        return vec![Message { role: Role::System, content: system }];
+    }
+    system.push_str(
+        "\n\nYou can control the home with these tools. To use one, reply with only a JSON call \
+         {\"name\": \"tool\", \"arguments\": {...}} and nothing else. You cannot see the home: \
+         to answer a question about a device, call the tool that reads it; never guess a state. \
+         Use only the entities listed. If no tool fits, the device is not listed, or it is unclear \
+         which device is meant, answer in one short spoken sentence instead (ask which one).\nTools:",
+    );
+    for t in tools {
+        let _ = write!(system, "\n- {}({}): {}.", t.name, signature(t), t.description.trim_end_matches('.'));
+        if t.executor.starts_with("home_assistant") && !t.allow.is_empty() {
+            let _ = write!(system, " Entities: {}.", t.allow.join(", "));
+        }
+    }
+    let mut out = vec![Message { role: Role::System, content: system }];
+    if examples {
+        let mut turn = |user: &str, assistant: String| {
+            out.push(Message { role: Role::User, content: user.to_string() });
+            out.push(Message { role: Role::Assistant, content: assistant });
+        };
+        // Plain answers first: small models lean towards whatever the last example did,
+        // and calls are what the examples must teach best.
+        turn("What is the capital of France?", "The capital of France is Paris.".into());
+        turn("Turn on the light in the shed.", "Sorry, there is no shed light I can control.".into());
+        turn("Switch it off.", "Which device do you mean?".into());
+        for t in tools {
+            for e in t.examples.as_array().into_iter().flatten() {
+                turn(&plain(&e["say"]), serde_json::json!({ "name": t.name, "arguments": e["arguments"] }).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `entity_id: string, brightness_pct?: integer 1-100, mode: warm|cold`.
+fn signature(tool: &ToolConfig) -> String {
+    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let Some(props) = tool.parameters.get("properties").and_then(Value::as_object) else { return String::new() };
+    props
+        .iter()
+        .map(|(name, p)| {
+            let opt = if required.contains(&name.as_str()) { "" } else { "?" };
+            let ty = match p.get("enum").and_then(Value::as_array) {
+                Some(values) => values.iter().map(plain).collect::<Vec<_>>().join("|"),
+                None => {
+                    let ty = p.get("type").and_then(Value::as_str).unwrap_or("string").to_string();
+                    match (p.get("minimum"), p.get("maximum")) {
+                        (Some(a), Some(b)) => format!("{ty} {a}-{b}"),
+                        _ => ty,
+                    }
+                }
+            };
+            let doc = p.get("description").and_then(Value::as_str).map(|d| format!(" ({d})")).unwrap_or_default();
+            format!("{name}{opt}: {ty}{doc}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The answer branch: text that does not start like a call. Bounded, because an
+/// unbounded "any text" rule lets a confused model ramble until the token limit.
+const ANSWER_RULE: &str = "voxd-answer ::= [^{ \\t\\r\\n] [^\\x00]{0,2000}";
+
+/// A GBNF grammar whose sentences are exactly: one valid call of one of `tools`, or a
+/// spoken answer (anything that does not start with '{'). `None` with no tools.
+pub fn grammar(tools: &[ToolConfig]) -> anyhow::Result<Option<String>> {
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    let schema = serde_json::json!({ "oneOf": tools.iter().map(|t| schema::call_schema(&t.name, &t.parameters)).collect::<Vec<_>>() });
+    let calls = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| anyhow::anyhow!("converting the tool schemas to a grammar: {e}"))?;
+    // llama.cpp's converter names its top rule `root`; it is our call rule.
+    let calls = calls.replacen("root ::=", "voxd-call ::=", 1);
+    Ok(Some(format!("root ::= voxd-call | voxd-answer\n{ANSWER_RULE}\n{calls}")))
+}
+
+/// A grammar that allows only a spoken answer (after a tool ran, to phrase the result).
+pub fn answer_grammar() -> String {
+    format!("root ::= voxd-answer\n{ANSWER_RULE}\n")
+}
+
+/// What is said when a call does not happen or fails: plain, honest, short.
+pub mod say {
+    use super::*;
+
+    /// "Sorry, I'm not allowed to control the garage door." (an entity: its name
+    /// without the domain); "... to do that." for topics and URLs.
+    pub fn not_allowed(tool: &ToolConfig, target: &str) -> String {
+        match target.split_once('.') {
+            Some((_, object)) if tool.executor.starts_with("home_assistant") => format!("Sorry, I'm not allowed to control the {}.", speakable(object)),
+            _ => "Sorry, I'm not allowed to do that.".to_string(),
+        }
+    }
+
+    pub fn could_not_call() -> String {
+        "Sorry, I couldn't work out how to do that.".to_string()
+    }
+
+    pub fn declined() -> String {
+        "Okay, I won't.".to_string()
+    }
+
+    pub fn failed(error: &str) -> String {
+        format!("Sorry, that didn't work: {error}.")
+    }
+
+    pub fn done() -> String {
+        "Done.".to_string()
+    }
+
+    /// "light.kitchen" → "light kitchen"; "home/kitchen/light/set" → "home kitchen light set".
+    pub fn speakable(target: &str) -> String {
+        target.replace(['.', '_', '/'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn light_tool() -> ToolConfig {
+        ToolConfig {
+            name: "light_turn_on".into(),
+            description: "Turn a light on".into(),
+            executor: "home_assistant".into(),
+            service: "light.turn_on".into(),
+            parameters: json!({ "type": "object", "properties": { "entity_id": { "type": "string" }, "brightness_pct": { "type": "integer", "minimum": 1, "maximum": 100 } }, "required": ["entity_id"] }),
+            allow: vec!["light.kitchen".into(), "light.living_*".into()],
+            ..ToolConfig::default()
+        }
+    }
+
+    #[test]
+    fn allow_lists_match_exactly_by_glob_or_by_mqtt_filter() {
+        assert!(allowed_by("light.kitchen", "light.kitchen", false));
+        assert!(!allowed_by("light.kitchen", "light.kitchen2", false));
+        assert!(allowed_by("light.*", "light.anything", false));
+        assert!(!allowed_by("light.*", "lock.front_door", false));
+        assert!(allowed_by("http://hooks.local/*", "http://hooks.local/a/b", false));
+        assert!(allowed_by("home/+/light/set", "home/kitchen/light/set", true));
+        assert!(!allowed_by("home/+/light/set", "home/kitchen/lock/set", true));
+        assert!(allowed_by("home/#", "home/a/b/c", true));
+        assert!(!allowed_by("home/+", "home/a/b", true));
+        assert!(allowed_by("*.kitchen*", "light.kitchen_ceiling", false));
+        assert!(!allowed_by("*.kitchen", "light.kitchenette", false));
+    }
+
+    #[test]
+    fn a_call_outside_the_allow_list_is_refused() {
+        let t = light_tool();
+        let call = |id: &str| ToolCall { name: t.name.clone(), arguments: json!({ "entity_id": id }) };
+        assert_eq!(t.permits(&call("light.kitchen")), Ok(()));
+        assert_eq!(t.permits(&call("light.living_room")), Ok(()));
+        assert_eq!(t.permits(&call("lock.front_door")), Err(Rejected::NotAllowed { tool: t.name.clone(), target: "lock.front_door".into() }));
+        let both = ToolCall { name: t.name.clone(), arguments: json!({ "entity_id": ["light.kitchen", "light.garage"] }) };
+        assert!(t.permits(&both).is_err(), "one target outside the list refuses the call");
+    }
+
+    #[test]
+    fn a_fixed_mqtt_topic_allows_itself_only() {
+        let t = ToolConfig { name: "kitchen".into(), executor: "mqtt".into(), topic: "home/kitchen/light/set".into(), ..ToolConfig::default() };
+        assert_eq!(t.permits(&ToolCall { name: "kitchen".into(), arguments: json!({}) }), Ok(()));
+        let t = ToolConfig { topic: "home/{room}/light/set".into(), allow: vec!["home/+/light/set".into()], ..t };
+        let call = |room: &str| ToolCall { name: "kitchen".into(), arguments: json!({ "room": room }) };
+        assert_eq!(t.permits(&call("hall")), Ok(()));
+        assert!(t.permits(&call("a/b")).is_err(), "an argument cannot climb out of its level");
+    }
+
+    #[test]
+    fn model_output_is_parsed_and_validated() {
+        let tools = [light_tool()];
+        let (call, tool) = parse_call(r#" {"name": "light_turn_on", "arguments": {"entity_id": "light.kitchen"}} "#, &tools).unwrap();
+        assert_eq!(tool.name, "light_turn_on");
+        assert_eq!(call.arguments["entity_id"], "light.kitchen");
+        let err = |t: &str| parse_call(t, &tools).unwrap_err().to_string();
+        assert!(err("{\"name\": \"light_turn_on\"").starts_with("not valid JSON"));
+        assert_eq!(err(r#"{"name": "fly", "arguments": {}}"#), "there is no tool \"fly\"; the tools are: light_turn_on");
+        assert_eq!(err(r#"{"name": "light_turn_on", "arguments": {"entity_id": "light.kitchen", "brightness_pct": 0}}"#), "arguments.brightness_pct: 0 is below the minimum 1");
+    }
+
+    #[test]
+    fn templates_fill_arguments_and_state() {
+        let args = json!({ "entity_id": "light.kitchen", "brightness_pct": 40 });
+        assert_eq!(render("{entity_id} at {brightness_pct} %", &args, None), "light.kitchen at 40 %");
+        assert_eq!(render("It is {state}.", &args, Some("on")), "It is on.");
+    }
+
+    #[test]
+    fn the_prompt_lists_tools_compactly() {
+        let p = &preamble("You are voxd.", &[light_tool()], false)[0].content;
+        assert!(p.starts_with("You are voxd."), "{p}");
+        assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen, light.living_*."), "{p}");
+    }
+
+    #[test]
+    fn examples_are_real_turns() {
+        let mut t = light_tool();
+        t.examples = json!([{ "say": "kitchen light on", "arguments": { "entity_id": "light.kitchen" } }]);
+        let p = preamble("You are voxd.", &[t], true);
+        let n = p.len();
+        assert_eq!(p[n - 2].role, Role::User);
+        assert_eq!(p[n - 2].content, "kitchen light on");
+        assert_eq!(p[n - 1].content, r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#, "the tool's example comes last");
+        assert_eq!(preamble("You are voxd.", &[], true).len(), 1, "no tools: the persona alone");
+    }
+}
