@@ -323,10 +323,11 @@ impl Conversation<'_> {
         };
         let (call, tool) = match parsed {
             Ok((call, tool)) => (call, tool.clone()),
-            Err(Rejected::NotAllowed { tool, target }) => {
+            Err(Rejected::NotAllowed { tool, target, call }) => {
                 tracing::warn!(turn = c.turn, "refused: {tool} may not touch {target}");
                 let t = self.agent.tools.iter().find(|t| t.name == tool).expect("a refused call names its tool").clone();
-                self.record(c.turn, ToolCallRecord { name: tool, arguments: serde_json::Value::Null, ok: false, ms: 0.0, via: via.into(), error: Some(format!("not allowed: {target}")) });
+                self.record(c.turn, ToolCallRecord { name: tool, arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some(format!("not allowed: {target}")) });
+                remember_call(c, &call, &format!("refused, not allowed to touch {target}"));
                 return self.say(c, say::not_allowed(&t, &target)).await;
             }
             Err(Rejected::Invalid(_)) => unreachable!("handled above"),
@@ -343,7 +344,6 @@ impl Conversation<'_> {
         let (respond_to, rx) = oneshot::channel();
         let job = tools::Job { turn: c.turn, call: call.clone(), tool: tool.clone(), via, respond_to };
         self.links.tools.send(job).await.map_err(|_| anyhow::anyhow!("the tools stage stopped"))?;
-        c.messages.push(Message { role: Role::Assistant, content: serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string() });
         c.waiting = Waiting::Tool { rx, call, tool };
         Ok(())
     }
@@ -352,14 +352,14 @@ impl Conversation<'_> {
     /// failure always plainly (the model might dress it up as a success).
     async fn spoken_outcome(&mut self, c: &mut Current, outcome: Outcome, call: ToolCall, tool: ToolConfig) -> anyhow::Result<()> {
         if let Some(error) = &outcome.error {
+            remember_call(c, &call, &format!("failed: {error}"));
             return self.say(c, say::failed(error)).await;
         }
+        remember_call(c, &call, if outcome.result.is_empty() { "done" } else { &outcome.result });
         if !tool.reply.is_empty() {
             let state = tool.executor.ends_with("_state").then_some(outcome.result.as_str());
             return self.say(c, crate::tools::render(&tool.reply, &call.arguments, state)).await;
         }
-        let result = if outcome.result.is_empty() { "done".to_string() } else { outcome.result };
-        c.messages.push(Message { role: Role::User, content: format!("Result of {}: {result}. Tell me in one short spoken sentence.", call.name) });
         self.ask_model(c, false).await
     }
 
@@ -413,9 +413,9 @@ impl Conversation<'_> {
     fn finish_if_heard(&mut self, playback: &watch::Receiver<Status>) {
         let finished = self.current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
         if finished {
-            let c = self.current.take().expect("checked");
-            let reply = c.reply.unwrap_or_default();
-            self.remember(c.user, reply);
+            let mut c = self.current.take().expect("checked");
+            let reply = c.reply.take().unwrap_or_default();
+            self.remember(c.messages, reply);
         }
     }
 
@@ -428,7 +428,7 @@ impl Conversation<'_> {
         };
         self.links.notes.send(Note::TurnEnd { turn: c.turn, at: Instant::now(), spoken: spoken.clone(), cancelled: true, reason: Some(reason.to_string()) });
         if !spoken.is_empty() {
-            self.remember(c.user, spoken);
+            self.remember(vec![Message { role: Role::User, content: c.user }], spoken);
         }
     }
 
@@ -441,12 +441,22 @@ impl Conversation<'_> {
         self.links.notes.send(Note::Abandoned { turn: c.turn });
     }
 
-    fn remember(&mut self, user: String, assistant: String) {
+    /// Keeps a finished exchange for the next prompts: what was said and, for a tool
+    /// turn, the call and its result too — a history of spoken confirmations alone
+    /// would teach the model to answer commands in words instead of calling.
+    fn remember(&mut self, exchange: Vec<Message>, reply: String) {
         if self.agent.multi_turn {
-            self.history.push(Message { role: Role::User, content: user });
-            self.history.push(Message { role: Role::Assistant, content: assistant });
+            self.history.extend(exchange);
+            self.history.push(Message { role: Role::Assistant, content: reply });
         }
     }
+}
+
+/// Adds a call and its result to the turn's exchange, as the model will see them in
+/// the follow-up prompt and in later turns' history.
+fn remember_call(c: &mut Current, call: &ToolCall, result: &str) {
+    c.messages.push(Message { role: Role::Assistant, content: serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string() });
+    c.messages.push(Message { role: Role::User, content: format!("Result of {}: {result}.", call.name) });
 }
 
 /// The tool an invalid call meant, for the log ("?" when even that is unreadable).

@@ -84,7 +84,7 @@ pub enum Rejected {
     Invalid(String),
     /// A valid call the allow-list does not permit (never repaired: refused).
     #[error("{tool} may not touch {target}")]
-    NotAllowed { tool: String, target: String },
+    NotAllowed { tool: String, target: String, call: ToolCall },
 }
 
 /// A value as it reads in speech and templates: strings without quotes.
@@ -178,12 +178,13 @@ impl ToolConfig {
             _ => self.allow.iter().map(String::as_str).collect(),
         };
         let targets = self.targets(call);
+        let refuse = |target: String| Rejected::NotAllowed { tool: self.name.clone(), target, call: call.clone() };
         if targets.is_empty() && !self.allow.is_empty() {
-            return Err(Rejected::NotAllowed { tool: self.name.clone(), target: "nothing named".into() });
+            return Err(refuse("nothing named".into()));
         }
         for t in targets {
             if !patterns.iter().any(|p| allowed_by(p, &t, mqtt)) {
-                return Err(Rejected::NotAllowed { tool: self.name.clone(), target: t });
+                return Err(refuse(t));
             }
         }
         Ok(())
@@ -426,7 +427,7 @@ mod tests {
         let call = |id: &str| ToolCall { name: t.name.clone(), arguments: json!({ "entity_id": id }) };
         assert_eq!(t.permits(&call("light.kitchen")), Ok(()));
         assert_eq!(t.permits(&call("light.living_room")), Ok(()));
-        assert_eq!(t.permits(&call("lock.front_door")), Err(Rejected::NotAllowed { tool: t.name.clone(), target: "lock.front_door".into() }));
+        assert_eq!(t.permits(&call("lock.front_door")), Err(Rejected::NotAllowed { tool: t.name.clone(), target: "lock.front_door".into(), call: call("lock.front_door") }));
         let both = ToolCall { name: t.name.clone(), arguments: json!({ "entity_id": ["light.kitchen", "light.garage"] }) };
         assert!(t.permits(&both).is_err(), "one target outside the list refuses the call");
     }
