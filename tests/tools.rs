@@ -323,3 +323,69 @@ tool = "no_such_tool"
         assert!(r.stderr.contains(needle), "missing {needle:?} in:\n{}", r.stderr);
     }
 }
+
+#[test]
+fn state_questions_read_home_assistant_and_mqtt_and_webhooks_are_called() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.set_state("light.kitchen", "off");
+    let broker = Broker::start(&dir);
+    // A retained temperature reading, there before voxd subscribes.
+    let published = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "home/garden/temperature", "-m", "14.5", "-r"])
+        .status()
+        .unwrap();
+    assert!(published.success());
+    let tools = format!(
+        r#"
+[[tool]]
+name = "get_state"
+description = "Read the state of a device"
+executor = "home_assistant_state"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["light.*"]
+reply = "The kitchen light is {{state}}."
+
+[[tool]]
+name = "garden_temperature"
+description = "Read the garden temperature"
+executor = "mqtt_state"
+topic = "home/garden/temperature"
+reply = "It is {{state}} degrees in the garden."
+
+[[tool]]
+name = "doorbell"
+description = "Ring a doorbell"
+executor = "webhook"
+url = "{url}/hook/{{bell}}"
+parameters = {{ type = "object", properties = {{ bell = {{ type = "string" }} }}, required = ["bell"] }}
+allow = ["{url}/hook/*"]
+reply = "Ringing."
+
+[[intent]]
+pattern = "is the kitchen light on"
+tool = "get_state"
+arguments = {{ entity_id = "light.kitchen" }}
+
+[[intent]]
+pattern = "how warm is it in the garden"
+tool = "garden_temperature"
+
+[[intent]]
+pattern = "ring the (?P<bell>front|back) bell"
+tool = "doorbell"
+arguments = {{ bell = "{{bell}}" }}
+"#,
+        url = ha.url()
+    );
+    let config = config(&dir, Some(&ha.url()), Some(broker.port), &[&tools]);
+    let parts = [(0.5, "Is the kitchen light on?"), (4.0, "How warm is it in the garden?"), (4.0, "Ring the front bell.")];
+    let (input, _) = conversation(&dir, "state", &parts, 4.0);
+    let done = run_voxd(&dir, &config, &input, TOKEN);
+    let replies: Vec<&str> = done.turns.iter().map(|t| t.reply.as_str()).collect();
+    assert_eq!(replies, vec!["The kitchen light is off.", "It is 14.5 degrees in the garden.", "Ringing."], "{}", done.run.stderr);
+    let requests = ha.requests();
+    assert!(requests.iter().any(|r| r.method == "GET" && r.path == "/api/states/light.kitchen"), "{requests:?}");
+    let hook = requests.iter().find(|r| r.path == "/hook/front").expect("the webhook was called");
+    assert_eq!((hook.method.as_str(), serde_json::from_str::<serde_json::Value>(&hook.body).unwrap()), ("POST", serde_json::json!({ "bell": "front" })));
+}
