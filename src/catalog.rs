@@ -36,6 +36,31 @@ pub struct Catalog {
     pub fallbacks: PerRole,
     #[serde(rename = "model")]
     pub models: Vec<ModelEntry>,
+    /// What an LLM must reach on the quality gates for `voxd select` to choose it.
+    #[serde(default)]
+    pub gates: Gates,
+}
+
+/// `[gates]`: minimum scores (0..=1) for `voxd select`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gates {
+    /// Calls with the right tool and arguments, of the evaluation set's commands.
+    pub tool_call_accuracy: f64,
+    /// Calls that are valid JSON of a known tool with arguments fitting its schema.
+    pub valid_output: f64,
+    /// Of the answers given instead of a call, the share where no call was wanted.
+    pub no_tool_precision: f64,
+    /// Spoken answers that are short and plain: no markdown, emoji or thinking aloud.
+    pub spoken_discipline: f64,
+    /// Turns of a conversation answered without repeating, forgetting or rambling.
+    pub multi_turn_stability: f64,
+}
+
+impl Default for Gates {
+    fn default() -> Gates {
+        Gates { tool_call_accuracy: 0.8, valid_output: 0.95, no_tool_precision: 0.8, spoken_discipline: 0.75, multi_turn_stability: 0.8 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

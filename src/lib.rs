@@ -15,4 +15,5 @@ pub mod logging;
 pub mod models;
 pub mod paths;
 pub mod pipeline;
+pub mod select;
 pub mod tools;

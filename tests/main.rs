@@ -8,4 +8,5 @@ mod config;
 mod engines;
 mod models;
 mod pipeline;
+mod select;
 mod tools;

