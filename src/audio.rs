@@ -117,6 +117,46 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioErro
     Ok(out)
 }
 
+/// Resamples a stream arriving in pieces of any size (live capture at a device rate
+/// that is not 16 kHz). Pieces are gathered into the resampler's fixed chunks, so
+/// output lags input by up to one chunk (1024 frames) plus the filter's delay.
+pub struct StreamResampler {
+    inner: Option<FftFixedIn<f32>>,
+    pending: Vec<f32>,
+    out: Vec<Vec<f32>>,
+}
+
+impl StreamResampler {
+    pub fn new(from: u32, to: u32) -> Result<StreamResampler, AudioError> {
+        let inner = if from == to {
+            None
+        } else {
+            Some(FftFixedIn::<f32>::new(from as usize, to as usize, 1024, 2, 1).map_err(|e| AudioError::Resample { from, to, reason: e.to_string() })?)
+        };
+        let out = inner.as_ref().map_or_else(Vec::new, |r| r.output_buffer_allocate(true));
+        Ok(StreamResampler { inner, pending: Vec::new(), out })
+    }
+
+    /// Feeds `input`; appends what is ready to `output`.
+    pub fn push(&mut self, input: &[f32], output: &mut Vec<f32>) {
+        let Some(r) = self.inner.as_mut() else {
+            output.extend_from_slice(input);
+            return;
+        };
+        self.pending.extend_from_slice(input);
+        let mut used = 0;
+        while self.pending.len() - used >= r.input_frames_next() {
+            let n = r.input_frames_next();
+            // A fixed-size chunk into a buffer sized for it cannot fail.
+            if let Ok((_, produced)) = r.process_into_buffer(&[&self.pending[used..used + n]], &mut self.out, None) {
+                output.extend_from_slice(&self.out[0][..produced]);
+            }
+            used += n;
+        }
+        self.pending.drain(..used);
+    }
+}
+
 /// Writes mono f32 samples as 16-bit PCM WAV.
 pub fn write_wav(path: &Path, samples: &[f32], rate_hz: u32) -> Result<(), AudioError> {
     let err = |source| AudioError::Write { path: path.into(), source };
@@ -153,6 +193,24 @@ mod tests {
             let p = pitch(&out[1000..15000], 16_000);
             assert!((p - 440.0).abs() < 5.0, "from {from}: pitch {p}");
         }
+    }
+
+    #[test]
+    fn a_stream_in_odd_pieces_resamples_like_the_whole() {
+        let input = tone(48_000, 440.0, 1.0);
+        let mut r = StreamResampler::new(48_000, 16_000).unwrap();
+        let mut out = Vec::new();
+        for piece in input.chunks(333) {
+            r.push(piece, &mut out);
+        }
+        // All but the last partial chunk has come out, at the new rate and pitch.
+        assert!((15_000..=16_000).contains(&out.len()), "{}", out.len());
+        let p = pitch(&out[2000..14000], 16_000);
+        assert!((p - 440.0).abs() < 5.0, "pitch {p}");
+        let mut same = StreamResampler::new(16_000, 16_000).unwrap();
+        let mut copy = Vec::new();
+        same.push(&[0.5, 0.25], &mut copy);
+        assert_eq!(copy, vec![0.5, 0.25], "no conversion when the rates match");
     }
 
     #[test]

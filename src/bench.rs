@@ -194,7 +194,7 @@ pub fn report(turns: &[crate::pipeline::telemetry::TurnRecord]) -> String {
     out
 }
 
-type MarkFn = fn(&crate::pipeline::telemetry::Marks) -> Option<f64>;
+pub type MarkFn = fn(&crate::pipeline::telemetry::Marks) -> Option<f64>;
 
 const MARKS: [(&str, MarkFn); 7] = [
     ("endpoint", |m| m.endpoint),
@@ -207,7 +207,7 @@ const MARKS: [(&str, MarkFn); 7] = [
 ];
 
 /// The stages on the way to the first sound, each ending at a mark.
-const STAGES: [(&str, MarkFn); 6] = [
+pub const STAGES: [(&str, MarkFn); 6] = [
     ("hangover (speech end → endpoint)", |m| m.endpoint),
     ("asr (→ transcript)", |m| m.asr_done),
     ("llm (→ first token)", |m| m.llm_first_token),

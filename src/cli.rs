@@ -66,17 +66,17 @@ pub enum Command {
         #[arg(short, long, value_name = "OUT.wav")]
         output: PathBuf,
     },
-    /// Play a recording through the whole pipeline (VAD → Whisper → LLM → Piper): every
-    /// utterance in it is answered, the answers are written on the recording's
-    /// timeline, and each turn's latency is logged.
+    /// The assistant (VAD → Whisper → LLM → Piper): listens on the microphone and
+    /// answers on the speaker until stopped (Ctrl-C, SIGTERM); or, with --input, plays
+    /// a recording through the pipeline, every utterance in it answered and the
+    /// answers written on the recording's timeline. Each turn's latency is logged.
     Run {
-        /// Input WAV (any common format). Live microphone input arrives with the
-        /// live-audio stage.
-        #[arg(long, value_name = "IN.wav")]
+        /// Input WAV (any common format) instead of the microphone.
+        #[arg(long, value_name = "IN.wav", requires = "output")]
         input: Option<PathBuf>,
-        /// Where to write what the speaker played, aligned with the input.
-        #[arg(long, value_name = "OUT.wav")]
-        output: PathBuf,
+        /// With --input: where to write what the speaker played, aligned with the input.
+        #[arg(long, value_name = "OUT.wav", requires = "input")]
+        output: Option<PathBuf>,
         /// Per-turn latency log, JSON lines [default: log.latency_log from the config].
         #[arg(long, value_name = "LOG.jsonl")]
         latency_log: Option<PathBuf>,
@@ -112,6 +112,13 @@ pub enum Command {
         /// ASR model id or path [default: from the config].
         #[arg(long)]
         model: Option<String>,
+    },
+    /// What listening costs: runs on the live devices for a while (say nothing) and
+    /// prints the CPU used (goal: at most 3 % of one core) and the latency the devices'
+    /// buffers add.
+    BenchLive {
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
     },
     /// How well the LLM calls tools: the evaluation set's spoken-style requests (lights,
     /// climate, covers, locks, scenes, state questions, chit-chat, ambiguous and unsafe
@@ -176,6 +183,14 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// Latency logs: reports, before/after comparisons, plots.
+    Latency {
+        #[command(subcommand)]
+        command: LatencyCommand,
+    },
+    /// List the audio devices (inputs and outputs) with what they support; name one in
+    /// voxd.toml's [audio] input_device / output_device.
+    Devices,
     /// Check a configuration file and report every problem in it.
     CheckConfig {
         /// [default: the file voxd would use]
@@ -185,6 +200,24 @@ pub enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LatencyCommand {
+    /// Each stage's p50/p90/p99 and the round trip's distribution, grouped by models
+    /// and configuration (plain text).
+    Report {
+        /// Latency logs (JSON lines from `voxd run --latency-log` or `voxd bench`).
+        #[arg(required_unless_present = "compare")]
+        logs: Vec<PathBuf>,
+        /// Before and after: every figure's change from OLD to NEW.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        compare: Option<Vec<PathBuf>>,
+        /// Also draw each turn's round trip stacked by stage, and the round trip's
+        /// histogram, as SVG.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -225,7 +258,13 @@ pub enum ModelsCommand {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::CheckConfig { file } => check_config(file.as_deref().or(cli.config.as_deref())),
+        Command::Devices => {
+            let config = crate::config::Config::discover(cli.config.as_deref())?;
+            print!("{}", crate::device::list(&config.audio.backend)?);
+            Ok(())
+        }
         Command::Models { command: ModelsCommand::ImportCt2 { dir, out, weights } } => import_ct2(&dir, &out, weights),
+        Command::Latency { command: LatencyCommand::Report { logs, compare, plot } } => latency_report(&logs, compare.as_deref(), plot.as_deref()),
         command => {
             let env = Env::load(cli.config.as_deref())?;
             match command {
@@ -239,11 +278,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
                 Command::EvalTools { set, model, no_grammar, json } => eval_tools(&env, set.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
-                Command::Run { input, output, latency_log, realtime } => run_file(&env, input.as_deref(), &output, latency_log, realtime),
+                Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
+                Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
+                Command::BenchLive { seconds } => bench_live(&env, seconds),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),
-                Command::CheckConfig { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
+                Command::CheckConfig { .. } | Command::Devices | Command::Latency { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
             }
         }
     }
@@ -450,8 +491,18 @@ impl Env {
             tools: self.config.tools.clone(),
             tool: self.config.tool.clone(),
             intent: self.config.intent.clone(),
+            audio: self.config.audio.clone(),
             latency_log: latency_log.or(configured),
+            config_id: self.config_id(),
         })
+    }
+
+    /// Eight hex digits that change when any setting does (where the log goes aside).
+    fn config_id(&self) -> String {
+        use sha2::Digest;
+        let mut c = self.config.clone();
+        c.log.latency_log.clear();
+        hex::encode(&sha2::Sha256::digest(format!("{c:?}").as_bytes())[..4])
     }
 
     /// `agent.multi_turn`: "auto" keeps the conversation in the prompt unless the
@@ -472,25 +523,21 @@ impl Env {
     }
 }
 
-fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<PathBuf>, realtime: bool) -> Result<()> {
-    let input = input.context("no --input given: live microphone input is not available yet; pass --input FILE.wav")?;
+fn run_file(env: &Env, input: &Path, output: &Path, latency_log: Option<PathBuf>, realtime: bool) -> Result<()> {
     let clip = audio::read_wav(input, audio::ASR_RATE_HZ)?;
     let engines = env.engines()?;
     let options = env.run_options(realtime, latency_log)?;
     let log = options.latency_log.clone();
-    let report = pipeline::run(engines, options, clip.samples.clone())?;
-    let mut played = report.recording.samples;
+    let report = pipeline::run(engines, options, pipeline::Io::File(clip.samples.clone()))?;
+    let recording = report.recording.expect("a file run records its output");
+    let (mut played, rate_hz) = (recording.samples, recording.rate_hz);
     // The output covers at least the input, so the two line up in an editor.
-    let input_len = (clip.duration_s() * report.recording.rate_hz as f64) as usize;
+    let input_len = (clip.duration_s() * rate_hz as f64) as usize;
     if played.len() < input_len {
         played.resize(input_len, 0.0);
     }
-    audio::write_wav(output, &played, report.recording.rate_hz)?;
-    for t in &report.turns {
-        let rt = t.round_trip_ms.map_or("-".into(), |ms| format!("{ms:.0} ms"));
-        let state = if t.cancelled { format!(" (cancelled: {})", t.cancel_reason.as_deref().unwrap_or("")) } else { String::new() };
-        eprintln!("turn {} at {:.2} s: heard {:?} → said {:?}; round trip {rt}{state}", t.turn, t.speech_end_s, t.transcript, t.spoken);
-    }
+    audio::write_wav(output, &played, rate_hz)?;
+    print_turns(&report.turns);
     eprintln!(
         "{} turn{} answered; output {}{}",
         report.turns.len(),
@@ -498,6 +545,113 @@ fn run_file(env: &Env, input: Option<&Path>, output: &Path, latency_log: Option<
         output.display(),
         log.map_or(String::new(), |l| format!(", latency log {}", l.display()))
     );
+    Ok(())
+}
+
+fn print_turns(turns: &[pipeline::telemetry::TurnRecord]) {
+    for t in turns {
+        let rt = t.round_trip_ms.map_or("-".into(), |ms| format!("{ms:.0} ms"));
+        let state = if t.cancelled { format!(" (cancelled: {})", t.cancel_reason.as_deref().unwrap_or("")) } else { String::new() };
+        eprintln!("turn {} at {:.2} s: heard {:?} → said {:?}; round trip {rt}{state}", t.turn, t.speech_end_s, t.transcript, t.spoken);
+    }
+}
+
+/// The assistant on the live devices, until Ctrl-C or SIGTERM.
+/// What a live run cost while it listened.
+struct Listened {
+    seconds: f64,
+    turns: usize,
+    /// Process CPU time (user + system) over wall time: 0.01 = 1 % of one core.
+    cpu_share: f64,
+    capture_ms: f64,
+    output_ms: f64,
+    xruns: u64,
+    reopens: u64,
+}
+
+/// `voxd run` on the microphone and speaker until SIGINT/SIGTERM, or for `listen_for`.
+fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Option<std::time::Duration>) -> Result<Listened> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let engines = env.engines()?;
+    let a = &env.config.audio;
+    let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;
+    let speaker = crate::device::Endpoint::resolve(&a.backend, &a.output_device, false)?;
+    let input = crate::device::Input::open(mic, a.period_ms, a.capture_ring_ms).context("opening the microphone ([audio] input_device; `voxd devices` lists them)")?;
+    let output = crate::device::Output::open(speaker, engines.tts_rate_hz, a.period_ms, a.output_ring_ms).context("opening the speaker ([audio] output_device)")?;
+    let options = env.run_options(true, latency_log)?;
+    let log = options.latency_log.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let listening_since: Arc<Mutex<Option<(std::time::Instant, std::time::Duration)>>> = Arc::default();
+    let on_listening: pipeline::OnListening = {
+        let (since, stop) = (listening_since.clone(), stop.clone());
+        let (opened_in, opened_out, half_duplex) = (input.opened.clone(), output.opened.clone(), a.half_duplex);
+        Box::new(move |counters| {
+            *since.lock().expect("not poisoned") = Some((std::time::Instant::now(), cpu_time()));
+            let mode = if half_duplex { "half-duplex: not listening while speaking" } else { "barge-in: speak to interrupt" };
+            eprintln!("listening on {opened_in}, speaking on {opened_out}; {mode}. Ctrl-C to stop.");
+            // Under systemd: READY only now, with the engines warm and the mic open.
+            if let Some(notifier) = crate::service::Notifier::from_env() {
+                crate::service::ready(notifier, counters, stop.clone(), &format!("listening on {opened_in}"));
+            }
+            if let Some(d) = listen_for {
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    stop.store(true, Ordering::Release);
+                });
+            }
+        })
+    };
+    let report = pipeline::run(engines, options, pipeline::Io::Devices { input, output, stop, on_listening: Some(on_listening) })?;
+    let (since, cpu_then) = listening_since.lock().expect("not poisoned").unwrap_or((std::time::Instant::now(), cpu_time()));
+    let seconds = since.elapsed().as_secs_f64();
+    let c = &report.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let listened = Listened {
+        seconds,
+        turns: report.turns.len(),
+        cpu_share: (cpu_time() - cpu_then).as_secs_f64() / seconds.max(1e-3),
+        capture_ms: load(&c.capture_latency_us) as f64 / 1000.0,
+        output_ms: load(&c.output_latency_us) as f64 / 1000.0,
+        xruns: load(&c.capture_xruns) + load(&c.playback_xruns),
+        reopens: load(&c.input_reopens) + load(&c.output_reopens),
+    };
+    print_turns(&report.turns);
+    eprintln!(
+        "stopped after {} turn{} in {seconds:.0} s ({:.1} % of one core; devices reopened {} times, {} xruns){}",
+        report.turns.len(),
+        if report.turns.len() == 1 { "" } else { "s" },
+        listened.cpu_share * 100.0,
+        listened.reopens,
+        listened.xruns,
+        log.map_or(String::new(), |l| format!("; latency log {}", l.display()))
+    );
+    Ok(listened)
+}
+
+/// CPU time this process has used (user + system, every thread).
+fn cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage fills the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// `voxd bench-live`: listens on the live devices for `seconds` and reports what that
+/// costs — CPU while idle (goal: at most 3 % of one core) and the latency the
+/// devices' buffers add.
+fn bench_live(env: &Env, seconds: f64) -> Result<()> {
+    const GOAL: f64 = 0.03;
+    let l = run_live(env, None, Some(std::time::Duration::from_secs_f64(seconds)))?;
+    println!("listened {:.1} s on the live devices; {} turns (for the idle figure, say nothing)", l.seconds, l.turns);
+    println!("  CPU while listening   {:>6.2} % of one core   (goal <= {:.0} %: {:.2}x the goal)", l.cpu_share * 100.0, GOAL * 100.0, l.cpu_share / GOAL);
+    println!("  capture latency       {:>6.1} ms  (device buffer, as the device reports it; + up to 10 ms until the pacer's next round)", l.capture_ms);
+    println!("  output latency        {:>6.1} ms  (device buffer, as the device reports it)", l.output_ms);
+    println!("  xruns {}, devices reopened {}", l.xruns, l.reopens);
     Ok(())
 }
 
@@ -529,7 +683,7 @@ fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBu
             eprintln!("bench: {name} …");
         }
         let log = if i == 0 { latency_log.clone() } else { None };
-        let report = pipeline::run(engines, variant.run_options(true, log)?, audio.clone())?;
+        let report = pipeline::run(engines, variant.run_options(true, log)?, pipeline::Io::File(audio.clone()))?;
         let turns = &report.turns;
         if i == 0 {
             let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
@@ -688,7 +842,7 @@ fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Result<()> {
         eprintln!("bench-tools: {label} …");
         let engines = variant.engines()?;
         let llm_id = engines.models.llm.clone();
-        let report = pipeline::run(engines, variant.run_options(true, None)?, audio.clone())?;
+        let report = pipeline::run(engines, variant.run_options(true, None)?, pipeline::Io::File(audio.clone()))?;
         // Per command (turns follow the commands in order): done right? by an intent? round trip.
         let per_command: Vec<(bool, bool, Option<f64>)> = report
             .turns
@@ -816,6 +970,28 @@ fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repetitions: usi
     let quality = gates::measure(&llm, persona, &set, quick)?;
     let measured = Measured { id: r.id, speed, quality, peak_rss_mib: measure::peak_rss_mib() };
     std::fs::write(out, serde_json::to_string(&measured)?).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn latency_report(logs: &[PathBuf], compare: Option<&[PathBuf]>, plot: Option<&Path>) -> Result<()> {
+    use crate::latency;
+    let series: Vec<(String, Vec<crate::pipeline::telemetry::TurnRecord>)> = match compare {
+        Some([old, new]) => {
+            let (a, b) = (latency::load(std::slice::from_ref(old))?, latency::load(std::slice::from_ref(new))?);
+            print!("{}", latency::compare(&a, &b, &old.display().to_string(), &new.display().to_string()));
+            vec![(format!("before: {}", old.display()), a), (format!("after: {}", new.display()), b)]
+        }
+        Some(_) => anyhow::bail!("--compare takes two logs: OLD NEW"),
+        None => {
+            let turns = latency::load(logs)?;
+            print!("{}", latency::report(&turns));
+            vec![(logs.iter().map(|l| l.display().to_string()).collect::<Vec<_>>().join(", "), turns)]
+        }
+    };
+    if let Some(path) = plot {
+        latency::plot(&series, path)?;
+        eprintln!("plot written to {}", path.display());
+    }
     Ok(())
 }
 

@@ -208,6 +208,35 @@ section! {
 }
 
 section! {
+    /// Live audio devices (`voxd run` without --input; `voxd devices` lists them).
+    AudioConfig "audio" {
+        /// The audio system: "pulseaudio" (a PulseAudio server, or PipeWire's pulse
+        /// server), "alsa" (the sound cards directly, or ALSA's plugins), or "auto": the
+        /// sound server when one answers, else ALSA.
+        backend: String = "auto".to_string(), check(|s: &String| ["auto", "pulseaudio", "alsa"].contains(&s.as_str()), "\"auto\", \"pulseaudio\" or \"alsa\"");
+        /// Microphone: a device id from `voxd devices` ("pulseaudio:alsa_input.usb-…",
+        /// "alsa:hw:CARD=USB,DEV=0"), a part of its name, or empty for the default.
+        input_device: String = String::new();
+        /// Speaker, likewise.
+        output_device: String = String::new();
+        /// Audio per device callback in ms: smaller is less latency, more wake-ups.
+        period_ms: u32 = 20, check(|n: &u32| (5..=200).contains(n), "5 to 200");
+        /// Room in the microphone's ring (ms): the slack while voxd is busy; beyond it
+        /// samples are dropped and counted.
+        capture_ring_ms: u32 = 2000, check(|n: &u32| (500..=30_000).contains(n), "500 to 30000");
+        /// Room in the speaker's ring (ms).
+        output_ring_ms: u32 = 1000, check(|n: &u32| (500..=30_000).contains(n), "500 to 30000");
+        /// Do not listen while speaking (and `echo_tail_ms` after): the assistant never
+        /// hears itself. false: the user can interrupt (`agent.barge_in`), which needs
+        /// echo cancellation (README: "Echo cancellation") or a headset.
+        half_duplex: bool = true;
+        /// Half-duplex: how long after the last reply sample the microphone stays deaf
+        /// (the room's echo and the devices' buffers).
+        echo_tail_ms: u32 = 300, check(|n: &u32| *n <= 5000, "0 to 5000");
+    }
+}
+
+section! {
     /// The conversation: history and interruptions.
     AgentConfig "agent" {
         /// Tokens of earlier turns kept in the prompt (oldest dropped first).
@@ -287,6 +316,7 @@ pub struct Config {
     pub tts: TtsConfig,
     pub vad: VadConfig,
     pub agent: AgentConfig,
+    pub audio: AudioConfig,
     pub log: LogConfig,
     pub tools: ToolsConfig,
     pub home_assistant: HomeAssistantConfig,
@@ -306,6 +336,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (TtsConfig::KEY, TtsConfig::FIELDS),
     (VadConfig::KEY, VadConfig::FIELDS),
     (AgentConfig::KEY, AgentConfig::FIELDS),
+    (AudioConfig::KEY, AudioConfig::FIELDS),
     (LogConfig::KEY, LogConfig::FIELDS),
     (ToolsConfig::KEY, ToolsConfig::FIELDS),
     (HomeAssistantConfig::KEY, HomeAssistantConfig::FIELDS),
@@ -362,6 +393,9 @@ impl Config {
         }
         if let Some(t) = section(AgentConfig::KEY, &mut problems) {
             config.agent = AgentConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(AudioConfig::KEY, &mut problems) {
+            config.audio = AudioConfig::from_table(t, &mut problems);
         }
         if let Some(t) = section(LogConfig::KEY, &mut problems) {
             config.log = LogConfig::from_table(t, &mut problems);

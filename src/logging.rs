@@ -4,10 +4,12 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init(verbose: u8, quiet: bool) {
+    // The PulseAudio client reports a server that went away as an error of its own;
+    // voxd hears of it from the stream and says what it does about it.
     let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "voxd=info,warn",
-        (false, 1) => "voxd=debug,info",
+        (true, _) => "error,pulseaudio=off",
+        (false, 0) => "voxd=info,warn,pulseaudio=off",
+        (false, 1) => "voxd=debug,info,pulseaudio=off",
         (false, _) => "debug",
     };
     let filter = EnvFilter::try_from_env("VOXD_LOG").unwrap_or_else(|_| EnvFilter::new(default));

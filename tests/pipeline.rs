@@ -191,7 +191,8 @@ fn a_truncated_or_missing_input_is_a_clear_error() {
     std::fs::write(&cut, &bytes[..40]).unwrap();
     let out = dir.path().join("out.wav");
     run_fails_with(&["run", "--input", cut.to_str().unwrap(), "--output", out.to_str().unwrap()], &["cut.wav"]);
-    run_fails_with(&["run", "--output", out.to_str().unwrap()], &["no --input given"]);
+    // --output records a file run: without --input (the microphone) it means nothing.
+    run_fails_with(&["run", "--output", out.to_str().unwrap()], &["--input"]);
 }
 
 /// Engines for in-process runs: the real ASR and LLM, and the given voice.
@@ -212,7 +213,7 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
 
 fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     let config = voxd::config::Config::default();
-    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, tools: config.tools, tool: config.tool, intent: config.intent, latency_log: None }
+    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, tools: config.tools, tool: config.tool, intent: config.intent, audio: config.audio, latency_log: None, config_id: String::new() }
 }
 
 /// A voice that takes its time: every sentence costs `delay` and comes out as a tone.
@@ -237,7 +238,7 @@ fn a_slow_voice_does_not_stall_capture_and_nothing_deadlocks() {
     let input_s = clip.duration_s();
     let voice = Box::new(SlowVoice { delay: std::time::Duration::from_millis(2500) });
     let started = std::time::Instant::now();
-    let report = voxd::pipeline::run(engines(voice, 16_000), run_options(true), clip.samples).expect("the pipeline finishes");
+    let report = voxd::pipeline::run(engines(voice, 16_000), run_options(true), voxd::pipeline::Io::File(clip.samples)).expect("the pipeline finishes");
     let elapsed = started.elapsed().as_secs_f64();
     // Capture ran at the pace of the input: it was never held up by the slow voice.
     assert!(report.capture_lag_s < 0.5, "capture finished {:.2} s late", report.capture_lag_s);
@@ -293,7 +294,7 @@ fn a_stage_that_dies_is_named_and_the_rest_wind_down() {
     let (input, _) = conversation(&dir, "broken", &[(0.5, "What is the capital of France?"), (2.0, "And of Spain?")], 1.0);
     let clip = voxd::audio::read_wav(&input, 16_000).unwrap();
     let started = std::time::Instant::now();
-    let err = match voxd::pipeline::run(engines(Box::new(BrokenVoice), 16_000), run_options(false), clip.samples) {
+    let err = match voxd::pipeline::run(engines(Box::new(BrokenVoice), 16_000), run_options(false), voxd::pipeline::Io::File(clip.samples)) {
         Ok(_) => panic!("a pipeline whose voice panics cannot succeed"),
         Err(e) => format!("{e:#}"),
     };

@@ -67,7 +67,7 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 impl Agent {
     pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
         let mut c = Conversation { agent: &self, links, history: Vec::new(), current: None, newest: 0, barge_at: None, pending: None };
-        let mut transcripts_open = true;
+        let (mut transcripts_open, mut voice_open) = (true, true);
         loop {
             let busy = c.current.is_some();
             if !transcripts_open && !busy {
@@ -86,11 +86,11 @@ impl Agent {
                         anyhow::bail!("the playback stage stopped");
                     }
                 }
-                changed = voice.changed(), if busy && !self.sequential => {
-                    if changed.is_ok() {
-                        c.on_voice(*voice.borrow());
-                    }
-                }
+                changed = voice.changed(), if busy && voice_open && !self.sequential => match changed {
+                    Ok(()) => c.on_voice(*voice.borrow()),
+                    // vad has stopped (capture ended): nobody will interrupt any more.
+                    Err(_) => voice_open = false,
+                },
                 _ = sleep_until(barge_deadline), if barge_deadline.is_some() => c.on_barge_deadline(&voice, &playback),
             }
             c.finish_if_heard(&playback);

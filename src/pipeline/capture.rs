@@ -1,16 +1,21 @@
 //! Capture and pacing.
 //!
-//! Input: a recording (16 kHz mono; live devices come with the live-audio stage) ·
-//! Output: `Frame` (to vad) · Thread: tokio task
+//! Input: a recording (16 kHz mono), or the microphone's ring · Output: `Frame` (to
+//! vad) · Thread: tokio task (a recording), dedicated `voxd-capture` (the microphone)
 //!
-//! The pacer hands vad one frame at a time, either as a microphone would (each frame
-//! when its last sample would have arrived) or as fast as vad takes them.
+//! The pacer hands vad one frame at a time: from a recording either as a microphone
+//! would (each frame when its last sample would have arrived) or as fast as vad takes
+//! them; from the microphone as the device delivers, converted to 16 kHz mono when
+//! the device could not do that itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Clock;
+use super::{Clock, Counters};
+use crate::device;
 
 /// Longest frame webrtc-vad accepts: 30 ms at 16 kHz.
 pub const MAX_FRAME: usize = 480;
@@ -46,6 +51,44 @@ pub async fn pace_file(audio: Vec<f32>, frame_len: usize, clock: Clock, tx: mpsc
         // Block when vad is behind: in file mode nothing is lost by waiting.
         if tx.send(frame).await.is_err() {
             anyhow::bail!("vad stopped taking audio");
+        }
+    }
+    Ok(())
+}
+
+/// Drains the microphone every 10 ms into frames of `frame_len` samples until `stop`
+/// is set (SIGTERM, SIGINT), copying the device's figures into `counters`.
+pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicBool>, tx: mpsc::Sender<Frame>, counters: Arc<Counters>) -> anyhow::Result<()> {
+    assert!(frame_len <= MAX_FRAME);
+    let mut to_16k = crate::audio::StreamResampler::new(input.rate_hz, crate::audio::ASR_RATE_HZ)?;
+    let (mut raw, mut pcm) = (Vec::with_capacity(8192), Vec::with_capacity(8192));
+    let mut next_sample = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(10));
+        raw.clear();
+        input.read(&mut raw);
+        to_16k.push(&raw, &mut pcm);
+        let whole = pcm.len() / frame_len * frame_len;
+        for chunk in pcm[..whole].chunks_exact(frame_len) {
+            let mut frame = Frame { samples: [0.0; MAX_FRAME], len: frame_len, start_sample: next_sample };
+            frame.samples[..frame_len].copy_from_slice(chunk);
+            next_sample += frame_len as u64;
+            // vad keeps up (it only runs webrtc-vad); while it does not, the device's
+            // ring takes the slack and then drops, counted.
+            if tx.blocking_send(frame).is_err() {
+                anyhow::bail!("vad stopped taking audio");
+            }
+        }
+        pcm.drain(..whole);
+        // The heartbeat (systemd's watchdog) moves only while audio flows through: a
+        // dead device or a stalled vad stops it.
+        let h = &input.health;
+        counters.capture_overflows.store(h.lost.load(Ordering::Relaxed), Ordering::Relaxed);
+        counters.capture_xruns.store(h.xruns.load(Ordering::Relaxed), Ordering::Relaxed);
+        counters.input_reopens.store(h.reopens.load(Ordering::Relaxed), Ordering::Relaxed);
+        counters.capture_latency_us.store(h.latency_us.load(Ordering::Relaxed), Ordering::Relaxed);
+        if whole > 0 {
+            counters.capture_heartbeat.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())

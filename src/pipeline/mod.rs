@@ -90,18 +90,30 @@ impl Cancel {
 /// Counters that stages bump and the turn log reports.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Frames the capture ring dropped because nobody drained it.
+    /// Samples the capture ring dropped because nobody drained it.
     pub capture_overflows: AtomicU64,
     /// Utterances vad dropped because asr was behind.
     pub vad_drops: AtomicU64,
     /// Utterances that held no speech once transcribed (noise, coughs).
     pub utterances_dropped: AtomicU64,
-    /// Times the output ran dry in the middle of a reply.
+    /// Times the output ran dry in the middle of a reply (a device: callbacks that
+    /// came up short while more of the reply was on its way).
     pub playback_underruns: AtomicU64,
     /// Notes telemetry never saw because its queue was full.
     pub telemetry_drops: AtomicU64,
     /// Replies started at a pause the user then spoke through.
     pub speculations_abandoned: AtomicU64,
+    /// Live devices: overruns/underruns they reported, times they were reopened, and
+    /// the latency their buffers add (µs), as their callbacks last saw it.
+    pub capture_xruns: AtomicU64,
+    pub playback_xruns: AtomicU64,
+    pub input_reopens: AtomicU64,
+    pub output_reopens: AtomicU64,
+    pub capture_latency_us: AtomicU64,
+    pub output_latency_us: AtomicU64,
+    /// Rounds of the live capture pacer that passed audio on to vad: it advancing is
+    /// the pipeline's heartbeat.
+    pub capture_heartbeat: AtomicU64,
     /// High-water marks of the reply-side queues during the current turn.
     pub llm_to_tts_depth: AtomicUsize,
     pub tts_to_playback_depth: AtomicUsize,
@@ -130,19 +142,27 @@ impl Counters {
 pub struct Clock {
     pub start: Instant,
     pub realtime: bool,
+    /// The input is a live device (its samples arrive as they are spoken).
+    pub live: bool,
 }
 
 impl Clock {
     pub fn new(realtime: bool) -> Clock {
-        Clock { start: Instant::now(), realtime }
+        Clock { start: Instant::now(), realtime, live: false }
+    }
+
+    pub fn live() -> Clock {
+        Clock { start: Instant::now(), realtime: true, live: true }
     }
 
     /// When the sample at `stream_s` reached (or would have reached) us, given that
     /// it was recognised as such at `now`, `late_s` of audio after it arrived.
     pub fn arrival(&self, stream_s: f64, late_s: f64, now: Instant) -> Instant {
-        if self.realtime {
+        if self.realtime && !self.live {
+            // A paced recording: its timeline is the wall clock since the start.
             self.start + Duration::from_secs_f64(stream_s)
         } else {
+            // Live, the frame that decided just arrived; a fast run imitates that.
             now.checked_sub(Duration::from_secs_f64(late_s)).unwrap_or(now)
         }
     }
@@ -183,6 +203,6 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
     }
 }
 
-pub use runner::{run, Engines, RunOptions, RunReport};
+pub use runner::{run, Engines, Io, OnListening, RunOptions, RunReport};
 
 mod runner;

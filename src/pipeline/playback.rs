@@ -1,19 +1,22 @@
 //! Playback stage.
 //!
-//! Input: `Speech` (from tts), the confirmed turn (watch, from agent) · Output: the output device — here a recording of
-//! what would be heard, on the input's timeline — and `Status` (watch, to agent) ·
-//! Thread: tokio task
+//! Input: `Speech` (from tts), the confirmed turn (watch, from agent) · Output: the
+//! speaker — the output device, or for a file run a recording of what would be heard
+//! on the input's timeline — and `Status` (watch, to agent and vad) · Thread: tokio
+//! task
 //!
-//! Plays each sentence as soon as the previous one ends. With a real-time clock it
-//! plays at the speed of sound: sentences wait for the "device", a cancelled turn is
-//! cut at the current sample, and what has been heard is published for the agent's
-//! history. With a fast clock it places audio where it would have played.
+//! Plays each sentence as soon as the previous one ends. In real time it follows the
+//! speaker: a sentence counts as heard when the speaker has played it, a cancelled
+//! turn is cut at once (the device's queue flushed), and what has been heard is
+//! published for the agent's history. A file run as fast as possible places audio
+//! where it would have played.
 //!
 //! Audio of a tentative turn (a reply started during the hangover) is held until
 //! the agent confirms the turn: nothing is heard before the end of the turn is
 //! certain.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +24,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::telemetry::{Note, Notes};
 use super::tts::Speech;
-use super::{sleep_until, Cancel, Clock, Counters, TurnId};
+use super::{sleep_until, Anchor, Cancel, Clock, Counters, TurnId};
+use crate::device;
 
-/// What the output is doing, for the agent (barge-in and history).
+/// What the output is doing, for the agent (barge-in and history) and vad (not
+/// hearing the assistant itself).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
     /// The turn whose audio is playing or was played last.
@@ -64,48 +69,212 @@ impl Recording {
     }
 }
 
+/// Where the assistant's voice goes.
+pub enum Speaker {
+    /// A file run: what would be heard, on the input's timeline (seconds).
+    Recording { rec: Recording, clock: Clock, cursor_s: f64 },
+    /// The output device; its timeline is the frames it has played (seconds).
+    Device(DeviceSpeaker),
+}
+
+pub struct DeviceSpeaker {
+    out: device::Output,
+    /// Resampled audio waiting for room in the device's ring.
+    waiting: VecDeque<f32>,
+    /// Frames written to the ring, ever (after a flush: from where the device was).
+    written: u64,
+    /// A flush was asked for; `written` is re-based once the device has done it.
+    flushing: bool,
+    /// The reply's last sentence is queued: once it is all in the ring, the device
+    /// running dry is the reply's end, not an underrun.
+    complete: bool,
+    counters: Arc<Counters>,
+}
+
+impl Speaker {
+    pub fn recording(rate_hz: u32, clock: Clock) -> Speaker {
+        Speaker::Recording { rec: Recording { rate_hz, samples: Vec::new() }, clock, cursor_s: 0.0 }
+    }
+
+    pub fn device(out: device::Output, counters: Arc<Counters>) -> Speaker {
+        Speaker::Device(DeviceSpeaker { out, waiting: VecDeque::new(), written: 0, flushing: false, complete: false, counters })
+    }
+
+    fn realtime(&self) -> bool {
+        match self {
+            Speaker::Recording { clock, .. } => clock.realtime,
+            Speaker::Device(_) => true,
+        }
+    }
+
+    /// Where the speaker is now on its timeline: everything before has been played.
+    fn now_s(&self, now: Instant, anchor: &Anchor) -> f64 {
+        match self {
+            Speaker::Recording { clock, .. } if clock.realtime => anchor.stream_s(now),
+            Speaker::Recording { .. } => f64::INFINITY,
+            Speaker::Device(d) => d.out.consumed() as f64 / d.out.rate_hz as f64,
+        }
+    }
+
+    /// The instant at which the speaker is (or was) at `pos_s`.
+    fn instant_of(&self, pos_s: f64, now: Instant, anchor: &Anchor) -> Instant {
+        match self {
+            Speaker::Recording { .. } => anchor.speech_end_at + secs(pos_s - anchor.speech_end_s),
+            Speaker::Device(_) => {
+                let now_s = self.now_s(now, anchor);
+                if pos_s <= now_s {
+                    now.checked_sub(secs(now_s - pos_s)).unwrap_or(now)
+                } else {
+                    now + secs(pos_s - now_s)
+                }
+            }
+        }
+    }
+
+    /// Queues audio right after what is queued (not before `now_s`); returns where it
+    /// starts and ends on the speaker's timeline.
+    fn queue(&mut self, audio: &[f32], rate_hz: u32, now_s: f64) -> (f64, f64) {
+        match self {
+            Speaker::Recording { rec, cursor_s, .. } => {
+                let start = now_s.max(*cursor_s);
+                rec.write(start, audio);
+                *cursor_s = start + audio.len() as f64 / rec.rate_hz as f64;
+                (start, *cursor_s)
+            }
+            Speaker::Device(d) => {
+                d.settle();
+                let rate = d.out.rate_hz;
+                let resampled;
+                let audio = if rate_hz == rate {
+                    audio
+                } else {
+                    resampled = crate::audio::resample(audio, rate_hz, rate).unwrap_or_default();
+                    &resampled
+                };
+                let start = (d.written + d.waiting.len() as u64) as f64 / rate as f64;
+                let start = start.max(now_s);
+                d.waiting.extend(audio);
+                d.complete = false;
+                // Audio in the ring first: a callback in between would find it dry.
+                d.feed();
+                d.out.set_active(true);
+                (start, start + audio.len() as f64 / rate as f64)
+            }
+        }
+    }
+
+    /// Cuts what has not been heard yet; returns where the speaker stopped.
+    fn cut(&mut self, now_s: f64) -> f64 {
+        match self {
+            Speaker::Recording { rec, cursor_s, .. } => {
+                let at = now_s.min(*cursor_s);
+                rec.cut(at);
+                *cursor_s = at;
+                at
+            }
+            Speaker::Device(d) => {
+                d.waiting.clear();
+                d.out.flush();
+                d.out.set_active(false);
+                d.flushing = true;
+                now_s
+            }
+        }
+    }
+
+    /// Moves waiting audio into the device as room frees up.
+    fn tick(&mut self) {
+        if let Speaker::Device(d) = self {
+            d.settle();
+            d.feed();
+            d.report();
+        }
+    }
+
+    /// Audio still to go into the device.
+    fn has_waiting(&self) -> bool {
+        matches!(self, Speaker::Device(d) if !d.waiting.is_empty())
+    }
+
+    /// The last sentence of a reply is queued: running dry after it is no underrun.
+    fn reply_complete(&mut self) {
+        if let Speaker::Device(d) = self {
+            d.complete = true;
+            d.feed();
+        }
+    }
+}
+
+impl DeviceSpeaker {
+    /// After a flush the device's ring is empty once the callback has done it: from
+    /// there, written frames count from what the device has played.
+    fn settle(&mut self) {
+        if self.flushing && !self.out.flush_pending() {
+            self.written = self.out.consumed();
+            self.flushing = false;
+        }
+    }
+
+    fn feed(&mut self) {
+        if self.flushing {
+            return;
+        }
+        let (a, b) = self.waiting.as_slices();
+        let mut n = self.out.write(a);
+        if n == a.len() {
+            n += self.out.write(b);
+        }
+        self.waiting.drain(..n);
+        self.written += n as u64;
+        if self.complete && self.waiting.is_empty() {
+            self.out.set_active(false);
+        }
+    }
+
+    /// The devices' figures, for the turn log.
+    fn report(&self) {
+        let h = &self.out.health;
+        self.counters.playback_underruns.store(h.lost.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counters.playback_xruns.store(h.xruns.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counters.output_reopens.store(h.reopens.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counters.output_latency_us.store(h.latency_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 /// The turn whose audio is going out.
 struct Playing {
     turn: TurnId,
     cancel: Cancel,
-    /// (end on the input timeline, text) of sentences not yet heard in full.
+    /// (end on the speaker's timeline, text) of sentences not yet heard in full.
     pending: VecDeque<(f64, String)>,
     spoken: Vec<String>,
     started: bool,
-    /// Set once the last sentence is queued: when the output reaches it, the turn ends.
+    /// Where this turn's queued audio ends on the speaker's timeline.
+    queued_until: f64,
+    /// Set once the last sentence is queued: when the speaker reaches it, the turn ends.
     ends_s: Option<f64>,
     /// Maps the input timeline to instants for this turn.
-    anchor: super::Anchor,
+    anchor: Anchor,
 }
 
-/// The output device, for now a recording on the input's timeline.
+/// The stage's state: the speaker and the turn on it.
 struct Output {
-    rec: Recording,
-    clock: Clock,
-    /// Where the output is busy until, on the input timeline.
-    cursor_s: f64,
+    speaker: Speaker,
     playing: Option<Playing>,
     status: watch::Sender<Status>,
     notes: Notes,
     counters: Arc<Counters>,
 }
 
-pub async fn run(
-    rate_hz: u32,
-    clock: Clock,
-    mut rx: mpsc::Receiver<Speech>,
-    mut confirmed: watch::Receiver<TurnId>,
-    status: watch::Sender<Status>,
-    notes: Notes,
-    counters: Arc<Counters>,
-) -> anyhow::Result<Recording> {
-    let mut out = Output { rec: Recording { rate_hz, samples: Vec::new() }, clock, cursor_s: 0.0, playing: None, status, notes, counters };
+pub async fn run(speaker: Speaker, mut rx: mpsc::Receiver<Speech>, mut confirmed: watch::Receiver<TurnId>, status: watch::Sender<Status>, notes: Notes, counters: Arc<Counters>) -> anyhow::Result<Option<Recording>> {
+    let mut out = Output { speaker, playing: None, status, notes, counters };
     // Audio of a tentative turn (started before the end of the turn was certain),
     // waiting for the agent to confirm the turn — or to cancel it, unheard.
     let mut held: VecDeque<Speech> = VecDeque::new();
     let mut input_open = true;
     let mut agent_open = true;
     loop {
+        out.speaker.tick();
         if out.advance(Instant::now()) {
             continue;
         }
@@ -139,20 +308,22 @@ pub async fn run(
             _ = sleep_until(out.wake(Instant::now())) => {}
         }
     }
-    Ok(out.rec)
+    Ok(match out.speaker {
+        Speaker::Recording { rec, .. } => Some(rec),
+        Speaker::Device(_) => None,
+    })
 }
 
 impl Output {
-    /// Follows the output up to `now`: sentences heard, the turn's end, a cut.
+    /// Follows the speaker up to `now`: sentences heard, the turn's end, a cut.
     /// Returns true when the playing turn ended (look again).
     fn advance(&mut self, now: Instant) -> bool {
         let Some(p) = self.playing.as_mut() else { return false };
-        let now_s = if self.clock.realtime { p.anchor.stream_s(now) } else { f64::INFINITY };
+        let now_s = self.speaker.now_s(now, &p.anchor);
         if p.cancel.is_cancelled() {
             // Cut what has not been heard; the agent records the turn as cancelled.
-            let cut_s = p.anchor.stream_s(now).min(self.cursor_s);
-            self.rec.cut(cut_s);
-            self.cursor_s = cut_s;
+            let live_now = if self.speaker.realtime() { now_s } else { p.anchor.stream_s(now) };
+            self.speaker.cut(live_now);
             self.end();
             return true;
         }
@@ -163,7 +334,7 @@ impl Output {
             self.status.send_modify(|s| s.spoken = spoken);
         }
         if let Some(ends) = p.ends_s.filter(|e| *e <= now_s && p.pending.is_empty()) {
-            let at = if self.clock.realtime { now } else { p.anchor.speech_end_at + secs(ends - p.anchor.speech_end_s) };
+            let at = if self.speaker.realtime() { now } else { self.speaker.instant_of(ends, now, &p.anchor) };
             self.notes.send(Note::TurnEnd { turn: p.turn, at, spoken: p.spoken.join(" "), cancelled: false, reason: None });
             self.end();
             return true;
@@ -179,12 +350,16 @@ impl Output {
         });
     }
 
-    /// When to look at the output next: real time only, while a turn plays.
+    /// When to look at the speaker next: in real time while a turn plays or audio
+    /// waits for room.
     fn wake(&self, now: Instant) -> Option<Instant> {
-        let p = self.playing.as_ref().filter(|_| self.clock.realtime)?;
+        if !self.speaker.realtime() || (self.playing.is_none() && !self.speaker.has_waiting()) {
+            return None;
+        }
         let tick = now + Duration::from_millis(10);
+        let Some(p) = self.playing.as_ref() else { return Some(tick) };
         Some(match p.pending.front().map(|(e, _)| *e).or(p.ends_s) {
-            Some(next_s) => tick.min(p.anchor.speech_end_at + secs(next_s - p.anchor.speech_end_s)),
+            Some(next_s) => tick.min(self.speaker.instant_of(next_s, now, &p.anchor)),
             None => tick,
         })
     }
@@ -192,11 +367,11 @@ impl Output {
     /// tts has hung up: what is queued is all the playing turn will get.
     fn no_more_audio(&mut self) {
         if let Some(p) = self.playing.as_mut() {
-            p.ends_s.get_or_insert(self.cursor_s);
+            p.ends_s.get_or_insert(p.queued_until);
         }
     }
 
-    /// Puts a sentence's audio on the output, right after what is already there.
+    /// Puts a sentence's audio on the speaker, right after what is already there.
     fn queue(&mut self, speech: Speech) {
         if speech.cancel.is_cancelled() || self.playing.as_ref().is_some_and(|p| speech.turn < p.turn) {
             return;
@@ -209,6 +384,7 @@ impl Output {
                 pending: VecDeque::new(),
                 spoken: Vec::new(),
                 started: false,
+                queued_until: 0.0,
                 ends_s: None,
                 anchor: speech.anchor,
             });
@@ -218,25 +394,31 @@ impl Output {
             });
         }
         let p = self.playing.as_mut().expect("set above");
-        let now_s = p.anchor.stream_s(now);
+        let now_s = match &self.speaker {
+            // A fast file run places audio where it would have played.
+            Speaker::Recording { clock, .. } if !clock.realtime => p.anchor.stream_s(now),
+            speaker => speaker.now_s(now, &p.anchor),
+        };
         if !speech.samples.is_empty() {
-            if p.started && now_s > self.cursor_s {
-                // The output ran dry between two sentences of one reply.
+            let (start_s, end_s) = self.speaker.queue(&speech.samples, speech.rate_hz, now_s);
+            // The speaker ran dry between two sentences of one reply (a device counts
+            // this in its callback).
+            if p.started && start_s > p.queued_until + 0.001 && matches!(self.speaker, Speaker::Recording { .. }) {
                 Counters::bump(&self.counters.playback_underruns);
             }
-            let start_s = now_s.max(self.cursor_s);
             if !p.started {
                 p.started = true;
-                let at = p.anchor.speech_end_at + secs(start_s - p.anchor.speech_end_s);
+                let at = self.speaker.instant_of(start_s, now, &p.anchor);
                 self.notes.send(Note::FirstAudio { turn: p.turn, at });
             }
-            self.rec.write(start_s, &speech.samples);
-            self.cursor_s = start_s + speech.samples.len() as f64 / self.rec.rate_hz as f64;
-            p.pending.push_back((self.cursor_s, speech.text));
+            p.queued_until = end_s;
+            p.pending.push_back((end_s, speech.text));
             self.status.send_modify(|s| s.speaking = true);
         }
         if speech.last {
-            p.ends_s = Some(self.cursor_s.max(if p.started { 0.0 } else { now_s }));
+            // A reply with no audio at all ends now.
+            p.ends_s = Some(if p.started { p.queued_until } else { now_s });
+            self.speaker.reply_complete();
         }
     }
 }

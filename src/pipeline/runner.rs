@@ -3,6 +3,7 @@
 //! name and the others are wound down.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -11,12 +12,13 @@ use tokio::sync::{oneshot, watch};
 
 use super::agent::Agent;
 use super::llm::LlmStage;
-use super::playback::{Recording, Status};
+use super::playback::{Recording, Speaker, Status};
 use super::telemetry::{Models, Notes, TurnRecord};
 use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
-use crate::config::{AgentConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig};
+use crate::config::{AgentConfig, AudioConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig};
+use crate::device;
 use crate::tools::intents::Intents;
 use crate::tools::Toolbox;
 use crate::engine::asr::Asr;
@@ -45,21 +47,41 @@ pub struct RunOptions {
     pub tools: ToolsConfig,
     pub tool: Vec<ToolConfig>,
     pub intent: Vec<IntentConfig>,
+    /// Live devices: half-duplex and its echo tail.
+    pub audio: AudioConfig,
     pub latency_log: Option<PathBuf>,
+    /// A short fingerprint of the settings, logged with every turn so reports can
+    /// group turns by configuration ("" when nobody cares).
+    pub config_id: String,
 }
+
+/// What the pipeline listens to and speaks into.
+pub enum Io {
+    /// A recording (16 kHz mono), played in; the answers are recorded on its timeline.
+    File(Vec<f32>),
+    /// The microphone and the speaker, until `stop` is set (SIGINT or SIGTERM set it
+    /// too): capture stops, the turn in flight is finished, and the run returns.
+    Devices { input: device::Input, output: device::Output, stop: Arc<AtomicBool>, on_listening: Option<OnListening> },
+}
+
+/// Called once the engines are warm and the microphone is being listened to (a
+/// service says READY here), with the counters whose `capture_heartbeat` shows the
+/// pipeline is alive.
+pub type OnListening = Box<dyn FnOnce(Arc<Counters>) + Send>;
 
 pub struct RunReport {
     pub turns: Vec<TurnRecord>,
-    /// How long after the input's end capture delivered its last frame (real time
-    /// only): a stalled pipeline would hold capture back.
+    /// How long after the input's end capture delivered its last frame (a recording
+    /// paced in real time): a stalled pipeline would hold capture back.
     pub capture_lag_s: f64,
-    /// What the speaker played, aligned with the input.
-    pub recording: Recording,
+    /// A recording's run: what the speaker played, aligned with the input.
+    pub recording: Option<Recording>,
     pub counters: Arc<Counters>,
 }
 
-/// Plays `input` (16 kHz mono) through the whole pipeline.
-pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<RunReport> {
+/// Runs the whole pipeline on `io`.
+pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
+    let live = matches!(io, Io::Devices { .. });
     // A log that cannot be written is an error now, not after the whole run.
     let log = options.latency_log.as_deref().map(telemetry::open_log).transpose()?;
     let counters = Arc::new(Counters::default());
@@ -101,10 +123,12 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         return Err(supervise(stages).err().unwrap_or_else(|| anyhow!("the llm stage stopped during warm-up")));
     }
 
-    let clock = Clock::new(options.realtime);
+    let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
     {
         let (config, clock, counters, notes) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone());
-        stages.push(("vad", spawn("vad", move || vad::run(config, clock, frame_rx, utt_tx, voice_tx, counters, notes))?));
+        // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
+        let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
+        stages.push(("vad", spawn("vad", move || vad::run(config, clock, deafen, frame_rx, utt_tx, voice_tx, counters, notes))?));
     }
     {
         let (asr, notes) = (engines.asr, notes.clone());
@@ -119,28 +143,50 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
         stages.push(("tools", spawn("tools", move || tools::run(toolbox, job_rx, notes))?));
     }
 
+    let frame_len = (options.vad.frame_ms * 16) as usize;
+    // A recording is paced by a task below; the microphone by a thread of its own.
+    let mut frame_tx = Some(frame_tx);
+    let (file, speaker, stop) = match io {
+        Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None),
+        Io::Devices { input, output, stop, on_listening } => {
+            let (tx, capture_counters, stop_capture) = (frame_tx.take().expect("unused"), counters.clone(), stop.clone());
+            stages.push(("capture", spawn("capture", move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters))?));
+            if let Some(listening) = on_listening {
+                listening(counters.clone());
+            }
+            (None, Speaker::device(output, counters.clone()), Some(stop))
+        }
+    };
     let agent = Agent {
-        barge_in: options.agent.barge_in,
+        barge_in: options.agent.barge_in && !(live && options.audio.half_duplex),
         barge_in_min: std::time::Duration::from_millis(options.agent.barge_in_min_ms as u64),
-        sequential: !options.realtime,
+        sequential: !clock.realtime,
         multi_turn: options.multi_turn,
         models: engines.models,
         intents: Intents::new(&options.intent)?,
         tools: options.tool,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().context("starting the async runtime")?;
-    let frame_len = (options.vad.frame_ms * 16) as usize;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let timing = telemetry::Timing { realtime: clock.realtime, live };
     let (tasks, recording, turns, capture_lag_s) = runtime.block_on(async {
-        let input_s = input.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
-        let capture_clock = clock.clone();
-        let capture = tokio::spawn(async move {
-            capture::pace_file(input, frame_len, capture_clock.clone(), frame_tx).await?;
-            Ok::<f64, anyhow::Error>(capture_clock.start.elapsed().as_secs_f64() - input_s)
-        });
+        let capture = match file {
+            Some(input) => {
+                let input_s = input.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
+                let (capture_clock, frame_tx) = (clock.clone(), frame_tx.take().expect("a recording feeds vad from here"));
+                tokio::spawn(async move {
+                    capture::pace_file(input, frame_len, capture_clock.clone(), frame_tx).await?;
+                    Ok::<f64, anyhow::Error>(capture_clock.start.elapsed().as_secs_f64() - input_s)
+                })
+            }
+            None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
+        };
+        if let Some(stop) = stop {
+            tokio::spawn(stop_on_signal(stop));
+        }
         let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
         let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, links));
-        let playback = tokio::spawn(playback::run(engines.tts_rate_hz, clock.clone(), speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
-        let telemetry = tokio::spawn(telemetry::run(note_rx, log, options.realtime, counters.clone()));
+        let playback = tokio::spawn(playback::run(speaker, speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
+        let telemetry = tokio::spawn(telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone()));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {
             Ok(Ok(lag)) => (Ok(()), lag),
@@ -159,6 +205,26 @@ pub fn run(engines: Engines, options: RunOptions, input: Vec<f32>) -> Result<Run
     }
     let capture_lag_s = if options.realtime { capture_lag_s } else { 0.0 };
     Ok(RunReport { turns: turns?, capture_lag_s, recording: recording?, counters })
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (systemd stopping the service) ends a live run: capture
+/// stops and the pipeline drains — the turn in flight is finished and logged.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+    tracing::info!("stopping: finishing the turn in flight");
+    stop.store(true, std::sync::atomic::Ordering::Release);
 }
 
 fn spawn(name: &'static str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {

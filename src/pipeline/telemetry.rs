@@ -135,6 +135,19 @@ pub struct TurnCounters {
     /// Replies started at a pause that the user then spoke through (wasted work, not
     /// heard: a measure of how eagerly `vad.speculate_after_ms` guesses).
     pub speculations_abandoned: u64,
+    /// Live devices: overruns and underruns the devices reported (capture + playback),
+    /// and times a device failed and was reopened.
+    pub xruns: u64,
+    pub device_reopens: u64,
+}
+
+/// Live devices: the latency their buffers add, as last measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AudioLatency {
+    /// Sound at the microphone → its samples in voxd.
+    pub capture_ms: f64,
+    /// Samples handed to the device → sound from the speaker.
+    pub output_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -154,6 +167,10 @@ pub struct TurnRecord {
     /// "realtime" (live or paced input: marks are what a user hears) or "fast" (a file
     /// as fast as possible: the hangover is simulated, the rest measured).
     pub clock: String,
+    /// A fingerprint of the settings the turn ran with (`voxd latency report` groups by
+    /// it): the same settings, the same id.
+    #[serde(default)]
+    pub config: String,
     /// Where the user stopped speaking, seconds into the input.
     pub speech_end_s: f64,
     pub audio_s: f64,
@@ -178,6 +195,9 @@ pub struct TurnRecord {
     pub tool_calls: Vec<ToolCallRecord>,
     pub counters: TurnCounters,
     pub queues: Queues,
+    /// Live devices only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioLatency>,
 }
 
 /// The stages' handle on telemetry: never blocks, counts what it drops.
@@ -221,12 +241,21 @@ struct Ended {
     reason: Option<String>,
 }
 
+/// How the input is being played: decides the `clock` field and whether the devices'
+/// latencies are logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub realtime: bool,
+    pub live: bool,
+}
+
 /// Collects notes into records until every stage has hung up; writes each finished
 /// turn to `log` (append, one line, flushed) and returns them all.
 pub async fn run(
     mut rx: mpsc::Receiver<Note>,
     mut file: Option<std::fs::File>,
-    realtime: bool,
+    timing: Timing,
+    config_id: String,
     counters: Arc<Counters>,
 ) -> anyhow::Result<Vec<TurnRecord>> {
     let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
@@ -254,7 +283,7 @@ pub async fn run(
             let waiting: Vec<TurnId> = open.iter().filter(|(_, t)| t.ended.is_some()).map(|(id, _)| *id).collect();
             for id in waiting {
                 let t = open.remove(&id).expect("listed above");
-                write(t, realtime, &counters, &mut file, &mut done)?;
+                write(t, timing, &config_id, &counters, &mut file, &mut done)?;
             }
             open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), ended: None });
             continue;
@@ -300,7 +329,7 @@ pub async fn run(
                 t.llm_done = true;
                 if t.ended.is_some() {
                     let t = open.remove(&turn).expect("looked up above");
-                    write(t, realtime, &counters, &mut file, &mut done)?;
+                    write(t, timing, &config_id, &counters, &mut file, &mut done)?;
                 }
             }
             Note::TtsFirstAudio { at, .. } => {
@@ -314,7 +343,7 @@ pub async fn run(
                 t.ended = Some(Ended { spoken, reason: cancelled.then_some(reason).flatten().or(cancelled.then(|| "cancelled".to_string())) });
                 if !cancelled || t.llm_done {
                     let t = open.remove(&turn).expect("looked up above");
-                    write(t, realtime, &counters, &mut file, &mut done)?;
+                    write(t, timing, &config_id, &counters, &mut file, &mut done)?;
                 }
             }
             Note::TurnStart(_) | Note::Dropped { .. } | Note::Abandoned { .. } => unreachable!("handled above"),
@@ -323,7 +352,7 @@ pub async fn run(
     // Shutting down: nothing more will come for turns still open; they are written
     // as they are (a turn never finished is marked so), not lost.
     for (_, t) in std::mem::take(&mut open) {
-        write(t, realtime, &counters, &mut file, &mut done)?;
+        write(t, timing, &config_id, &counters, &mut file, &mut done)?;
     }
     Ok(done)
 }
@@ -346,8 +375,8 @@ pub fn open_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 /// Writes a finished turn as one line, straight to the file: nothing is held back
 /// in a buffer to be lost if voxd dies.
-fn write(t: Open, realtime: bool, counters: &Counters, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
-    let record = finish(t, realtime, counters);
+fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
+    let record = finish(t, timing, config_id, counters);
     if let Some(f) = file.as_mut() {
         let line = serde_json::to_string(&record)? + "\n";
         f.write_all(line.as_bytes())?;
@@ -357,7 +386,7 @@ fn write(t: Open, realtime: bool, counters: &Counters, file: &mut Option<std::fs
     Ok(())
 }
 
-fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
+fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> TurnRecord {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let start = t.start;
     let Ended { spoken, reason } = t.ended.unwrap_or(Ended { spoken: String::new(), reason: Some("unfinished at shutdown".into()) });
@@ -365,7 +394,8 @@ fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
     TurnRecord {
         turn: start.turn,
         ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        clock: if realtime { "realtime" } else { "fast" }.into(),
+        clock: if timing.realtime { "realtime" } else { "fast" }.into(),
+        config: config_id.to_string(),
         speech_end_s: start.anchor.speech_end_s,
         audio_s: start.audio_s,
         round_trip_ms: t.marks.first_audio,
@@ -387,10 +417,16 @@ fn finish(t: Open, realtime: bool, counters: &Counters) -> TurnRecord {
             playback_underruns: load(&counters.playback_underruns),
             telemetry_drops: load(&counters.telemetry_drops),
             speculations_abandoned: load(&counters.speculations_abandoned),
+            xruns: load(&counters.capture_xruns) + load(&counters.playback_xruns),
+            device_reopens: load(&counters.input_reopens) + load(&counters.output_reopens),
         },
         queues: Queues {
             llm_to_tts: counters.llm_to_tts_depth.load(Ordering::Relaxed),
             tts_to_playback: counters.tts_to_playback_depth.load(Ordering::Relaxed),
         },
+        audio: timing.live.then(|| AudioLatency {
+            capture_ms: load(&counters.capture_latency_us) as f64 / 1000.0,
+            output_ms: load(&counters.output_latency_us) as f64 / 1000.0,
+        }),
     }
 }

@@ -1,7 +1,12 @@
 //! Voice activity and end-of-turn detection.
 //!
-//! Input: `Frame` (from capture) · Output: `Utterance` (to asr), `Voice` (watch, to
-//! agent) · Thread: dedicated (`voxd-vad`; webrtc-vad's detector is not `Send`)
+//! Input: `Frame` (from capture), `Status` (watch, from playback: half-duplex) ·
+//! Output: `Utterance` (to asr), `Voice` (watch, to agent) · Thread: dedicated
+//! (`voxd-vad`; webrtc-vad's detector is not `Send`)
+//!
+//! Half-duplex (live devices, the default): while the assistant speaks, and for a
+//! short tail after (the room's echo, the devices' buffers), the microphone is not
+//! listened to, so the assistant never answers itself.
 //!
 //! webrtc-vad says whether each frame is voiced; the `Endpointer` turns that into
 //! utterances: it keeps a pre-roll so first syllables survive, ignores sounds shorter
@@ -230,9 +235,16 @@ impl Endpointer {
 }
 
 /// Runs webrtc-vad and the endpointer over frames until capture ends.
+/// Half-duplex: what the speaker is doing, and how long to stay deaf after it stops.
+pub struct Deafen {
+    pub speaker: watch::Receiver<super::playback::Status>,
+    pub tail: std::time::Duration,
+}
+
 pub fn run(
     config: VadConfig,
     clock: Clock,
+    deafen: Option<Deafen>,
     mut frames: mpsc::Receiver<Frame>,
     utterances: mpsc::Sender<Utterance>,
     voice: watch::Sender<Voice>,
@@ -272,6 +284,7 @@ pub fn run(
         }
         Ok(())
     };
+    let mut deaf_until: Option<Instant> = None;
     while let Some(frame) = frames.blocking_recv() {
         let audio = frame.audio();
         for (dst, src) in pcm.iter_mut().zip(audio) {
@@ -280,6 +293,15 @@ pub fn run(
         let voiced = vad.is_voice_segment(&pcm[..audio.len()]).map_err(|()| anyhow::anyhow!("webrtc-vad rejected a {}-sample frame", audio.len()))?;
         end_sample = frame.start_sample + audio.len() as u64;
         let now = Instant::now();
+        let voiced = match &deafen {
+            Some(d) => {
+                if d.speaker.borrow().speaking {
+                    deaf_until = Some(now + d.tail);
+                }
+                voiced && deaf_until.map_or(true, |until| now >= until)
+            }
+            None => voiced,
+        };
         for event in endpointer.push(audio, frame.start_sample, voiced) {
             emit(event, now)?;
         }

@@ -1,0 +1,330 @@
+//! Live audio devices: cpal on ALSA (PulseAudio and PipeWire through ALSA's `pulse`
+//! plugin), a capture stream feeding a ring and a playback stream draining one.
+//!
+//! The callbacks (`callbacks.rs`) only copy samples between the device and a
+//! pre-allocated SPSC ring and bump atomic counters: no allocation, lock, I/O or
+//! channel send (a test counts allocations around them). Each stream is owned by a
+//! supervisor thread that rebuilds it, with backoff, when it fails or goes silent —
+//! a device that vanishes is reported and reopened while voxd keeps running.
+
+mod callbacks;
+pub mod input;
+pub mod output;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cpal::traits::{DeviceTrait, HostTrait};
+
+pub use input::Input;
+pub use output::Output;
+
+/// What a stream's callbacks report, read by its supervisor and the turn log.
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    /// When the last callback ran (ms since `epoch`): a stream that stops calling
+    /// back is dead even if it reported nothing.
+    last_callback_ms: AtomicU64,
+    /// Latency the device and its buffers add (µs): capture → callback, or callback →
+    /// playback, as the device reports it.
+    pub latency_us: AtomicU64,
+    /// Overruns and underruns the device reported (cpal recovers from them itself).
+    pub xruns: AtomicU64,
+    /// Capture: samples the ring had no room for. Playback: callbacks that came up
+    /// short (silence played) while more of a reply was on its way.
+    pub lost: AtomicU64,
+    /// Set by the error callback: the stream must be rebuilt.
+    pub failed: AtomicBool,
+    /// Errors other than xruns, in all and since the last callback that ran, and the
+    /// latest one's kind (an index into `ERROR_KINDS`: stored without allocating).
+    pub errors: AtomicU64,
+    errors_in_a_row: AtomicU64,
+    last_error: AtomicU8,
+    /// Times the stream was reopened after a failure.
+    pub reopens: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            epoch: Instant::now(),
+            last_callback_ms: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            xruns: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            errors_in_a_row: AtomicU64::new(0),
+            last_error: AtomicU8::new(u8::MAX),
+            reopens: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        self.last_callback_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.errors_in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// A stream's error callback (on its audio thread: atomics only). cpal recovers
+    /// from xruns itself, and carries on after most other errors; a device or server
+    /// that is gone — or errors that keep coming with no audio between them — leave a
+    /// stream that must be rebuilt.
+    fn on_error(&self, kind: cpal::ErrorKind) {
+        use cpal::ErrorKind as K;
+        if kind == K::Xrun {
+            self.xruns.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let code = ERROR_KINDS.iter().position(|k| *k == kind).map_or(u8::MAX, |i| i as u8);
+        self.last_error.store(code, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if matches!(kind, K::DeviceNotAvailable | K::HostUnavailable | K::StreamInvalidated) || in_a_row >= ERRORS_IN_A_ROW_FATAL {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The kind of the latest error, for messages.
+    pub fn last_error(&self) -> Option<cpal::ErrorKind> {
+        ERROR_KINDS.get(self.last_error.load(Ordering::Relaxed) as usize).copied()
+    }
+
+    /// Time since the last callback.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_callback_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// Error kinds by position, so an audio thread can record one in an `AtomicU8`.
+const ERROR_KINDS: [cpal::ErrorKind; 14] = {
+    use cpal::ErrorKind as K;
+    [
+        K::DeviceBusy,
+        K::DeviceChanged,
+        K::DeviceNotAvailable,
+        K::HostUnavailable,
+        K::InvalidInput,
+        K::PermissionDenied,
+        K::RealtimeDenied,
+        K::ResourceExhausted,
+        K::StreamInvalidated,
+        K::UnsupportedConfig,
+        K::UnsupportedOperation,
+        K::Xrun,
+        K::BackendError,
+        K::Other,
+    ]
+};
+
+/// Errors with no audio between them after which a stream counts as failed.
+const ERRORS_IN_A_ROW_FATAL: u64 = 20;
+
+/// A supervisor's view of the errors a stream survived: warns about new ones, at most
+/// once every 10 s.
+pub(crate) struct ErrorLog {
+    device: &'static str,
+    seen: u64,
+    said_at: Option<Instant>,
+}
+
+impl ErrorLog {
+    pub(crate) fn new(device: &'static str) -> ErrorLog {
+        ErrorLog { device, seen: 0, said_at: None }
+    }
+
+    pub(crate) fn check(&mut self, health: &Health) {
+        let now = health.errors.load(Ordering::Relaxed);
+        if now == self.seen || self.said_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        let kind = health.last_error().map_or("unknown".to_string(), |k| format!("{k:?}"));
+        tracing::warn!("{}: {} device error{} ({kind}); the stream carries on", self.device, now - self.seen, if now - self.seen == 1 { "" } else { "s" });
+        self.seen = now;
+        self.said_at = Some(Instant::now());
+    }
+}
+
+/// "the device failed (DeviceNotAvailable)" for a supervisor's warning.
+pub(crate) fn failure(health: &Health) -> String {
+    match health.last_error() {
+        Some(kind) => format!("the device failed ({kind:?})"),
+        None => "the device failed".into(),
+    }
+}
+
+/// A device as voxd reaches it: through which audio system (a cpal host) and by what
+/// name there. Decided once, when the device is first opened; a reopen looks for the
+/// same device the same way (never falling back to another system half-way).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    host: cpal::HostId,
+    spec: String,
+    input: bool,
+}
+
+impl Endpoint {
+    /// `backend`: "pulseaudio" (a PulseAudio server, or PipeWire's pulse server),
+    /// "alsa", or "auto" — the sound server when one answers, else ALSA. `spec`: ""
+    /// for the default device, a device id from `voxd devices` (which names its
+    /// system), or a part of a device's name.
+    pub fn resolve(backend: &str, spec: &str, input: bool) -> anyhow::Result<Endpoint> {
+        let host = match spec.parse::<cpal::DeviceId>() {
+            Ok(id) if !spec.is_empty() => id.host(),
+            _ => match backend {
+                "pulseaudio" => cpal::HostId::PulseAudio,
+                "alsa" => cpal::HostId::Alsa,
+                _ if cpal::host_from_id(cpal::HostId::PulseAudio).is_ok() => cpal::HostId::PulseAudio,
+                _ => cpal::HostId::Alsa,
+            },
+        };
+        Ok(Endpoint { host, spec: spec.to_string(), input })
+    }
+
+    fn device(&self) -> anyhow::Result<cpal::Device> {
+        let host = cpal::host_from_id(self.host).with_context(|| format!("reaching the audio system {}", self.host.name()))?;
+        find(&host, &self.spec, self.input)
+    }
+}
+
+/// The device `spec` names: "" for the default, a cpal id ("pulseaudio:spk",
+/// "alsa:hw:CARD=USB,DEV=0"), or a part of its name ("USB").
+fn find(host: &cpal::Host, spec: &str, input: bool) -> anyhow::Result<cpal::Device> {
+    let kind = if input { "input" } else { "output" };
+    if spec.is_empty() {
+        let d = if input { host.default_input_device() } else { host.default_output_device() };
+        return d.with_context(|| format!("no default {kind} device"));
+    }
+    if let Ok(id) = spec.parse::<cpal::DeviceId>() {
+        if let Some(d) = host.device_by_id(&id) {
+            return Ok(d);
+        }
+    }
+    let devices: Vec<cpal::Device> = host.devices().context("listing audio devices")?.collect();
+    let wanted = spec.to_lowercase();
+    let matches: Vec<&cpal::Device> = devices.iter().filter(|d| d.to_string().to_lowercase().contains(&wanted) || d.id().is_ok_and(|id| id.to_string().to_lowercase().contains(&wanted))).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no {kind} device matches {spec:?}; `voxd devices` lists them"),
+        many => bail!("{spec:?} matches {} devices ({}); name one by its id (`voxd devices`)", many.len(), many.iter().filter_map(|d| d.id().ok()).map(|id| id.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// The config to open: mono (or the fewest channels) at `rate` if the device can,
+/// else its own default (and voxd converts); f32 preferred, then i16, i32.
+pub(crate) fn choose_config(device: &cpal::Device, input: bool, rate: u32) -> anyhow::Result<cpal::SupportedStreamConfig> {
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = if input { device.supported_input_configs()?.collect() } else { device.supported_output_configs()?.collect() };
+    let rank = |f: cpal::SampleFormat| match f {
+        cpal::SampleFormat::F32 => 0,
+        cpal::SampleFormat::I16 => 1,
+        cpal::SampleFormat::I32 => 2,
+        _ => 3,
+    };
+    let usable = |f: cpal::SampleFormat| matches!(f, cpal::SampleFormat::F32 | cpal::SampleFormat::I16 | cpal::SampleFormat::I32 | cpal::SampleFormat::U16 | cpal::SampleFormat::U8);
+    let mut fitting: Vec<&cpal::SupportedStreamConfigRange> = ranges.iter().filter(|r| r.contains_rate(rate) && usable(r.sample_format())).collect();
+    fitting.sort_by_key(|r| (r.channels(), rank(r.sample_format())));
+    if let Some(r) = fitting.first() {
+        return Ok(r.with_sample_rate(rate));
+    }
+    let fallback = if input { device.default_input_config()? } else { device.default_output_config()? };
+    Ok(fallback)
+}
+
+/// Devices worth opening to ask what they support: a sound server's, and ALSA's cards.
+/// The rest are ALSA conversion plugins (rate, upmix, jack, oss …): listed, not opened
+/// (opening some of them only prints errors).
+fn worth_probing(id: &str) -> bool {
+    let Some(pcm) = id.strip_prefix("alsa:") else {
+        return true; // a sound server's devices
+    };
+    ["default", "pulse", "pipewire"].contains(&pcm) || ["sysdefault", "hw:", "plughw:"].iter().any(|p| pcm.starts_with(p))
+}
+
+/// `voxd devices`: every input and output of each audio system that answers, with
+/// what it supports.
+pub fn list(backend: &str) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    // alsa-lib reports what it cannot open on stderr; keep that in a buffer instead.
+    let _quiet = alsa::Output::local_error_handler();
+    let mut out = String::new();
+    let used = Endpoint::resolve(backend, "", true)?.host;
+    for system in [cpal::HostId::PulseAudio, cpal::HostId::Alsa] {
+        let Ok(host) = cpal::host_from_id(system) else {
+            let _ = writeln!(out, "{}: not reachable{}\n", system.name(), if system == cpal::HostId::PulseAudio { " (no PulseAudio or PipeWire-pulse server)" } else { "" });
+            continue;
+        };
+        let _ = writeln!(out, "{}{}:", system.name(), if system == used { " (voxd uses this one: [audio] backend)" } else { "" });
+        for (kind, input) in [("inputs", true), ("outputs", false)] {
+            let default = if input { host.default_input_device() } else { host.default_output_device() };
+            let _ = writeln!(out, "  {kind} (default: {}):", default.as_ref().and_then(|d| d.id().ok()).map_or("none".into(), |id| id.to_string()));
+            let devices = if input { host.input_devices().map(|d| d.collect::<Vec<_>>()) } else { host.output_devices().map(|d| d.collect::<Vec<_>>()) };
+            for d in devices.unwrap_or_default() {
+                let id = d.id().map_or("?".into(), |id| id.to_string());
+                if !worth_probing(&id) {
+                    let _ = writeln!(out, "    {id:<36} {d} (a plugin: not probed)");
+                    continue;
+                }
+                let _ = writeln!(out, "    {id:<36} {d}");
+                let native = if input { d.default_input_config() } else { d.default_output_config() };
+                let ranges: Vec<cpal::SupportedStreamConfigRange> = if input {
+                    d.supported_input_configs().map(|r| r.collect()).unwrap_or_default()
+                } else {
+                    d.supported_output_configs().map(|r| r.collect()).unwrap_or_default()
+                };
+                match native {
+                    Ok(c) if system == cpal::HostId::PulseAudio => {
+                        let _ = writeln!(out, "        {} {} ch {} Hz natively; the server converts any rate, channel count and format", c.sample_format(), c.channels(), c.sample_rate());
+                    }
+                    Ok(_) if !ranges.is_empty() => {
+                        let _ = writeln!(out, "        {}", summarize(&ranges));
+                    }
+                    _ => {
+                        let _ = writeln!(out, "        (could not be opened to ask what it supports)");
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// "1-8 channels, 8000-192000 Hz, f32 i16" for a device's config ranges.
+fn summarize(ranges: &[cpal::SupportedStreamConfigRange]) -> String {
+    let channels = (ranges.iter().map(|r| r.channels()).min().unwrap_or(0), ranges.iter().map(|r| r.channels()).max().unwrap_or(0));
+    let rates = (ranges.iter().map(|r| r.min_sample_rate()).min().unwrap_or(0), ranges.iter().map(|r| r.max_sample_rate()).max().unwrap_or(0));
+    let mut formats: Vec<String> = ranges.iter().map(|r| r.sample_format().to_string()).collect();
+    formats.sort();
+    formats.dedup();
+    format!("{}-{} channels, {}-{} Hz, {}", channels.0, channels.1, rates.0, rates.1, formats.join(" "))
+}
+
+/// A stream with no callback for this long is dead even if it reported nothing (a
+/// server that hangs). Generous: on a small board busy engines can delay callbacks,
+/// and a device that really fails says so through its error callback at once.
+pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Lets go of a stream. A stream that reported its failure is dropped (its worker
+/// thread ends). One that went silent may be stuck inside the sound server's client
+/// library — a PulseAudio server killed under a capture stream leaves its reader
+/// waiting forever — and dropping it would join that thread and hang voxd with it:
+/// it is leaked instead (a thread per such incident).
+pub(crate) fn release(stream: cpal::Stream, responsive: bool) {
+    if responsive {
+        drop(stream);
+    } else {
+        tracing::warn!("the old stream does not answer; abandoning it rather than waiting for it");
+        std::mem::forget(stream);
+    }
+}
+
+/// Waits before reopening a failed device: 0.5 s, doubling to 5 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((500u64 << attempt.min(4)).min(5000))
+}
