@@ -308,7 +308,9 @@ fn half_duplex_keeps_the_assistant_from_hearing_itself() {
     pulse.say(&asked);
     hearing.wait_for_turns(2, Duration::from_secs(60));
     let full_duplex = turns(&hearing.log);
-    hearing.stop();
+    // Killed, not stopped: talking to itself, it may be in the middle of a long reply
+    // that a graceful stop would play to the end.
+    drop(hearing);
     assert!(full_duplex.len() >= 2, "control: without half-duplex the echo should be heard");
 }
 
