@@ -46,7 +46,14 @@ impl Input {
         let (replace, replacements) = std::sync::mpsc::channel();
         let supervisor = {
             let (stop, health) = (stop.clone(), health.clone());
-            std::thread::Builder::new().name("voxd-mic".into()).spawn(move || supervise(stream, endpoint, config, period, capacity, replace, health, stop))?
+            let reopen = {
+                let health = health.clone();
+                move || {
+                    let (prod, cons) = HeapRb::<f32>::new(capacity).split();
+                    Ok((build(&endpoint.device()?, &config, period, prod, health.clone())?, cons))
+                }
+            };
+            std::thread::Builder::new().name("voxd-mic".into()).spawn(move || super::supervise("microphone", "no audio", stream, &health, &stop, replace, reopen))?
         };
         Ok(Input { ring: cons, replacements, rate_hz, opened, health, stop, supervisor: Some(supervisor) })
     }
@@ -104,51 +111,4 @@ fn build(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u3
     };
     stream.play()?;
     Ok(stream)
-}
-
-/// Keeps the capture stream alive: rebuilds it when its error callback says so, or
-/// when it has gone silent (a server that hangs reports nothing).
-#[allow(clippy::too_many_arguments)]
-fn supervise(stream: cpal::Stream, endpoint: super::Endpoint, config: cpal::SupportedStreamConfig, period: u32, capacity: usize, replace: std::sync::mpsc::Sender<HeapCons<f32>>, health: Arc<Health>, stop: Arc<AtomicBool>) {
-    // alsa-lib's own complaints (a server that is down) stay off stderr: the
-    // warnings below say what happened.
-    let _quiet = alsa::Output::local_error_handler();
-    let silent_limit = super::SILENT_LIMIT;
-    let mut stream = Some(stream);
-    let mut attempt = 0;
-    let mut errors = super::ErrorLog::new("microphone");
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(100));
-        errors.check(&health);
-        let failed = health.failed.load(Ordering::Relaxed);
-        if stream.is_some() && !failed && health.silent_for() < silent_limit {
-            attempt = 0;
-            continue;
-        }
-        if let Some(s) = stream.take() {
-            let why = if failed { super::failure(&health) } else { format!("no audio for {:.1} s", health.silent_for().as_secs_f64()) };
-            tracing::warn!("microphone: {why}; reopening");
-            super::release(s, failed);
-        }
-        std::thread::sleep(super::backoff(attempt));
-        attempt += 1;
-        let (prod, cons) = HeapRb::<f32>::new(capacity).split();
-        let reopened = endpoint.device().and_then(|device| {
-            health.failed.store(false, Ordering::Relaxed);
-            build(&device, &config, period, prod, health.clone())
-        });
-        match reopened {
-            Ok(s) => {
-                let _ = replace.send(cons);
-                health.reopens.fetch_add(1, Ordering::Relaxed);
-                health.beat();
-                tracing::info!("microphone: reopened");
-                stream = Some(s);
-            }
-            Err(e) => tracing::warn!("microphone: reopening failed ({e:#}); trying again"),
-        }
-    }
-    if let Some(s) = stream {
-        super::release(s, health.silent_for() < silent_limit);
-    }
 }

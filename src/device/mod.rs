@@ -1,5 +1,6 @@
-//! Live audio devices: cpal on ALSA (PulseAudio and PipeWire through ALSA's `pulse`
-//! plugin), a capture stream feeding a ring and a playback stream draining one.
+//! Live audio devices: cpal on a PulseAudio server (PulseAudio or PipeWire-pulse,
+//! through cpal's native host) or on ALSA, a capture stream feeding a ring and a
+//! playback stream draining one.
 //!
 //! The callbacks (`callbacks.rs`) only copy samples between the device and a
 //! pre-allocated SPSC ring and bump atomic counters: no allocation, lock, I/O or
@@ -128,18 +129,18 @@ const ERRORS_IN_A_ROW_FATAL: u64 = 20;
 
 /// A supervisor's view of the errors a stream survived: warns about new ones, at most
 /// once every 10 s.
-pub(crate) struct ErrorLog {
+struct ErrorLog {
     device: &'static str,
     seen: u64,
     said_at: Option<Instant>,
 }
 
 impl ErrorLog {
-    pub(crate) fn new(device: &'static str) -> ErrorLog {
+    fn new(device: &'static str) -> ErrorLog {
         ErrorLog { device, seen: 0, said_at: None }
     }
 
-    pub(crate) fn check(&mut self, health: &Health) {
+    fn check(&mut self, health: &Health) {
         let now = health.errors.load(Ordering::Relaxed);
         if now == self.seen || self.said_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
             return;
@@ -152,7 +153,7 @@ impl ErrorLog {
 }
 
 /// "the device failed (DeviceNotAvailable)" for a supervisor's warning.
-pub(crate) fn failure(health: &Health) -> String {
+fn failure(health: &Health) -> String {
     match health.last_error() {
         Some(kind) => format!("the device failed ({kind:?})"),
         None => "the device failed".into(),
@@ -305,17 +306,62 @@ fn summarize(ranges: &[cpal::SupportedStreamConfigRange]) -> String {
     format!("{}-{} channels, {}-{} Hz, {}", channels.0, channels.1, rates.0, rates.1, formats.join(" "))
 }
 
+/// Keeps a stream alive until `stop`: rebuilds it when its error callback says it
+/// failed, or when it has gone silent (a server that hangs reports nothing). Each
+/// rebuild (`reopen`) comes with a fresh ring — the old one may still belong to an
+/// abandoned stream — whose other end goes to the stage's side through `replace`.
+/// `device` names it in warnings ("microphone"), `quiet` says what silence means for
+/// it ("no audio").
+pub(crate) fn supervise<End>(device: &'static str, quiet: &str, stream: cpal::Stream, health: &Health, stop: &AtomicBool, replace: std::sync::mpsc::Sender<End>, mut reopen: impl FnMut() -> anyhow::Result<(cpal::Stream, End)>) {
+    // alsa-lib's own complaints (a server that is down) stay off stderr: the
+    // warnings below say what happened.
+    let _quiet = alsa::Output::local_error_handler();
+    let mut stream = Some(stream);
+    let mut attempt = 0;
+    let mut errors = ErrorLog::new(device);
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        errors.check(health);
+        let failed = health.failed.load(Ordering::Relaxed);
+        if stream.is_some() && !failed && health.silent_for() < SILENT_LIMIT {
+            attempt = 0;
+            continue;
+        }
+        if let Some(s) = stream.take() {
+            let why = if failed { failure(health) } else { format!("{quiet} for {:.1} s", health.silent_for().as_secs_f64()) };
+            tracing::warn!("{device}: {why}; reopening");
+            release(s, failed);
+        }
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
+        health.failed.store(false, Ordering::Relaxed);
+        match reopen() {
+            Ok((s, end)) => {
+                let _ = replace.send(end);
+                health.reopens.fetch_add(1, Ordering::Relaxed);
+                health.beat();
+                tracing::info!("{device}: reopened");
+                stream = Some(s);
+            }
+            Err(e) => tracing::warn!("{device}: reopening failed ({e:#}); trying again"),
+        }
+    }
+    if let Some(s) = stream {
+        release(s, health.silent_for() < SILENT_LIMIT);
+    }
+}
+
 /// A stream with no callback for this long is dead even if it reported nothing (a
 /// server that hangs). Generous: on a small board busy engines can delay callbacks,
 /// and a device that really fails says so through its error callback at once.
-pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(5);
+const SILENT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Lets go of a stream. A stream that reported its failure is dropped (its worker
 /// thread ends). One that went silent may be stuck inside the sound server's client
 /// library — a PulseAudio server killed under a capture stream leaves its reader
 /// waiting forever — and dropping it would join that thread and hang voxd with it:
 /// it is leaked instead (a thread per such incident).
-pub(crate) fn release(stream: cpal::Stream, responsive: bool) {
+fn release(stream: cpal::Stream, responsive: bool) {
     if responsive {
         drop(stream);
     } else {
@@ -325,6 +371,6 @@ pub(crate) fn release(stream: cpal::Stream, responsive: bool) {
 }
 
 /// Waits before reopening a failed device: 0.5 s, doubling to 5 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
+fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((500u64 << attempt.min(4)).min(5000))
 }

@@ -47,8 +47,15 @@ impl Output {
         let stop = Arc::new(AtomicBool::new(false));
         let (replace, replacements) = std::sync::mpsc::channel();
         let supervisor = {
-            let (stop, health, control) = (stop.clone(), health.clone(), control.clone());
-            std::thread::Builder::new().name("voxd-speaker".into()).spawn(move || supervise(stream, endpoint, config, period, capacity, replace, control, health, stop))?
+            let (stop, health) = (stop.clone(), health.clone());
+            let reopen = {
+                let (health, control) = (health.clone(), control.clone());
+                move || {
+                    let (prod, cons) = HeapRb::<f32>::new(capacity).split();
+                    Ok((build(&endpoint.device()?, &config, period, cons, control.clone(), health.clone())?, prod))
+                }
+            };
+            std::thread::Builder::new().name("voxd-speaker".into()).spawn(move || super::supervise("speaker", "no callbacks", stream, &health, &stop, replace, reopen))?
         };
         Ok(Output { ring: prod, replacements, skipped: 0, rate_hz, opened, health, control, stop, supervisor: Some(supervisor) })
     }
@@ -131,50 +138,4 @@ fn build(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u3
     };
     stream.play()?;
     Ok(stream)
-}
-
-/// Keeps the playback stream alive, as the microphone's supervisor does.
-#[allow(clippy::too_many_arguments)]
-fn supervise(stream: cpal::Stream, endpoint: super::Endpoint, config: cpal::SupportedStreamConfig, period: u32, capacity: usize, replace: std::sync::mpsc::Sender<HeapProd<f32>>, control: Arc<Control>, health: Arc<Health>, stop: Arc<AtomicBool>) {
-    // alsa-lib's own complaints (a server that is down) stay off stderr: the
-    // warnings below say what happened.
-    let _quiet = alsa::Output::local_error_handler();
-    let silent_limit = super::SILENT_LIMIT;
-    let mut stream = Some(stream);
-    let mut attempt = 0;
-    let mut errors = super::ErrorLog::new("speaker");
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(100));
-        errors.check(&health);
-        let failed = health.failed.load(Ordering::Relaxed);
-        if stream.is_some() && !failed && health.silent_for() < silent_limit {
-            attempt = 0;
-            continue;
-        }
-        if let Some(s) = stream.take() {
-            let why = if failed { super::failure(&health) } else { format!("no callbacks for {:.1} s", health.silent_for().as_secs_f64()) };
-            tracing::warn!("speaker: {why}; reopening");
-            super::release(s, failed);
-        }
-        std::thread::sleep(super::backoff(attempt));
-        attempt += 1;
-        let (prod, cons) = HeapRb::<f32>::new(capacity).split();
-        let reopened = endpoint.device().and_then(|device| {
-            health.failed.store(false, Ordering::Relaxed);
-            build(&device, &config, period, cons, control.clone(), health.clone())
-        });
-        match reopened {
-            Ok(s) => {
-                let _ = replace.send(prod);
-                health.reopens.fetch_add(1, Ordering::Relaxed);
-                health.beat();
-                tracing::info!("speaker: reopened");
-                stream = Some(s);
-            }
-            Err(e) => tracing::warn!("speaker: reopening failed ({e:#}); trying again"),
-        }
-    }
-    if let Some(s) = stream {
-        super::release(s, health.silent_for() < silent_limit);
-    }
 }
