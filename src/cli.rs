@@ -188,9 +188,24 @@ pub enum Command {
         #[command(subcommand)]
         command: LatencyCommand,
     },
+    /// Steer a running `voxd run` through its control socket.
+    Ctl {
+        /// The socket [default: [service] control_socket, else the default path; the
+        /// system service's /run/voxd/control.sock when that does not exist].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// List the audio devices (inputs and outputs) with what they support; name one in
     /// voxd.toml's [audio] input_device / output_device.
     Devices,
+    /// Is this machine ready for `voxd run`? Checks the config, the models (verified),
+    /// espeak-ng data, ONNX Runtime, the ggml build, threads, memory, the audio
+    /// devices, the socket, metrics port and log, the home's endpoints, and on a
+    /// Jetson the power mode and clocks; each problem with a fix. Exits non-zero when
+    /// something would stop `voxd run`.
+    Doctor,
     /// Check a configuration file and report every problem in it.
     CheckConfig {
         /// [default: the file voxd would use]
@@ -215,10 +230,39 @@ pub enum LatencyCommand {
         #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
         compare: Option<Vec<PathBuf>>,
         /// Also draw each turn's round trip stacked by stage, and the round trip's
-        /// histogram, as SVG.
-        #[arg(long, value_name = "FILE.svg")]
+        /// histogram, as SVG or PNG (by the extension; PNG needs rsvg-convert).
+        #[arg(long, value_name = "FILE.svg|FILE.png")]
         plot: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// What voxd is doing: listening, hearing, speaking or muted; turns so far, the
+    /// last round trip, the devices' health (--json for all of it as JSON).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop listening to the microphone (push-to-talk still works).
+    Mute,
+    /// Listen to the microphone again.
+    Unmute,
+    /// Push-to-talk: `down` while the user speaks, `up` ends the turn at once.
+    Ptt {
+        #[arg(value_enum)]
+        state: PttState,
+    },
+    /// A turn from text: answered aloud as if it had been spoken.
+    Ask { text: String },
+    /// Cancel the turn being answered (its reply stops).
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PttState {
+    Down,
+    Up,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +308,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Models { command: ModelsCommand::ImportCt2 { dir, out, weights } } => import_ct2(&dir, &out, weights),
+        Command::Doctor => doctor(cli.config.as_deref()),
+        Command::Ctl { socket, command } => ctl(cli.config.as_deref(), socket.as_deref(), command),
         Command::Latency { command: LatencyCommand::Report { logs, compare, plot } } => latency_report(&logs, compare.as_deref(), plot.as_deref()),
         command => {
             let env = Env::load(cli.config.as_deref())?;
@@ -284,7 +330,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),
-                Command::CheckConfig { .. } | Command::Devices | Command::Latency { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
+                Command::CheckConfig { .. } | Command::Ctl { .. } | Command::Doctor | Command::Devices | Command::Latency { .. } | Command::Models { command: ModelsCommand::ImportCt2 { .. } } => unreachable!(),
             }
         }
     }
@@ -299,7 +345,10 @@ struct Env {
 
 impl Env {
     fn load(config_path: Option<&Path>) -> Result<Env> {
-        let config = Config::discover(config_path)?;
+        Env::with(Config::discover(config_path)?)
+    }
+
+    fn with(config: Config) -> Result<Env> {
         let table = (!config.paths.models_toml.is_empty()).then(|| PathBuf::from(&config.paths.models_toml));
         let catalog = Catalog::load(table.as_deref())?;
         let models_dir = if config.paths.models_dir.is_empty() { crate::paths::default_models_dir() } else { PathBuf::from(&config.paths.models_dir) };
@@ -573,6 +622,16 @@ struct Listened {
 fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Option<std::time::Duration>) -> Result<Listened> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+    // The side doors first: a socket that cannot be opened is reported before the
+    // models spend seconds loading.
+    let sv = &env.config.service;
+    let control = match sv.control_socket.as_str() {
+        _ if listen_for.is_some() => None, // a benchmark, not a service
+        "off" => None,
+        "" => Some(crate::control::bind(&crate::control::default_socket())?),
+        path => Some(crate::control::bind(Path::new(path))?),
+    };
+    let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind(&sv.metrics_listen)).transpose()?;
     let engines = env.engines()?;
     let a = &env.config.audio;
     let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;
@@ -586,10 +645,17 @@ fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Option<std::tim
     let on_listening: pipeline::OnListening = {
         let (since, stop) = (listening_since.clone(), stop.clone());
         let (opened_in, opened_out, half_duplex) = (input.opened.clone(), output.opened.clone(), a.half_duplex);
+        let mut doors = String::new();
+        if let Some(socket) = &control {
+            doors += &format!("\ncontrol socket {} (voxd ctl)", socket.path.display());
+        }
+        if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+            doors += &format!("\nmetrics at http://{addr}/metrics");
+        }
         Box::new(move |counters| {
             *since.lock().expect("not poisoned") = Some((std::time::Instant::now(), cpu_time()));
             let mode = if half_duplex { "half-duplex: not listening while speaking" } else { "barge-in: speak to interrupt" };
-            eprintln!("listening on {opened_in}, speaking on {opened_out}; {mode}. Ctrl-C to stop.");
+            eprintln!("listening on {opened_in}, speaking on {opened_out}; {mode}. Ctrl-C to stop.{doors}");
             // Under systemd: READY only now, with the engines warm and the mic open.
             if let Some(notifier) = crate::service::Notifier::from_env() {
                 crate::service::ready(notifier, counters, stop.clone(), &format!("listening on {opened_in}"));
@@ -602,7 +668,8 @@ fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Option<std::tim
             }
         })
     };
-    let report = pipeline::run(engines, options, pipeline::Io::Devices { input, output, stop, on_listening: Some(on_listening) })?;
+    let service = pipeline::Service { stop, drain_limit: std::time::Duration::from_secs_f32(sv.stop_drain_s), on_listening: Some(on_listening), control, metrics };
+    let report = pipeline::run(engines, options, pipeline::Io::Devices { input, output, service })?;
     let (since, cpu_then) = listening_since.lock().expect("not poisoned").unwrap_or((std::time::Instant::now(), cpu_time()));
     let seconds = since.elapsed().as_secs_f64();
     let c = &report.counters;
@@ -991,6 +1058,77 @@ fn latency_report(logs: &[PathBuf], compare: Option<&[PathBuf]>, plot: Option<&P
     if let Some(path) = plot {
         latency::plot(&series, path)?;
         eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `voxd doctor`: every check, each problem with its fix; fails when `voxd run` would.
+fn doctor(config_path: Option<&Path>) -> Result<()> {
+    let loaded = Config::discover(config_path);
+    let source = match &loaded {
+        Ok(c) => c.source.as_ref().map_or("built-in defaults (no voxd.toml found)".to_string(), |p| p.display().to_string()),
+        Err(_) => String::new(),
+    };
+    let config_error = loaded.as_ref().err().map(|e| format!("{e:#}"));
+    let env = match Env::with(loaded.unwrap_or_default()) {
+        Ok(env) => env,
+        Err(e) => bail!("{e:#}\n(voxd doctor needs the model table to check anything else)"),
+    };
+    let resolve = |role: Role| env.resolve(role, None);
+    let subject = crate::doctor::Subject {
+        config: config_error.map_or(Ok(&env.config), Err),
+        config_source: source,
+        catalog: &env.catalog,
+        models_dir: &env.models_dir,
+        resolve: &resolve,
+    };
+    let checks = crate::doctor::examine(&subject);
+    print!("{}", crate::doctor::render(&checks));
+    let failed = checks.iter().filter(|c| c.level == crate::doctor::Level::Fail).count();
+    if failed > 0 {
+        bail!("{failed} problem{} would stop `voxd run` (above, each with its fix)", if failed == 1 { "" } else { "s" });
+    }
+    Ok(())
+}
+
+/// `voxd ctl`: one request to the running voxd; the answer in a line (status: a few).
+fn ctl(config: Option<&Path>, socket: Option<&Path>, command: CtlCommand) -> Result<()> {
+    use crate::control::Request;
+    let configured = Config::discover(config).map(|c| c.service.control_socket).unwrap_or_default();
+    let socket = crate::control::client_socket(socket, &configured);
+    let (request, json) = match command {
+        CtlCommand::Status { json } => (Request::Status, json),
+        CtlCommand::Mute => (Request::Mute, false),
+        CtlCommand::Unmute => (Request::Unmute, false),
+        CtlCommand::Ptt { state } => (Request::PushToTalk { down: matches!(state, PttState::Down) }, false),
+        CtlCommand::Ask { text } => (Request::Ask { text }, false),
+        CtlCommand::Cancel => (Request::Cancel, false),
+    };
+    let reply = crate::control::request(&socket, &request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    match request {
+        Request::Status => {
+            let s = &reply["summary"];
+            let rt = s["last_round_trip_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.0} ms"));
+            println!("{} ({}{})", reply["state"].as_str().unwrap_or("?"), if reply["muted"] == true { "microphone muted" } else { "microphone on" }, if reply["push_to_talk"] == true { ", push-to-talk held" } else { "" });
+            println!("up {:.0} s; {} turns ({} cancelled); last round trip {rt}", s["uptime_s"].as_f64().unwrap_or(0.0), s["turns"], s["cancelled"]);
+            let m = &reply["models"];
+            println!("models: asr {}, llm {}, tts {}", m["asr"].as_str().unwrap_or("?"), m["llm"].as_str().unwrap_or("?"), m["tts"].as_str().unwrap_or("?"));
+            let d = &reply["devices"];
+            println!("devices: {} xruns, reopened {} times; capture {} ms, output {} ms", d["xruns"], d["reopens"], d["capture_ms"], d["output_ms"]);
+        }
+        Request::Mute => println!("microphone muted"),
+        Request::Unmute => println!("microphone on"),
+        Request::PushToTalk { down: true } => println!("push-to-talk held: speak, then `voxd ctl ptt up`"),
+        Request::PushToTalk { down: false } => println!("push-to-talk released"),
+        Request::Ask { .. } => println!("turn {} started", reply["turn"]),
+        Request::Cancel => match reply["cancelled"].as_u64() {
+            Some(turn) => println!("turn {turn} cancelled"),
+            None => println!("nothing to cancel: no turn was being answered"),
+        },
     }
     Ok(())
 }

@@ -253,6 +253,23 @@ section! {
 }
 
 section! {
+    /// Running as a service: the control socket, metrics, stopping.
+    ServiceConfig "service" {
+        /// The control socket `voxd ctl` talks to (owner-only). Empty:
+        /// `$RUNTIME_DIRECTORY/control.sock` under systemd, else
+        /// `$XDG_RUNTIME_DIR/voxd/control.sock`; "off": no socket.
+        control_socket: String = String::new();
+        /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464".
+        /// Empty: off.
+        metrics_listen: String = String::new(), check(|s: &String| s.is_empty() || s.parse::<std::net::SocketAddr>().is_ok(), "empty (off) or an IP address and port such as \"127.0.0.1:9464\"");
+        /// On SIGTERM or Ctrl-C the turn in flight is finished and logged; after this
+        /// many seconds its reply is cut short, so stopping stays well inside
+        /// systemd's TimeoutStopSec (60 s in the unit).
+        stop_drain_s: f32 = 10.0, check(|x: &f32| (0.0..=50.0).contains(x), "0.0 to 50.0");
+    }
+}
+
+section! {
     /// Logs.
     LogConfig "log" {
         /// Per-turn latency log (JSON lines). Empty: none, unless --latency-log is given.
@@ -318,6 +335,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub audio: AudioConfig,
     pub log: LogConfig,
+    pub service: ServiceConfig,
     pub tools: ToolsConfig,
     pub home_assistant: HomeAssistantConfig,
     pub mqtt: MqttConfig,
@@ -338,6 +356,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (AgentConfig::KEY, AgentConfig::FIELDS),
     (AudioConfig::KEY, AudioConfig::FIELDS),
     (LogConfig::KEY, LogConfig::FIELDS),
+    (ServiceConfig::KEY, ServiceConfig::FIELDS),
     (ToolsConfig::KEY, ToolsConfig::FIELDS),
     (HomeAssistantConfig::KEY, HomeAssistantConfig::FIELDS),
     (MqttConfig::KEY, MqttConfig::FIELDS),
@@ -399,6 +418,9 @@ impl Config {
         }
         if let Some(t) = section(LogConfig::KEY, &mut problems) {
             config.log = LogConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(ServiceConfig::KEY, &mut problems) {
+            config.service = ServiceConfig::from_table(t, &mut problems);
         }
         if let Some(t) = section(ToolsConfig::KEY, &mut problems) {
             config.tools = ToolsConfig::from_table(t, &mut problems);

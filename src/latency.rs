@@ -40,9 +40,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<TurnRecord>> {
     Ok(turns)
 }
 
-/// Turns that were answered (heard): the ones with a round trip.
+/// Turns that were spoken and answered (heard): the ones with a round trip. (A typed
+/// turn has no speech to measure from.)
 fn answered(turns: &[TurnRecord]) -> Vec<&TurnRecord> {
-    turns.iter().filter(|t| !t.cancelled && t.round_trip_ms.is_some()).collect()
+    turns.iter().filter(|t| !t.cancelled && !t.typed && t.round_trip_ms.is_some()).collect()
 }
 
 /// What a group of turns has in common: the models, the configuration and the clock.
@@ -162,19 +163,37 @@ pub fn compare(old: &[TurnRecord], new: &[TurnRecord], old_name: &str, new_name:
 const COLOURS: [&str; 6] = ["#b8c4d6", "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"];
 const SERIES: [&str; 2] = ["#4e79a7", "#e15759"];
 
-/// Draws the turns as SVG: per turn, a bar of the round trip stacked by the stages'
-/// shares; below, a histogram of the round trip (one colour per series).
+/// Draws the turns as SVG or PNG (by `path`'s extension): per turn, a bar of the
+/// round trip stacked by the stages' shares; below, a histogram of the round trip
+/// (one colour per series). PNG is the SVG rasterised by librsvg's `rsvg-convert`.
 pub fn plot(series: &[(String, Vec<TurnRecord>)], path: &Path) -> Result<()> {
+    let svg = svg(series);
     match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => {}
+        Some("svg") => std::fs::write(path, svg).with_context(|| format!("writing {}", path.display())),
+        Some("png") => rasterise(&svg, path),
         other => bail!(
-            "--plot {}: {} is not a format voxd draws; name a .svg file (for PNG: `rsvg-convert -o plot.png plot.svg`)",
+            "--plot {}: {} is not a format voxd draws; name a .svg or .png file",
             path.display(),
             other.map_or("a file without an extension".to_string(), |e| format!(".{e}"))
         ),
     }
-    let svg = svg(series);
-    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+}
+
+fn rasterise(svg: &str, png: &Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("rsvg-convert")
+        .args(["--format", "png", "--background-color", "white", "--output"])
+        .arg(png)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("--plot {}: drawing PNG needs rsvg-convert ({e}; `sudo apt install librsvg2-bin`), or name a .svg file", png.display()))?;
+    child.stdin.take().expect("piped").write_all(svg.as_bytes()).context("handing the plot to rsvg-convert")?;
+    let out = child.wait_with_output().context("waiting for rsvg-convert")?;
+    if !out.status.success() {
+        bail!("--plot {}: rsvg-convert failed: {}", png.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 fn esc(s: &str) -> String {

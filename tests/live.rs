@@ -2,7 +2,8 @@
 //! with two null sinks — "room", whose monitor is the default source (the
 //! microphone: a question played into it is what voxd hears), and "spk", the default
 //! sink (the speaker: its monitor is recorded and the answer transcribed back). voxd
-//! reaches the server as any ALSA program does, through ALSA's pulse plugin.
+//! reaches the server through cpal's PulseAudio host, and in one test through ALSA's
+//! pulse plugin.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ impl Pulse {
             .env("XDG_RUNTIME_DIR", dir)
             .env_remove("PULSE_SINK")
             .env_remove("PULSE_SOURCE");
+    }
+
+    /// Points a command at this server (and no other).
+    pub fn isolate_command(&self, c: &mut Command) {
+        Pulse::isolate(&self.dir, c);
     }
 
     fn command(&self, program: &str) -> Command {

@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod config;
+mod control;
 mod engines;
 mod live;
 mod models;

@@ -163,5 +163,14 @@ fn the_latency_report_has_the_hand_computed_percentiles_groups_and_compares() {
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, format!("{}\nnot json\n{}\n", before[0], before[1])).unwrap();
     run_fails_with(&["latency", "report", bad.to_str().unwrap()], &["bad.jsonl:2", "not a voxd turn record"]);
-    run_fails_with(&["latency", "report", log.to_str().unwrap(), "--plot", dir.path().join("p.bmp").to_str().unwrap()], &[".bmp", ".svg"]);
+    run_fails_with(&["latency", "report", log.to_str().unwrap(), "--plot", dir.path().join("p.bmp").to_str().unwrap()], &[".bmp", ".svg or .png"]);
+
+    // PNG: a real image of the SVG's size (900 px wide), not an empty one.
+    let png = dir.path().join("plot.png");
+    run_ok(&["latency", "report", "--compare", log.to_str().unwrap(), after.to_str().unwrap(), "--plot", png.to_str().unwrap()]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 900, "the plot's width");
+    assert!(bytes.len() > 10_000, "{} bytes: the bars and labels are drawn", bytes.len());
 }

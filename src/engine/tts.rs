@@ -99,7 +99,7 @@ impl Tts {
 /// Points espeak-ng (inside piper-rs) at its data before first use. piper-rs reads
 /// `PIPER_ESPEAKNG_DATA_DIRECTORY`; we set it from the config or the first place that
 /// has the data, so a missing install is an error here rather than a crash later.
-fn locate_espeak_data(configured: &str) -> Result<(), TtsError> {
+pub fn locate_espeak_data(configured: &str) -> Result<PathBuf, TtsError> {
     const VAR: &str = "PIPER_ESPEAKNG_DATA_DIRECTORY";
     let mut candidates: Vec<PathBuf> = Vec::new();
     if !configured.is_empty() {
@@ -121,7 +121,7 @@ fn locate_espeak_data(configured: &str) -> Result<(), TtsError> {
         Some(dir) => {
             // Set once, before any espeak call and before synthesis threads exist.
             std::env::set_var(VAR, dir);
-            Ok(())
+            Ok(dir.clone())
         }
         None => Err(TtsError::EspeakData { looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") }),
     }

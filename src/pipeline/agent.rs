@@ -1,7 +1,8 @@
 //! The agent: owns the conversation.
 //!
-//! Input: `Transcript` (from asr), `Voice` (watch, from vad), `Status` (watch, from
-//! playback), `Reply` (from llm, per request), `Outcome` (from tools, per job) ·
+//! Input: `Transcript` (from asr, or typed: the control socket), `Voice` (watch, from
+//! vad), `Status` (watch, from playback), `Reply` (from llm, per request), `Outcome`
+//! (from tools, per job), `Command` (the control socket; the stop deadline) ·
 //! Output: `Request` (to llm), `Job` (to tools), the confirmed turn (watch, to
 //! playback) · Thread: tokio task
 //!
@@ -61,13 +62,21 @@ pub struct Links {
     pub notes: Notes,
 }
 
+/// What the agent is told from outside the conversation.
+#[derive(Debug)]
+pub enum Command {
+    /// Cancel the turn being answered, if any (`voxd ctl cancel`, or a stop whose
+    /// drain ran out of time); `done` hears which turn that was.
+    Cancel { reason: String, done: Option<oneshot::Sender<Option<TurnId>>> },
+}
+
 /// A yes/no question asked before a tool runs is answered within this long.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
 impl Agent {
-    pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
+    pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut commands: mpsc::Receiver<Command>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
         let mut c = Conversation { agent: &self, links, history: Vec::new(), current: None, newest: 0, barge_at: None, pending: None };
-        let (mut transcripts_open, mut voice_open) = (true, true);
+        let (mut transcripts_open, mut voice_open, mut commands_open) = (true, true, true);
         loop {
             let busy = c.current.is_some();
             if !transcripts_open && !busy {
@@ -92,6 +101,15 @@ impl Agent {
                     Err(_) => voice_open = false,
                 },
                 _ = sleep_until(barge_deadline), if barge_deadline.is_some() => c.on_barge_deadline(&voice, &playback),
+                command = commands.recv(), if commands_open => match command {
+                    Some(Command::Cancel { reason, done }) => {
+                        let turn = c.cancel_current(&reason, &playback);
+                        if let Some(done) = done {
+                            let _ = done.send(turn);
+                        }
+                    }
+                    None => commands_open = false,
+                },
             }
             c.finish_if_heard(&playback);
         }
@@ -236,6 +254,7 @@ impl Conversation<'_> {
             transcript: t.text.clone(),
             asr: t.stats.clone(),
             models: self.agent.models.clone(),
+            typed: t.typed,
         })));
         let mut c = Current {
             turn: t.turn,
@@ -407,6 +426,22 @@ impl Conversation<'_> {
             tracing::info!(turn = c.turn, "barge-in: the user interrupted");
             self.cancel(c, "barge-in", playback);
         }
+    }
+
+    /// Cancels whatever is being answered (and forgets a yes/no question waiting for
+    /// its answer); returns the turn.
+    fn cancel_current(&mut self, reason: &str, playback: &watch::Receiver<Status>) -> Option<TurnId> {
+        self.pending = None;
+        self.barge_at = None;
+        let c = self.current.take()?;
+        let turn = c.turn;
+        tracing::info!(turn, "cancelled: {reason}");
+        if c.tentative {
+            self.abandon(c);
+        } else {
+            self.cancel(c, reason, playback);
+        }
+        Some(turn)
     }
 
     /// A turn is over when its reply is known and its audio has played.

@@ -33,6 +33,8 @@ pub struct Transcript {
     pub done_at: Instant,
     pub audio_s: f64,
     pub stats: AsrStats,
+    /// Typed through the control socket rather than spoken.
+    pub typed: bool,
 }
 
 /// The last speculative result: the audio it was made from and what it said.
@@ -74,6 +76,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
             done_at: s.done_at,
             audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64,
             stats: AsrStats { ms: s.ms, audio_ctx: s.audio_ctx, speculative_hit: hit, capped: u.capped },
+            typed: false,
         };
         if u.speculative {
             speculation = Some(s);

@@ -86,6 +86,7 @@ pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicB
         counters.capture_overflows.store(h.lost.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.capture_xruns.store(h.xruns.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.input_reopens.store(h.reopens.load(Ordering::Relaxed), Ordering::Relaxed);
+        counters.capture_errors.store(h.errors.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.capture_latency_us.store(h.latency_us.load(Ordering::Relaxed), Ordering::Relaxed);
         if whole > 0 {
             counters.capture_heartbeat.fetch_add(1, Ordering::Relaxed);

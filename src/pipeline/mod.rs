@@ -5,6 +5,7 @@
 //!                   └─ user voice (watch) ──────────▶ agent ◀── playback status (watch) ──────────────┘
 //!                                                     └──── confirmed turn (watch) ────────────────────▶ playback
 //!                                                     agent ─Job─▶ tools ─Outcome─▶ agent (per job)
+//! control socket ─typed Transcript─▶ agent, ─Command─▶ agent, mute/push-to-talk (switches) ─▶ vad
 //! every stage ─Note─▶ telemetry ─▶ latency log (one JSON line per turn)
 //! ```
 //!
@@ -68,10 +69,46 @@ pub const AGENT_TO_TOOLS: Edge = Edge { name: "agent → tools", capacity: 4, wh
 pub const LLM_TO_TTS: Edge = Edge { name: "llm → tts", capacity: 4, when_full: WhenFull::Block };
 pub const TTS_TO_PLAYBACK: Edge = Edge { name: "tts → playback", capacity: 8, when_full: WhenFull::Block };
 pub const TELEMETRY: Edge = Edge { name: "→ telemetry", capacity: 1024, when_full: WhenFull::DropNewest };
-pub const EDGES: [&Edge; 8] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &AGENT_TO_TOOLS, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY];
+/// Commands from outside (the control socket, the stop deadline); typed turns from
+/// the control socket join `ASR_TO_AGENT`.
+pub const CONTROL_TO_AGENT: Edge = Edge { name: "control → agent", capacity: 4, when_full: WhenFull::Block };
+pub const EDGES: [&Edge; 9] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &AGENT_TO_TOOLS, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY, &CONTROL_TO_AGENT];
 
 fn channel<T>(edge: &Edge) -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
     mpsc::channel(edge.capacity)
+}
+
+/// Hands out turn ids, in increasing order: vad for speech, the control socket for
+/// typed turns. Shared, so a typed turn is newer than any speech before it.
+#[derive(Debug, Clone)]
+pub struct TurnIds(Arc<AtomicU64>);
+
+impl TurnIds {
+    pub fn starting_at(first: TurnId) -> TurnIds {
+        TurnIds(Arc::new(AtomicU64::new(first)))
+    }
+    pub fn next(&self) -> TurnId {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What the control socket switches while voxd runs (read by vad every frame).
+#[derive(Debug, Default)]
+pub struct Switches {
+    /// The microphone is not listened to (push-to-talk still works).
+    pub muted: AtomicBool,
+    /// Push-to-talk is held: everything heard is speech, and letting go ends the
+    /// turn at once (no hangover to wait for).
+    pub push_to_talk: AtomicBool,
+}
+
+impl Switches {
+    pub fn muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+    pub fn push_to_talk(&self) -> bool {
+        self.push_to_talk.load(Ordering::Relaxed)
+    }
 }
 
 /// Per-turn cancellation, checked between tokens, between sentences and while playing.
@@ -109,6 +146,9 @@ pub struct Counters {
     pub playback_xruns: AtomicU64,
     pub input_reopens: AtomicU64,
     pub output_reopens: AtomicU64,
+    /// Errors the devices reported other than xruns (most are survived).
+    pub capture_errors: AtomicU64,
+    pub playback_errors: AtomicU64,
     pub capture_latency_us: AtomicU64,
     pub output_latency_us: AtomicU64,
     /// Rounds of the live capture pacer that passed audio on to vad: it advancing is
@@ -203,6 +243,6 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
     }
 }
 
-pub use runner::{run, Engines, Io, OnListening, RunOptions, RunReport};
+pub use runner::{run, Engines, Io, OnListening, RunOptions, RunReport, Service};
 
 mod runner;

@@ -237,6 +237,7 @@ impl DeviceSpeaker {
         self.counters.playback_underruns.store(h.lost.load(Ordering::Relaxed), Ordering::Relaxed);
         self.counters.playback_xruns.store(h.xruns.load(Ordering::Relaxed), Ordering::Relaxed);
         self.counters.output_reopens.store(h.reopens.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counters.playback_errors.store(h.errors.load(Ordering::Relaxed), Ordering::Relaxed);
         self.counters.output_latency_us.store(h.latency_us.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use tokio::sync::{oneshot, watch};
 
-use super::agent::Agent;
+use super::agent::{Agent, Command};
 use super::llm::LlmStage;
 use super::playback::{Recording, Speaker, Status};
 use super::telemetry::{Models, Notes, TurnRecord};
@@ -18,7 +19,8 @@ use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
 use crate::config::{AgentConfig, AudioConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig};
-use crate::device;
+use crate::metrics::Metrics;
+use crate::{control, device};
 use crate::tools::intents::Intents;
 use crate::tools::Toolbox;
 use crate::engine::asr::Asr;
@@ -59,9 +61,21 @@ pub struct RunOptions {
 pub enum Io {
     /// A recording (16 kHz mono), played in; the answers are recorded on its timeline.
     File(Vec<f32>),
-    /// The microphone and the speaker, until `stop` is set (SIGINT or SIGTERM set it
-    /// too): capture stops, the turn in flight is finished, and the run returns.
-    Devices { input: device::Input, output: device::Output, stop: Arc<AtomicBool>, on_listening: Option<OnListening> },
+    /// The microphone and the speaker, until `service.stop` is set.
+    Devices { input: device::Input, output: device::Output, service: Service },
+}
+
+/// How a live run is steered and stopped.
+pub struct Service {
+    /// Set to stop (SIGINT and SIGTERM set it too): capture stops, the turn in flight
+    /// is finished — cut short after `drain_limit` — and the run returns.
+    pub stop: Arc<AtomicBool>,
+    pub drain_limit: Duration,
+    pub on_listening: Option<OnListening>,
+    /// The control socket (`voxd ctl`), bound; removed when the run ends.
+    pub control: Option<control::Socket>,
+    /// The Prometheus endpoint's listener.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Called once the engines are warm and the microphone is being listened to (a
@@ -85,6 +99,8 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     // A log that cannot be written is an error now, not after the whole run.
     let log = options.latency_log.as_deref().map(telemetry::open_log).transpose()?;
     let counters = Arc::new(Counters::default());
+    let metrics = Arc::new(Metrics::default());
+    let (switches, turn_ids) = (Arc::new(Switches::default()), TurnIds::starting_at(1));
     let (note_tx, note_rx) = channel(&TELEMETRY);
     let notes = Notes::new(note_tx, counters.clone());
 
@@ -92,10 +108,14 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let (frame_tx, frame_rx) = channel(&CAPTURE_TO_VAD);
     let (utt_tx, utt_rx) = channel(&VAD_TO_ASR);
     let (text_tx, text_rx) = channel(&ASR_TO_AGENT);
+    // Typed turns (the control socket) join here, without keeping the edge open
+    // once asr has hung up.
+    let text_tx_for_control = text_tx.downgrade();
     let (req_tx, req_rx) = channel(&AGENT_TO_LLM);
     let (job_tx, job_rx) = channel(&AGENT_TO_TOOLS);
     let (sentence_tx, sentence_rx) = channel(&LLM_TO_TTS);
     let (speech_tx, speech_rx) = channel(&TTS_TO_PLAYBACK);
+    let (command_tx, command_rx) = channel(&CONTROL_TO_AGENT);
     // Feedback, never bounded queues: what the user and the speaker are doing.
     let (voice_tx, voice_rx) = watch::channel(Voice { speaking: false, turn: 0, since: std::time::Instant::now() });
     let (status_tx, status_rx) = watch::channel(Status::default());
@@ -125,10 +145,10 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
 
     let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
     {
-        let (config, clock, counters, notes) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone());
+        let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
         // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
         let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
-        stages.push(("vad", spawn("vad", move || vad::run(config, clock, deafen, frame_rx, utt_tx, voice_tx, counters, notes))?));
+        stages.push(("vad", spawn("vad", move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, voice_tx, counters, notes))?));
     }
     {
         let (asr, notes) = (engines.asr, notes.clone());
@@ -146,17 +166,18 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let frame_len = (options.vad.frame_ms * 16) as usize;
     // A recording is paced by a task below; the microphone by a thread of its own.
     let mut frame_tx = Some(frame_tx);
-    let (file, speaker, stop) = match io {
+    let (file, speaker, mut service) = match io {
         Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None),
-        Io::Devices { input, output, stop, on_listening } => {
-            let (tx, capture_counters, stop_capture) = (frame_tx.take().expect("unused"), counters.clone(), stop.clone());
+        Io::Devices { input, output, mut service } => {
+            let (tx, capture_counters, stop_capture) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone());
             stages.push(("capture", spawn("capture", move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters))?));
-            if let Some(listening) = on_listening {
+            if let Some(listening) = service.on_listening.take() {
                 listening(counters.clone());
             }
-            (None, Speaker::device(output, counters.clone()), Some(stop))
+            (None, Speaker::device(output, counters.clone()), Some(service))
         }
     };
+    let models = engines.models.clone();
     let agent = Agent {
         barge_in: options.agent.barge_in && !(live && options.audio.half_duplex),
         barge_in_min: std::time::Duration::from_millis(options.agent.barge_in_min_ms as u64),
@@ -169,6 +190,10 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let timing = telemetry::Timing { realtime: clock.realtime, live };
     let (tasks, recording, turns, capture_lag_s) = runtime.block_on(async {
+        // Convert here: tokio's sockets need the runtime.
+        fn listener_from_std<L>(l: std::io::Result<L>) -> Result<L> {
+            l.context("handing a listening socket to the async runtime")
+        }
         let capture = match file {
             Some(input) => {
                 let input_s = input.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
@@ -180,13 +205,35 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             }
             None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
         };
-        if let Some(stop) = stop {
-            tokio::spawn(stop_on_signal(stop));
+        if let Some(service) = service.as_mut() {
+            tokio::spawn(stop_on_signal(service.stop.clone()));
+            tokio::spawn(cap_drain(service.stop.clone(), service.drain_limit, command_tx.clone()));
+            if let Some(listener) = service.metrics.take() {
+                let (metrics, counters, models) = (metrics.clone(), counters.clone(), models.clone());
+                let listener = listener_from_std(tokio::net::TcpListener::from_std(listener))?;
+                tokio::spawn(crate::metrics::serve(listener, move || metrics.render(&counters, &models)));
+            }
+            if let Some(listener) = service.control.as_mut().and_then(control::Socket::take_listener) {
+                let handle = control::Handle {
+                    switches: switches.clone(),
+                    turn_ids: turn_ids.clone(),
+                    transcripts: text_tx_for_control.clone(),
+                    commands: command_tx.clone(),
+                    voice: voice_rx.clone(),
+                    playback: status_rx.clone(),
+                    metrics: metrics.clone(),
+                    counters: counters.clone(),
+                    models: models.clone(),
+                    clock: clock.clone(),
+                };
+                tokio::spawn(control::serve(listener_from_std(tokio::net::UnixListener::from_std(listener))?, handle));
+            }
         }
+        drop(command_tx);
         let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
-        let agent = tokio::spawn(agent.run(text_rx, voice_rx, status_rx, links));
+        let agent = tokio::spawn(agent.run(text_rx, command_rx, voice_rx, status_rx, links));
         let playback = tokio::spawn(playback::run(speaker, speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
-        let telemetry = tokio::spawn(telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone()));
+        let telemetry = tokio::spawn(telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone()));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {
             Ok(Ok(lag)) => (Ok(()), lag),
@@ -195,8 +242,9 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         let agent = flatten("agent", agent.await);
         let playback = playback.await.map_err(|e| anyhow!("stage playback panicked: {e}")).and_then(|r| r.context("stage playback failed"));
         let telemetry = telemetry.await.map_err(|e| anyhow!("stage telemetry panicked: {e}")).and_then(|r| r.context("stage telemetry failed"));
-        (vec![capture, agent], playback, telemetry, capture_lag_s)
-    });
+        Ok::<_, anyhow::Error>((vec![capture, agent], playback, telemetry, capture_lag_s))
+    })?;
+    drop(service); // removes the control socket
     // A thread that failed is usually the cause, and the tasks' errors its echo
     // ("the playback stage stopped"): report it first.
     supervise(stages)?;
@@ -205,6 +253,18 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     }
     let capture_lag_s = if options.realtime { capture_lag_s } else { 0.0 };
     Ok(RunReport { turns: turns?, capture_lag_s, recording: recording?, counters })
+}
+
+/// Once a stop is asked for, the turn in flight has `limit` to finish; then it is
+/// cancelled (and logged so), so a long reply cannot hold the stop past systemd's
+/// patience.
+async fn cap_drain(stop: Arc<AtomicBool>, limit: Duration, commands: tokio::sync::mpsc::Sender<Command>) {
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(limit).await;
+    let reason = format!("stopping: still speaking after [service] stop_drain_s = {}", limit.as_secs_f64());
+    let _ = commands.send(Command::Cancel { reason, done: None }).await;
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (systemd stopping the service) ends a live run: capture

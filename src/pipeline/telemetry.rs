@@ -1,7 +1,8 @@
 //! The latency log: one JSON object per turn.
 //!
-//! Input: `Note` (from every stage, `try_send`) · Output: JSON lines (file), and the
-//! records for the caller (bench) · Thread: tokio task
+//! Input: `Note` (from every stage, `try_send`) · Output: JSON lines (file), the
+//! running totals (`metrics`), and the records for the caller (bench) · Thread:
+//! tokio task
 //!
 //! Stages report what happened when, as it happens; telemetry assembles the turn's
 //! record and writes it — flushed — when the turn ends, so a crash loses at most the
@@ -57,6 +58,8 @@ pub struct TurnStart {
     pub transcript: String,
     pub asr: AsrStats,
     pub models: Models,
+    /// Typed through the control socket, not spoken.
+    pub typed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -179,6 +182,10 @@ pub struct TurnRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round_trip_ms: Option<f64>,
     pub transcript: String,
+    /// Typed through the control socket (`voxd ctl ask`): there was no speech, and the
+    /// round trip runs from the moment the text arrived.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub typed: bool,
     /// The reply was started at a pause, before the end of the turn was certain, and
     /// kept when the pause became the end: its marks before `endpoint` are work done
     /// during the hangover.
@@ -257,6 +264,7 @@ pub async fn run(
     timing: Timing,
     config_id: String,
     counters: Arc<Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Vec<TurnRecord>> {
     let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
     let mut done = Vec::new();
@@ -283,7 +291,7 @@ pub async fn run(
             let waiting: Vec<TurnId> = open.iter().filter(|(_, t)| t.ended.is_some()).map(|(id, _)| *id).collect();
             for id in waiting {
                 let t = open.remove(&id).expect("listed above");
-                write(t, timing, &config_id, &counters, &mut file, &mut done)?;
+                write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
             }
             open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), ended: None });
             continue;
@@ -329,7 +337,7 @@ pub async fn run(
                 t.llm_done = true;
                 if t.ended.is_some() {
                     let t = open.remove(&turn).expect("looked up above");
-                    write(t, timing, &config_id, &counters, &mut file, &mut done)?;
+                    write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
                 }
             }
             Note::TtsFirstAudio { at, .. } => {
@@ -343,7 +351,7 @@ pub async fn run(
                 t.ended = Some(Ended { spoken, reason: cancelled.then_some(reason).flatten().or(cancelled.then(|| "cancelled".to_string())) });
                 if !cancelled || t.llm_done {
                     let t = open.remove(&turn).expect("looked up above");
-                    write(t, timing, &config_id, &counters, &mut file, &mut done)?;
+                    write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
                 }
             }
             Note::TurnStart(_) | Note::Dropped { .. } | Note::Abandoned { .. } => unreachable!("handled above"),
@@ -352,7 +360,7 @@ pub async fn run(
     // Shutting down: nothing more will come for turns still open; they are written
     // as they are (a turn never finished is marked so), not lost.
     for (_, t) in std::mem::take(&mut open) {
-        write(t, timing, &config_id, &counters, &mut file, &mut done)?;
+        write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
     }
     Ok(done)
 }
@@ -375,8 +383,9 @@ pub fn open_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 /// Writes a finished turn as one line, straight to the file: nothing is held back
 /// in a buffer to be lost if voxd dies.
-fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
+fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, metrics: &crate::metrics::Metrics, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
     let record = finish(t, timing, config_id, counters);
+    metrics.record(&record);
     if let Some(f) = file.as_mut() {
         let line = serde_json::to_string(&record)? + "\n";
         f.write_all(line.as_bytes())?;
@@ -401,6 +410,7 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
         round_trip_ms: t.marks.first_audio,
         marks: t.marks,
         transcript: start.transcript,
+        typed: start.typed,
         speculative: start.speculative,
         reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },
         spoken,

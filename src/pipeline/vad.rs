@@ -26,7 +26,7 @@ use webrtc_vad::{SampleRate, Vad, VadMode};
 
 use super::capture::Frame;
 use super::telemetry::Notes;
-use super::{Anchor, Clock, Counters, TurnId};
+use super::{Anchor, Clock, Counters, Switches, TurnId, TurnIds};
 use crate::config::VadConfig;
 
 /// Speech to transcribe.
@@ -128,11 +128,11 @@ pub struct Endpointer {
     last_voiced_end: u64,
     confirmed: Option<TurnId>,
     speculated: bool,
-    next_turn: TurnId,
+    turn_ids: TurnIds,
 }
 
 impl Endpointer {
-    pub fn new(p: EndpointParams, first_turn: TurnId) -> Endpointer {
+    pub fn new(p: EndpointParams, turn_ids: TurnIds) -> Endpointer {
         Endpointer {
             p,
             buf: VecDeque::new(),
@@ -143,7 +143,7 @@ impl Endpointer {
             last_voiced_end: 0,
             confirmed: None,
             speculated: false,
-            next_turn: first_turn,
+            turn_ids,
         }
     }
 
@@ -174,15 +174,13 @@ impl Endpointer {
             self.silence = 0;
             self.last_voiced_end = end;
             if self.speculated {
-                let turn = self.next_turn;
-                self.next_turn += 1;
+                let turn = self.turn_ids.next();
                 self.confirmed = Some(turn);
                 events.push(Event::Resumed { turn });
             }
             self.speculated = false;
             if self.confirmed.is_none() && self.voiced >= self.p.min_speech {
-                let turn = self.next_turn;
-                self.next_turn += 1;
+                let turn = self.turn_ids.next();
                 self.confirmed = Some(turn);
                 events.push(Event::Started { turn });
             }
@@ -203,7 +201,7 @@ impl Endpointer {
         events
     }
 
-    /// End of input: whatever speech is open ends here.
+    /// End of input (or push-to-talk let go): whatever speech is open ends here.
     pub fn finish(&mut self, end_sample: u64) -> Option<Event> {
         self.in_speech.then(|| self.close(end_sample, false))
     }
@@ -234,17 +232,20 @@ impl Endpointer {
     }
 }
 
-/// Runs webrtc-vad and the endpointer over frames until capture ends.
 /// Half-duplex: what the speaker is doing, and how long to stay deaf after it stops.
 pub struct Deafen {
     pub speaker: watch::Receiver<super::playback::Status>,
     pub tail: std::time::Duration,
 }
 
+/// Runs webrtc-vad and the endpointer over frames until capture ends.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: VadConfig,
     clock: Clock,
     deafen: Option<Deafen>,
+    switches: Arc<Switches>,
+    turn_ids: TurnIds,
     mut frames: mpsc::Receiver<Frame>,
     utterances: mpsc::Sender<Utterance>,
     voice: watch::Sender<Voice>,
@@ -259,7 +260,7 @@ pub fn run(
     };
     let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode);
     let params = EndpointParams::from_config(&config);
-    let mut endpointer = Endpointer::new(params, 1);
+    let mut endpointer = Endpointer::new(params, turn_ids);
     let mut pcm = [0i16; super::capture::MAX_FRAME];
     let mut end_sample = 0;
     let emit = |event: Event, now: Instant| -> anyhow::Result<()> {
@@ -285,6 +286,7 @@ pub fn run(
         Ok(())
     };
     let mut deaf_until: Option<Instant> = None;
+    let mut held = false;
     while let Some(frame) = frames.blocking_recv() {
         let audio = frame.audio();
         for (dst, src) in pcm.iter_mut().zip(audio) {
@@ -302,6 +304,16 @@ pub fn run(
             }
             None => voiced,
         };
+        // Push-to-talk overrides muting, deafness and the detector: the user says
+        // when they speak. Letting go ends the turn now.
+        let (was_held, muted) = (held, switches.muted());
+        held = switches.push_to_talk();
+        if was_held && !held {
+            if let Some(event) = endpointer.finish(frame.start_sample) {
+                emit(event, now)?;
+            }
+        }
+        let voiced = held || (voiced && !muted);
         for event in endpointer.push(audio, frame.start_sample, voiced) {
             emit(event, now)?;
         }
@@ -367,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_turn_ends_one_hangover_after_the_last_voiced_frame() {
-        let mut e = Endpointer::new(params(), 7);
+        let mut e = Endpointer::new(params(), TurnIds::starting_at(7));
         // 1 s silence, 1 s speech, 0.5 s silence.
         let pattern = format!("{}{}{}", ".".repeat(50), "x".repeat(50), ".".repeat(25));
         let events = feed(&mut e, &pattern, 0);
@@ -387,7 +399,7 @@ mod tests {
 
     #[test]
     fn speech_resuming_after_a_short_pause_continues_the_utterance_under_a_new_id() {
-        let mut e = Endpointer::new(params(), 1);
+        let mut e = Endpointer::new(params(), TurnIds::starting_at(1));
         let events = feed(&mut e, &format!("{}{}{}{}", "x".repeat(20), ".".repeat(10), "x".repeat(20), ".".repeat(20)), 0);
         let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c) } else { None }).collect();
         assert_eq!(finals.len(), 1);
@@ -401,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_pause_shorter_than_the_speculation_keeps_the_id() {
-        let mut e = Endpointer::new(params(), 1);
+        let mut e = Endpointer::new(params(), TurnIds::starting_at(1));
         let events = feed(&mut e, &format!("{}{}{}{}", "x".repeat(20), ".".repeat(4), "x".repeat(20), ".".repeat(20)), 0);
         assert!(!events.iter().any(|(_, ev)| matches!(ev, Event::Resumed { .. })), "{events:?}");
         let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c.turn) } else { None }).collect();
@@ -410,7 +422,7 @@ mod tests {
 
     #[test]
     fn clicks_and_silence_make_no_turn() {
-        let mut e = Endpointer::new(params(), 1);
+        let mut e = Endpointer::new(params(), TurnIds::starting_at(1));
         let events = feed(&mut e, &format!("{}{}{}", ".".repeat(100), "xxx", ".".repeat(30)), 0);
         assert_eq!(events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), vec![Event::Discarded]);
         assert!(e.finish(133 * F as u64).is_none());
@@ -418,7 +430,7 @@ mod tests {
 
     #[test]
     fn long_speech_is_cut_at_the_maximum() {
-        let mut e = Endpointer::new(params(), 1);
+        let mut e = Endpointer::new(params(), TurnIds::starting_at(1));
         let events = feed(&mut e, &"x".repeat(300), 0);
         let finals: Vec<_> = events.iter().filter_map(|(_, ev)| if let Event::Final(c) = ev { Some(c) } else { None }).collect();
         assert_eq!(finals.len(), 1, "6 s of speech with a 5 s cap: cut once, the rest is a new turn");

@@ -1,0 +1,185 @@
+//! Steering a running voxd: the control socket through `voxd ctl` (status, typed
+//! turns, mute, push-to-talk, cancel; other users refused), the Prometheus endpoint,
+//! and `voxd doctor`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::live::{question, Daemon, Pulse};
+use crate::util::*;
+
+fn ctl(socket: &Path, args: &[&str]) -> Run {
+    let mut all = vec!["ctl", "--socket", socket.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+fn ctl_ok(socket: &Path, args: &[&str]) -> String {
+    let r = ctl(socket, args);
+    assert!(r.ok, "voxd ctl {args:?}: {}", r.stderr);
+    r.stdout
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK") && reply.contains("text/plain; version=0.0.4"), "{reply}");
+    reply
+}
+
+/// The value of the sample `series` (name and labels, exactly) in a scrape.
+fn sample(scrape: &str, series: &str) -> f64 {
+    let line = scrape.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' '))).unwrap_or_else(|| panic!("no {series} in:\n{scrape}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_socket_steers_a_running_voxd_and_the_metrics_count_its_turns() {
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let (socket, port) = (dir.path().join("ctl/control.sock"), free_port());
+    let mut daemon = Daemon::start_with(&pulse, &dir, &format!("[service]\ncontrol_socket = {:?}\nmetrics_listen = \"127.0.0.1:{port}\"", socket.to_str().unwrap()), &[]);
+    assert!(daemon.stderr().contains(&format!("metrics at http://127.0.0.1:{port}/metrics")), "{}", daemon.stderr());
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600, "the socket is the owner's only");
+    assert!(ctl_ok(&socket, &["status"]).starts_with("listening (microphone on)"));
+
+    // A typed turn is answered aloud and logged as typed; it counts as a turn, not as
+    // a spoken round trip.
+    let started = ctl_ok(&socket, &["ask", "What is the capital of France?"]);
+    assert!(started.starts_with("turn "), "{started}");
+    let t = daemon.wait_for_turns(1, Duration::from_secs(60));
+    assert!(t[0].typed && !t[0].cancelled && t[0].transcript == "What is the capital of France?", "{:?}", t[0]);
+    assert!(!t[0].spoken.is_empty(), "the typed turn's answer was played: {:?}", t[0]);
+    let m = scrape(port);
+    assert_eq!(sample(&m, "voxd_turns_total{source=\"typed\",outcome=\"answered\"}"), 1.0);
+    assert_eq!(sample(&m, "voxd_round_trip_seconds_count"), 0.0);
+
+    // Muted, a question goes unheard; push-to-talk still gets through, and letting go
+    // ends the turn.
+    assert_eq!(ctl_ok(&socket, &["mute"]).trim(), "microphone muted");
+    assert!(ctl_ok(&socket, &["status"]).starts_with("muted (microphone muted)"));
+    let q = question(&dir, "q", "What is the capital of Italy?");
+    pulse.say(&q);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(turns(&daemon.log).len(), 1, "a muted microphone made a turn; stderr:\n{}", daemon.stderr());
+    ctl_ok(&socket, &["ptt", "down"]);
+    pulse.say(&q);
+    ctl_ok(&socket, &["ptt", "up"]);
+    let t = daemon.wait_for_turns(2, Duration::from_secs(60));
+    assert!(!t[1].typed && wer("What is the capital of Italy?", &t[1].transcript) < 0.5, "{:?}", t[1]);
+    ctl_ok(&socket, &["unmute"]);
+
+    // The spoken turn's latency is in the metrics.
+    let m = scrape(port);
+    assert_eq!(sample(&m, "voxd_turns_total{source=\"speech\",outcome=\"answered\"}"), 1.0);
+    assert_eq!(sample(&m, "voxd_round_trip_seconds_count"), 1.0);
+    assert_eq!(sample(&m, "voxd_stage_seconds_count{stage=\"asr\"}"), 1.0);
+    let rt = sample(&m, "voxd_round_trip_seconds_sum") * 1000.0;
+    assert!((rt - t[1].round_trip_ms.unwrap()).abs() < 1.0, "the histogram holds the logged round trip: {rt} vs {:?}", t[1].round_trip_ms);
+    assert_eq!(sample(&m, "voxd_device_reopens_total{device=\"microphone\"}"), 0.0);
+
+    // Cancel while it speaks: the reply stops and the turn is logged cancelled.
+    ctl_ok(&socket, &["ask", "Tell me a long story about a dragon who lived in a castle by the sea."]);
+    wait_until("the assistant to speak", Duration::from_secs(60), || ctl_ok(&socket, &["status"]).starts_with("speaking"));
+    let cancelled = ctl_ok(&socket, &["cancel"]);
+    assert!(cancelled.starts_with("turn ") && cancelled.trim().ends_with("cancelled"), "{cancelled}");
+    let t = daemon.wait_for_turns(3, Duration::from_secs(30));
+    assert!(t[2].cancelled && t[2].cancel_reason.as_deref() == Some("cancelled from the control socket"), "{:?}", t[2]);
+    wait_until("the speaker to fall silent", Duration::from_secs(5), || ctl_ok(&socket, &["status"]).starts_with("listening"));
+    assert_eq!(ctl_ok(&socket, &["cancel"]).trim(), "nothing to cancel: no turn was being answered");
+
+    // Another user is refused even when the socket's mode lets them connect. (The
+    // system's python: a user's pyenv is not nobody's.)
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let probe = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); s.sendall(b'{{\"cmd\":\"mute\"}}\\n'); print(s.makefile().readline())",
+        socket.to_str().unwrap()
+    );
+    let out = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &probe]).output().expect("setpriv runs (util-linux)");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "nobody could not even connect: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(reply.contains("\"ok\":false") && reply.contains("refused: uid 65534"), "{reply}");
+    assert!(ctl_ok(&socket, &["status"]).starts_with("listening (microphone on)"), "the refused request changed nothing");
+    daemon.wait_for_stderr("control socket: refused uid 65534", Duration::from_secs(5));
+
+    daemon.stop();
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn a_stop_cuts_a_long_reply_short_after_the_drain_limit() {
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let socket = dir.path().join("control.sock");
+    let daemon = Daemon::start_with(&pulse, &dir, &format!("[service]\ncontrol_socket = {:?}\nstop_drain_s = 1.0\n[llm]\nmax_reply_tokens = 400", socket.to_str().unwrap()), &[]);
+    ctl_ok(&socket, &["ask", "Tell me a long story about a dragon who lived in a castle by the sea."]);
+    wait_until("the assistant to speak", Duration::from_secs(60), || ctl_ok(&socket, &["status"]).starts_with("speaking"));
+    let stopping = Instant::now();
+    let log = daemon.log.clone();
+    daemon.stop();
+    let took = stopping.elapsed();
+    let t = turns(&log);
+    assert_eq!(t.len(), 1);
+    assert!(t[0].cancelled && t[0].cancel_reason.as_deref().is_some_and(|r| r.contains("stop_drain_s")), "{:?}", t[0]);
+    assert!(took < Duration::from_secs(10), "stopped {took:?} after SIGTERM with a 1 s drain limit");
+}
+
+#[test]
+fn voxd_doctor_passes_a_ready_machine() {
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let config = deterministic_config(&dir, "[asr]\nmodel = \"whisper-tiny.en\"\n[llm]\nmodel = \"smollm2-135m-instruct\"");
+    let mut cmd = voxd();
+    pulse.isolate_command(&mut cmd);
+    let r = run_cmd(cmd.args(["--config", config.to_str().unwrap(), "doctor"]));
+    assert!(r.ok, "doctor failed on a ready machine:\n{}{}", r.stdout, r.stderr);
+    for needle in ["ok    asr model      whisper-tiny.en", "ok    llm model      smollm2-135m-instruct", "sha256 verified", "ok    espeak-ng", "ok    onnxruntime", "ok    ggml", "CUDA: not built in", "ok    microphone", "ok    speaker", "ready: `voxd run` has what it needs"] {
+        assert!(r.stdout.contains(needle), "no {needle:?} in:\n{}", r.stdout);
+    }
+}
+
+#[test]
+fn voxd_doctor_names_each_problem_with_its_fix_and_fails() {
+    let dir = tempdir();
+    // A models directory holding a damaged copy of the ASR model, and nothing else.
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let mut bytes = std::fs::read(model("ggml-tiny.en.bin")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(models.join("ggml-tiny.en.bin"), bytes).unwrap();
+    let config = deterministic_config(&dir, &format!("[paths]\nmodels_dir = {:?}\n[asr]\nmodel = \"whisper-tiny.en\"\n[llm]\nmodel = \"smollm2-135m-instruct\"\n[audio]\nbackend = \"pulseaudio\"", models.to_str().unwrap()));
+    let mut cmd = voxd();
+    // No sound server there.
+    cmd.env("PULSE_SERVER", format!("unix:{}", dir.path().join("no-server").display())).env("XDG_RUNTIME_DIR", dir.path());
+    let r = run_cmd(cmd.args(["--config", config.to_str().unwrap(), "doctor"]));
+    assert!(!r.ok, "doctor passed a broken machine:\n{}", r.stdout);
+    for needle in [
+        "FAIL  asr model      whisper-tiny.en",
+        "matches no pinned digest",
+        "fix: fetch it again: `voxd models fetch whisper-tiny.en`",
+        "FAIL  llm model",
+        "smollm2-135m-instruct",
+        "FAIL  microphone",
+        "fix: start the sound server",
+        "not ready: ",
+    ] {
+        assert!(r.stdout.contains(needle), "no {needle:?} in:\n{}", r.stdout);
+    }
+    assert!(r.stderr.contains("would stop `voxd run`"), "{}", r.stderr);
+}
