@@ -104,6 +104,15 @@ pub fn bind(path: &Path) -> Result<Socket> {
             std::fs::create_dir_all(dir).with_context(|| format!("[service] control_socket: cannot create {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))?;
         }
+        // A directory another user made (say /tmp/voxd-UID, created first by someone
+        // else) could let them swap the socket for their own.
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dir).with_context(|| format!("[service] control_socket: cannot read {}", dir.display()))?.uid();
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        if owner != me && owner != 0 {
+            bail!("[service] control_socket: {} belongs to uid {owner}, not to voxd's user (uid {me}); put the socket in a directory of voxd's own", dir.display());
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -140,6 +149,8 @@ pub async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
     let owner = unsafe { libc::getuid() };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let handle = handle.clone();
@@ -150,6 +161,10 @@ pub async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
                 let who = peer.map_or("an unknown user".to_string(), |uid| format!("uid {uid}"));
                 tracing::warn!("control socket: refused {who} (only uid {owner}, voxd's owner, may steer it)");
                 let _ = write.write_all(format!("{}\n", refusal(&format!("refused: {who} is not voxd's owner (uid {owner})"))).as_bytes()).await;
+                // Take (and ignore) what the client sends before hanging up: closing at
+                // once could break its write before it reads why it was refused.
+                let mut ignored = BufReader::new(read).lines();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ignored.next_line()).await;
                 return;
             }
             let mut lines = BufReader::new(read).lines();
@@ -272,10 +287,13 @@ pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).with_context(|| format!("writing to {}", socket.display()))?;
+    // A refusal may come before the request is even taken: read the reply regardless.
+    let written = (&stream).write_all(line.as_bytes());
     let mut reply = String::new();
-    std::io::BufReader::new(&stream).read_line(&mut reply).with_context(|| format!("reading voxd's reply on {}", socket.display()))?;
+    let read = std::io::BufReader::new(&stream).read_line(&mut reply);
     if reply.trim().is_empty() {
+        written.with_context(|| format!("writing to {}", socket.display()))?;
+        read.with_context(|| format!("reading voxd's reply on {}", socket.display()))?;
         bail!("voxd closed {} without a reply", socket.display());
     }
     let value: serde_json::Value = serde_json::from_str(&reply).with_context(|| format!("voxd's reply is not JSON: {reply:?}"))?;

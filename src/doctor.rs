@@ -305,7 +305,7 @@ fn jetson() -> Vec<Check> {
         return Vec::new();
     }
     let mut checks = vec![ok("jetson", if model.is_empty() { "a Jetson (L4T)".to_string() } else { model })];
-    let mode = std::process::Command::new("nvpmodel").arg("-q").output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("NV Power Mode:").map(|m| m.trim().to_string())).unwrap_or_default());
+    let mode = std::process::Command::new("nvpmodel").arg("-q").output().ok().filter(|o| o.status.success()).map(|o| power_mode(&String::from_utf8_lossy(&o.stdout)).unwrap_or_default());
     checks.push(match mode {
         Some(m) if m.contains("MAXN") => ok("power mode", m),
         Some(m) if !m.is_empty() => warn("power mode", m, "for the lowest latency use the fastest mode: `sudo nvpmodel -m 0` (MAXN), then `sudo jetson_clocks`"),
@@ -316,7 +316,9 @@ fn jetson() -> Vec<Check> {
         let finding = format!("CPU {} of {} MHz", cur / 1000, max / 1000);
         checks.push(if cur * 10 < max * 9 { warn("clocks", finding, "the CPU is not at its top clock: `sudo jetson_clocks` pins it (latency varies less)") } else { ok("clocks", finding) });
     }
-    let gpu = std::fs::read_dir("/sys/class/devfreq").into_iter().flatten().flatten().find(|e| std::fs::read_to_string(e.path().join("device/of_node/name")).is_ok_and(|n| n.starts_with("gpu")) || e.file_name().to_string_lossy().contains("gpu"));
+    // The GPU's devfreq node: 17000000.ga10b on Orin, 17000000.gv11b on Xavier.
+    let is_gpu = |name: &str| ["gpu", "ga10b", "gv11b", "gp10b"].iter().any(|g| name.contains(g));
+    let gpu = std::fs::read_dir("/sys/class/devfreq").into_iter().flatten().flatten().find(|e| is_gpu(&e.file_name().to_string_lossy()) || std::fs::read_to_string(e.path().join("device/of_node/name")).is_ok_and(|n| is_gpu(&n)));
     if let Some(gpu) = gpu {
         let hz = |f: &str| khz(&gpu.path().join(f).to_string_lossy());
         if let (Some(cur), Some(max)) = (hz("cur_freq"), hz("max_freq")) {
@@ -324,6 +326,12 @@ fn jetson() -> Vec<Check> {
         }
     }
     checks
+}
+
+/// "MAXN" from `nvpmodel -q`'s "NV Power Mode: MAXN" (the mode's number follows on
+/// the next line).
+fn power_mode(nvpmodel_q: &str) -> Option<String> {
+    nvpmodel_q.lines().find_map(|l| l.strip_prefix("NV Power Mode:")).map(|m| m.trim().to_string()).filter(|m| !m.is_empty())
 }
 
 /// The report as `voxd doctor` prints it.
@@ -358,6 +366,13 @@ mod tests {
         assert_eq!(host_port("http://ha.local:8123/"), Some(("ha.local".into(), 8123)));
         assert_eq!(host_port("https://ha.example"), Some(("ha.example".into(), 443)));
         assert_eq!(host_port("ha.local"), None);
+    }
+
+    #[test]
+    fn the_power_mode_is_read_from_nvpmodel() {
+        assert_eq!(power_mode("NV Power Mode: MAXN\n0\n").as_deref(), Some("MAXN"));
+        assert_eq!(power_mode("NVPM WARN: ...\nNV Power Mode: 15W\n2\n").as_deref(), Some("15W"));
+        assert_eq!(power_mode("nothing here"), None);
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub async fn serve(listener: tokio::net::TcpListener, render: impl Fn() -> Strin
     let render = std::sync::Arc::new(render);
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let render = render.clone();
