@@ -101,14 +101,7 @@ fn build(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u3
             }, on_error, Some(Duration::from_millis(250)))?
         }};
     }
-    let stream = match config.sample_format() {
-        cpal::SampleFormat::F32 => stream!(f32),
-        cpal::SampleFormat::I16 => stream!(i16),
-        cpal::SampleFormat::I32 => stream!(i32),
-        cpal::SampleFormat::U16 => stream!(u16),
-        cpal::SampleFormat::U8 => stream!(u8),
-        other => anyhow::bail!("sample format {other} is not supported"),
-    };
+    let stream = by_sample_format!(config.sample_format(), stream);
     stream.play()?;
     Ok(stream)
 }

@@ -8,6 +8,21 @@
 //! supervisor thread that rebuilds it, with backoff, when it fails or goes silent —
 //! a device that vanishes is reported and reopened while voxd keeps running.
 
+/// `$stream!(T)` for the sample type of `$format`: the formats the callbacks convert
+/// (a build must name the type at compile time). Defined before the modules that use it.
+macro_rules! by_sample_format {
+    ($format:expr, $stream:ident) => {
+        match $format {
+            cpal::SampleFormat::F32 => $stream!(f32),
+            cpal::SampleFormat::I16 => $stream!(i16),
+            cpal::SampleFormat::I32 => $stream!(i32),
+            cpal::SampleFormat::U16 => $stream!(u16),
+            cpal::SampleFormat::U8 => $stream!(u8),
+            other => anyhow::bail!("sample format {other} is not supported"),
+        }
+    };
+}
+
 mod callbacks;
 pub mod input;
 pub mod output;
