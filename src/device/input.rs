@@ -41,7 +41,7 @@ impl Input {
         let period = rate_hz * period_ms / 1000;
         let stream = build(&device, &config, period, prod, health.clone()).with_context(|| format!("opening input device {device}"))?;
         let period_read = stream.buffer_size().unwrap_or(period);
-        let opened = format!("{} ({}, {} channel{}, {} Hz, {}-frame periods)", device.id().map_or(device.to_string(), |id| id.to_string()), config.sample_format(), config.channels(), if config.channels() == 1 { "" } else { "s" }, rate_hz, period_read);
+        let opened = super::describe(&device, &config, period_read);
         let stop = Arc::new(AtomicBool::new(false));
         let (replace, replacements) = std::sync::mpsc::channel();
         let supervisor = {

@@ -321,6 +321,14 @@ fn summarize(ranges: &[cpal::SupportedStreamConfigRange]) -> String {
     format!("{}-{} channels, {}-{} Hz, {}", channels.0, channels.1, rates.0, rates.1, formats.join(" "))
 }
 
+/// What was opened, for messages: "pulseaudio:spk (f32, 1 channel, 22050 Hz,
+/// 441-frame periods)".
+fn describe(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u32) -> String {
+    let channels = config.channels();
+    let id = device.id().map_or(device.to_string(), |id| id.to_string());
+    format!("{id} ({}, {channels} channel{}, {} Hz, {period}-frame periods)", config.sample_format(), if channels == 1 { "" } else { "s" }, config.sample_rate())
+}
+
 /// Keeps a stream alive until `stop`: rebuilds it when its error callback says it
 /// failed, or when it has gone silent (a server that hangs reports nothing). Each
 /// rebuild (`reopen`) comes with a fresh ring — the old one may still belong to an
