@@ -249,6 +249,10 @@ section! {
         barge_in: bool = true;
         /// Speech needed during a reply before it counts as an interruption.
         barge_in_min_ms: u32 = 300, check(|n: &u32| (20..=5000).contains(n), "20 to 5000");
+        /// The longest a turn may take, from its start to the last sample of its
+        /// reply; a turn still going then is cut short (and logged so), so nothing
+        /// holds the speaker, or in half-duplex the microphone, for longer.
+        max_reply_s: f32 = 120.0, check(|x: &f32| (5.0..=3600.0).contains(x), "5.0 to 3600.0");
     }
 }
 
@@ -266,6 +270,11 @@ section! {
         /// many seconds its reply is cut short, so stopping stays well inside
         /// systemd's TimeoutStopSec (60 s in the unit).
         stop_drain_s: f32 = 10.0, check(|x: &f32| (0.0..=50.0).contains(x), "0.0 to 50.0");
+        /// A stage that holds work (a transcription, a reply, a sentence, a tool
+        /// call) without progress for this long is hung: voxd logs the turn as failed
+        /// and exits non-zero, and under systemd the watchdog is no longer fed, so it
+        /// is restarted. Tools whose timeout_ms is longer get that plus 5 s.
+        stage_deadline_s: f32 = 60.0, check(|x: &f32| (1.0..=3600.0).contains(x), "1.0 to 3600.0");
     }
 }
 

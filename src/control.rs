@@ -140,6 +140,8 @@ pub struct Handle {
     pub counters: Arc<Counters>,
     pub models: Models,
     pub clock: Clock,
+    /// Each stage's state, for `status`.
+    pub health: Arc<crate::pipeline::health::Health>,
 }
 
 /// Answers connections on `listener` until the task is dropped.
@@ -234,6 +236,7 @@ impl Handle {
             audio_s: 0.0,
             stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: false },
             typed: true,
+            failed: None,
         };
         let Some(transcripts) = self.transcripts.upgrade() else {
             return refusal("voxd is shutting down");
@@ -266,6 +269,7 @@ impl Handle {
             "user_speaking": voice.speaking,
             "assistant_speaking": playback.speaking,
             "last_turn_heard": playback.done_turn,
+            "stages": self.health.states(),
             "summary": self.metrics.summary(),
             "models": self.models,
             "devices": {

@@ -57,7 +57,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 struct Totals {
     /// By how the turn came in ("speech", "typed") and how it ended ("answered",
-    /// "cancelled").
+    /// "cancelled", "error").
     turns: BTreeMap<(&'static str, &'static str), u64>,
     cancel_reasons: BTreeMap<String, u64>,
     round_trip: Histogram,
@@ -80,6 +80,7 @@ pub struct Metrics {
 pub struct Summary {
     pub turns: u64,
     pub cancelled: u64,
+    pub failed: u64,
     pub last_round_trip_ms: Option<f64>,
     pub uptime_s: f64,
 }
@@ -100,7 +101,11 @@ impl Metrics {
     pub fn record(&self, t: &TurnRecord) {
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         let source = if t.typed { "typed" } else { "speech" };
-        let outcome = if t.cancelled { "cancelled" } else { "answered" };
+        let outcome = match t.outcome.as_str() {
+            "error" => "error",
+            _ if t.cancelled => "cancelled",
+            _ => "answered",
+        };
         *totals.turns.entry((source, outcome)).or_default() += 1;
         if let Some(reason) = t.cancel_reason.as_ref().filter(|_| t.cancelled) {
             *totals.cancel_reasons.entry(reason.clone()).or_default() += 1;
@@ -109,7 +114,7 @@ impl Metrics {
             *totals.tool_calls.entry((call.name.clone(), if call.ok { "ok" } else { "error" })).or_default() += 1;
         }
         // Latency figures are the spoken, answered turns' (as in `voxd latency report`).
-        let Some(round_trip) = t.round_trip_ms.filter(|_| !t.cancelled && !t.typed) else {
+        let Some(round_trip) = t.round_trip_ms.filter(|_| outcome == "answered" && !t.typed) else {
             return;
         };
         totals.round_trip.observe(round_trip / 1000.0);
@@ -124,6 +129,7 @@ impl Metrics {
         Summary {
             turns: totals.turns.values().sum(),
             cancelled: totals.turns.iter().filter(|((_, o), _)| *o == "cancelled").map(|(_, n)| n).sum(),
+            failed: totals.turns.iter().filter(|((_, o), _)| *o == "error").map(|(_, n)| n).sum(),
             last_round_trip_ms: totals.last_round_trip_ms,
             uptime_s: self.started.elapsed().as_secs_f64(),
         }
@@ -140,9 +146,9 @@ impl Metrics {
         let _ = writeln!(out, "voxd_info{{version=\"{}\",asr=\"{}\",llm=\"{}\",tts=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), label(&models.asr), label(&models.llm), label(&models.tts));
         family(&mut out, "voxd_uptime_seconds", "gauge", "Seconds since the pipeline started.");
         let _ = writeln!(out, "voxd_uptime_seconds {:.3}", self.started.elapsed().as_secs_f64());
-        family(&mut out, "voxd_turns_total", "counter", "Turns logged, by how they came in (speech, typed) and how they ended (answered, cancelled).");
+        family(&mut out, "voxd_turns_total", "counter", "Turns logged, by how they came in (speech, typed) and how they ended (answered, cancelled, error).");
         for source in ["speech", "typed"] {
-            for outcome in ["answered", "cancelled"] {
+            for outcome in ["answered", "cancelled", "error"] {
                 let n = totals.turns.get(&(source, outcome)).copied().unwrap_or(0);
                 let _ = writeln!(out, "voxd_turns_total{{source=\"{source}\",outcome=\"{outcome}\"}} {n}");
             }
@@ -163,7 +169,7 @@ impl Metrics {
             let _ = writeln!(out, "voxd_tool_calls_total{{tool=\"{}\",result=\"{result}\"}} {n}", label(tool));
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counts: [(&str, &str, &str, u64); 11] = [
+        let counts: [(&str, &str, &str, u64); 12] = [
             ("voxd_xruns_total", "device=\"microphone\"", "Overruns and underruns the audio devices reported.", load(&counters.capture_xruns)),
             ("voxd_xruns_total", "device=\"speaker\"", "", load(&counters.playback_xruns)),
             ("voxd_device_reopens_total", "device=\"microphone\"", "Times an audio device was reopened after it failed or went silent.", load(&counters.input_reopens)),
@@ -175,6 +181,7 @@ impl Metrics {
             ("voxd_utterances_dropped_total", "reason=\"asr_behind\"", "Utterances that never became turns.", load(&counters.vad_drops)),
             ("voxd_utterances_dropped_total", "reason=\"no_speech\"", "", load(&counters.utterances_dropped)),
             ("voxd_speculations_abandoned_total", "", "Replies started at a pause the user then spoke through.", load(&counters.speculations_abandoned)),
+            ("voxd_playback_stalls_total", "", "Turns ended without their audio because the speaker had not played it long after it was due.", load(&counters.playback_stalls)),
         ];
         for (name, labels, help, value) in counts {
             if !help.is_empty() {
@@ -185,6 +192,8 @@ impl Metrics {
         }
         family(&mut out, "voxd_telemetry_dropped_total", "counter", "Telemetry notes lost because its queue was full.");
         let _ = writeln!(out, "voxd_telemetry_dropped_total {}", load(&counters.telemetry_drops));
+        family(&mut out, "voxd_latency_log_write_errors_total", "counter", "Turns the latency log could not take (a full disk, say).");
+        let _ = writeln!(out, "voxd_latency_log_write_errors_total {}", load(&counters.log_write_errors));
         family(&mut out, "voxd_device_latency_seconds", "gauge", "Latency the audio devices' buffers add, as they last reported it.");
         let _ = writeln!(out, "voxd_device_latency_seconds{{device=\"microphone\"}} {}", load(&counters.capture_latency_us) as f64 / 1e6);
         let _ = writeln!(out, "voxd_device_latency_seconds{{device=\"speaker\"}} {}", load(&counters.output_latency_us) as f64 / 1e6);

@@ -1,7 +1,8 @@
 //! Running under systemd (`Type=notify`): READY once the engines are warm and the
-//! microphone is being listened to, WATCHDOG pings only while the pipeline's own
-//! heartbeat (the capture pacer's rounds) advances, STOPPING when a stop was asked
-//! for. Outside systemd (no `NOTIFY_SOCKET`) all of this is silent.
+//! microphone is being listened to, WATCHDOG pings only while the pipeline is alive
+//! — its heartbeat (the capture pacer's rounds) advances and no stage is hung or
+//! dead (`pipeline::health`) — and STOPPING when a stop was asked for. Outside
+//! systemd (no `NOTIFY_SOCKET`) all of this is silent.
 //!
 //! The protocol is a datagram per message on the socket systemd names; nothing here
 //! needs libsystemd.
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::health::Health;
 use crate::pipeline::Counters;
 
 /// Where systemd listens for this service's state, if it does.
@@ -33,6 +35,11 @@ impl Notifier {
         };
         let socket = UnixDatagram::unbound().ok()?;
         Some(Notifier { socket, addr })
+    }
+
+    /// A notifier for the socket at `path` (what `from_env` does with `$NOTIFY_SOCKET`).
+    pub fn to_path(path: &std::path::Path) -> std::io::Result<Notifier> {
+        Ok(Notifier { socket: UnixDatagram::unbound()?, addr: SocketAddr::from_pathname(path)? })
     }
 
     /// Sends one state change ("READY=1", "WATCHDOG=1", "STATUS=…"); a service manager
@@ -82,11 +89,11 @@ impl Default for Watchdog {
 }
 
 /// Tells systemd READY now, then, on a thread of its own until the run ends: pings
-/// the watchdog at half its interval while the capture heartbeat advances, and says
-/// STOPPING once `stop` is set.
-pub fn ready(notifier: Notifier, counters: Arc<Counters>, stop: Arc<AtomicBool>, status: &str) {
+/// the watchdog at half its interval while the capture heartbeat advances and every
+/// stage is healthy, and says STOPPING once `stop` is set.
+/// `interval` is systemd's watchdog interval (`watchdog_interval`; None: no pings).
+pub fn ready(notifier: Notifier, interval: Option<Duration>, counters: Arc<Counters>, health: Arc<Health>, stop: Arc<AtomicBool>, status: &str) {
     notifier.send(&format!("READY=1\nSTATUS={status}"));
-    let interval = watchdog_interval();
     let _ = std::thread::Builder::new().name("voxd-watchdog".into()).spawn(move || {
         let round = interval.map_or(Duration::from_millis(200), |i| (i / 2).min(Duration::from_secs(5)).max(Duration::from_millis(50)));
         let mut watchdog = Watchdog::new();
@@ -96,7 +103,9 @@ pub fn ready(notifier: Notifier, counters: Arc<Counters>, stop: Arc<AtomicBool>,
                 notifier.send("STOPPING=1\nSTATUS=finishing the turn in flight");
                 return;
             }
-            if interval.is_some() && watchdog.alive(counters.capture_heartbeat.load(Ordering::Relaxed)) {
+            // (The heartbeat is read every round, so a hang's end does not look like a move.)
+            let moved = watchdog.alive(counters.capture_heartbeat.load(Ordering::Relaxed));
+            if interval.is_some() && moved && health.alive() {
                 notifier.send("WATCHDOG=1");
             }
         }
@@ -114,5 +123,39 @@ mod tests {
         assert!(w.alive(5));
         assert!(!w.alive(5), "a heartbeat that stood still is a hang");
         assert!(w.alive(6));
+    }
+
+    #[test]
+    fn the_watchdog_goes_unfed_once_a_stage_hangs_though_capture_runs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let manager = UnixDatagram::bind(&path).unwrap();
+        manager.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let (counters, health, stop) = (Arc::new(Counters::default()), Health::new(Duration::from_millis(400)), Arc::new(AtomicBool::new(false)));
+        let tts = health.pulse("tts");
+        // Capture keeps beating throughout: the old watchdog fed systemd on that alone.
+        let beating = counters.clone();
+        std::thread::spawn(move || loop {
+            beating.capture_heartbeat.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(10));
+        });
+        ready(Notifier::to_path(&path).unwrap(), Some(Duration::from_millis(100)), counters, health.clone(), stop.clone(), "test");
+        let mut buf = [0u8; 256];
+        let mut pings_in = |window: Duration| {
+            let until = std::time::Instant::now() + window;
+            let mut n = 0;
+            while std::time::Instant::now() < until {
+                if let Ok(len) = manager.recv(&mut buf) {
+                    n += usize::from(&buf[..len] == b"WATCHDOG=1");
+                }
+            }
+            n
+        };
+        assert!(pings_in(Duration::from_millis(600)) >= 2, "fed while every stage is well");
+        tts.busy(1); // and never a step again
+        std::thread::sleep(Duration::from_millis(600));
+        pings_in(Duration::from_millis(50)); // what was sent before the deadline passed
+        assert_eq!(pings_in(Duration::from_millis(600)), 0, "not fed once tts has held its work past the deadline");
+        stop.store(true, Ordering::Release);
     }
 }

@@ -274,7 +274,9 @@ fn answered_live(config: &str) {
     let recorder = pulse.record_speaker(&dir.path().join("speaker.wav"));
     pulse.say(&asked);
     let turns = voxd.wait_for_turns(1, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500)); // the tail of the answer in the device
+    // The tail of the answer, still in the devices' and the recorder's buffers
+    // (generous: a loaded machine drains them late; only silence follows).
+    std::thread::sleep(Duration::from_millis(1500));
     let heard = recorder.stop();
     let stderr = voxd.stop();
 
@@ -341,7 +343,7 @@ fn a_sound_server_that_dies_mid_answer_is_reopened_and_the_next_question_answere
     let recorder = pulse.record_speaker(&dir.path().join("speaker.wav"));
     pulse.say(&asked);
     let turns = voxd.wait_for_turns(2, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500)); // the answer's tail, as above
     let heard = recorder.stop();
     let stderr = voxd.stop();
 

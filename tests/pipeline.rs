@@ -45,7 +45,7 @@ fn a_model_that_loses_the_thread_answers_each_question_on_its_own() {
 }
 
 #[test]
-fn the_first_sentence_is_heard_before_the_model_has_finished() {
+fn the_first_sentence_goes_to_the_voice_while_the_model_is_still_generating() {
     let dir = tempdir();
     let (input, _) = conversation(&dir, "story", &[(0.5, "Tell me three facts about the moon.")], 1.0);
     let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
@@ -53,9 +53,18 @@ fn the_first_sentence_is_heard_before_the_model_has_finished() {
     let t = &turns(&log)[0];
     let sentences = t.reply.matches(['.', '!', '?']).count();
     assert!(sentences >= 2, "a multi-sentence reply: {:?}", t.reply);
-    let (first_audio, llm_done) = (t.marks.first_audio.unwrap(), t.marks.llm_done.unwrap());
-    assert!(first_audio < llm_done, "first audio at {first_audio:.0} ms, generation ended at {llm_done:.0} ms: {t:?}");
     let m = &t.marks;
+    // Streaming, whatever the machine's speed: the first sentence is handed to the
+    // voice while the rest of the reply is still being generated, early in the
+    // generation rather than at its end (without streaming it is handed over with
+    // the last token: a share of ~1.0). As a share of the generation time, not as an
+    // absolute time, so a slow machine is judged like a fast one; whether the first
+    // *sound* beats the last token is a race between Piper and llama that
+    // `voxd bench` measures.
+    let (first_token, first_sentence, llm_done) = (m.llm_first_token.unwrap(), m.first_sentence.unwrap(), m.llm_done.unwrap());
+    let share = (first_sentence - first_token) / (llm_done - first_token);
+    assert!(share < 0.9, "the first sentence went to the voice {share:.2} of the way through the generation: {m:?}");
+    let first_audio = m.first_audio.unwrap();
     // The reply's marks follow each other; the transcript and the first token may come
     // before the endpoint (a reply started during the hangover), but nothing is heard
     // before it.
@@ -85,14 +94,22 @@ fn a_reply_is_prepared_during_the_hangover_and_heard_only_after_it() {
     assert_eq!(turns.len(), 1, "{turns:?}");
     let t = &turns[0];
     let m = &t.marks;
+    // What the design guarantees on any machine (how much of the reply is ready by
+    // the endpoint is the machine's speed: `voxd bench` reports it):
+    // - the reply was started at the pause, from the speculative transcript, and the
+    //   guess held (the final transcript confirmed it);
     assert!(t.speculative && t.asr.speculative_hit, "the reply was started at the pause: {t:?}");
-    assert!(m.asr_done.unwrap() < m.endpoint.unwrap(), "the transcript was ready during the hangover: {m:?}");
+    // - nothing was heard before the end of the turn was certain;
     let endpoint = m.endpoint.unwrap();
     assert!(m.first_audio.unwrap() >= endpoint, "{m:?}");
-    // On the output, silence until the end of the turn was certain.
     let quiet = peak(&dir, &output, 0.0, t.speech_end_s + endpoint / 1000.0);
     assert!(quiet < 300, "audio before the endpoint (peak {quiet})");
+    // - the audio held until then was released once the turn was confirmed: the whole
+    //   reply was heard, and it is the answer.
+    assert!(!t.cancelled && t.spoken == t.reply, "{t:?}");
     assert!(t.reply.to_lowercase().contains("paris"), "{:?}", t.reply);
+    let heard = heard_reply(&dir, &output, t);
+    assert!(cer(&t.reply, &heard) <= 0.2, "logged {:?}, heard {heard:?}", t.reply);
 }
 
 #[test]
@@ -213,7 +230,20 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
 
 fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     let config = voxd::config::Config::default();
-    voxd::pipeline::RunOptions { realtime, vad: config.vad, agent: config.agent, llm: config.llm, multi_turn: true, tools: config.tools, tool: config.tool, intent: config.intent, audio: config.audio, latency_log: None, config_id: String::new() }
+    voxd::pipeline::RunOptions {
+        realtime,
+        vad: config.vad,
+        agent: config.agent,
+        llm: config.llm,
+        multi_turn: true,
+        tools: config.tools,
+        tool: config.tool,
+        intent: config.intent,
+        audio: config.audio,
+        latency_log: None,
+        stage_deadline: std::time::Duration::from_secs_f32(config.service.stage_deadline_s),
+        config_id: String::new(),
+    }
 }
 
 /// A voice that takes its time: every sentence costs `delay` and comes out as a tone.
@@ -277,6 +307,76 @@ fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     let peak = peak(&dir, &output, cut_s, second_start - 0.05);
     assert!(peak < 500, "the cancelled answer kept playing (peak {peak})");
     assert_eq!(second.llm.history_turns, usize::from(!first.spoken.is_empty()), "history holds the heard part only");
+}
+
+/// A voice that fails on the first sentence it is given, and speaks (a tone) after.
+struct FlakyVoice {
+    calls: usize,
+}
+
+impl voxd::pipeline::tts::Voice for FlakyVoice {
+    fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        self.calls += 1;
+        anyhow::ensure!(self.calls > 1, "the voice choked on {text:?}");
+        let n = 16_000 * text.split_whitespace().count().clamp(1, 10) / 4;
+        Ok(((0..n).map(|i| (i as f32 * 0.05).sin() * 0.3).collect(), 16_000))
+    }
+}
+
+#[test]
+fn an_engine_error_fails_one_turn_with_an_apology_and_the_next_turn_is_answered() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "flaky", &[(0.5, "What is the capital of France?"), (2.0, "What color is the sky?")], 1.0);
+    let clip = voxd::audio::read_wav(&input, 16_000).unwrap();
+    let log = dir.path().join("turns.jsonl");
+    let options = voxd::pipeline::RunOptions { latency_log: Some(log.clone()), ..run_options(false) };
+    let report = voxd::pipeline::run(engines(Box::new(FlakyVoice { calls: 0 }), 16_000), options, voxd::pipeline::Io::File(clip.samples)).expect("the pipeline survives a failing engine");
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 2, "{:?}", report.turns);
+    let (failed, next) = (&turns[0], &turns[1]);
+    assert_eq!(failed.outcome, "error", "{failed:?}");
+    let error = failed.error.as_ref().expect("the log says what failed");
+    assert!(error.stage == "tts" && error.message.contains("the voice choked"), "{error:?}");
+    assert_eq!(failed.spoken, voxd::pipeline::APOLOGY, "the user heard an apology, and only that");
+    assert!(!failed.cancelled);
+    assert_eq!(next.outcome, "answered", "{next:?}");
+    assert!(!next.spoken.is_empty() && next.spoken == next.reply, "the next turn was answered in full: {next:?}");
+}
+
+/// A voice that stops responding (for longer than the test's stage deadline).
+struct HungVoice;
+
+impl voxd::pipeline::tts::Voice for HungVoice {
+    fn speak(&mut self, _: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        // Long enough to be a hang for a 2 s deadline; short enough that the thread
+        // (which nobody waits for) is gone before the test binary ends.
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        Ok((vec![0.0; 160], 16_000))
+    }
+}
+
+#[test]
+fn a_stage_that_hangs_ends_the_run_within_its_deadline_and_its_turn_is_logged_as_failed() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "hung", &[(0.5, "What is the capital of France?")], 1.0);
+    let clip = voxd::audio::read_wav(&input, 16_000).unwrap();
+    let log = dir.path().join("turns.jsonl");
+    let deadline = std::time::Duration::from_secs(2);
+    let options = voxd::pipeline::RunOptions { latency_log: Some(log.clone()), stage_deadline: deadline, ..run_options(false) };
+    let started = std::time::Instant::now();
+    let err = match voxd::pipeline::run(engines(Box::new(HungVoice), 16_000), options, voxd::pipeline::Io::File(clip.samples)) {
+        Ok(_) => panic!("a pipeline with a hung stage cannot succeed"),
+        Err(e) => format!("{e:#}"),
+    };
+    let took = started.elapsed();
+    assert!(err.contains("stage tts made no progress for 2 s"), "{err}");
+    // The deadline runs from the sentence tts took; transcribing and generating come
+    // first (a slow machine takes a while for those: the bound is generous).
+    assert!(took < std::time::Duration::from_secs(15), "the run ended {took:?} after it started (deadline 2 s), not when the voice came back (20 s)");
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 1, "the turn the stage hung on is in the log");
+    assert_eq!(turns[0].outcome, "error");
+    assert_eq!(turns[0].error.as_ref().map(|e| e.stage.as_str()), Some("tts"), "{:?}", turns[0]);
 }
 
 /// A voice that breaks on its first sentence.

@@ -145,7 +145,7 @@ fn home_assistant_errors_and_timeouts_are_spoken_honestly_and_the_next_command_w
     let dir = tempdir();
     let ha = LocalHomeAssistant::start(TOKEN).unwrap();
     ha.set_fault("light.kitchen", Behaviour::Status(500));
-    ha.set_fault("light.bedroom", Behaviour::Slow(std::time::Duration::from_secs(3))); // the tool's timeout is 1 s
+    ha.set_fault("light.bedroom", Behaviour::Slow(std::time::Duration::from_secs(10))); // the tool's timeout is 1 s
     let config = config(&dir, Some(&ha.url()), None, &[LIGHTS_HA, LIGHTS_INTENT]);
     let parts = [(0.5, "Turn on the kitchen light."), (5.0, "Turn on the bedroom light."), (5.0, "Turn on the hallway light.")];
     let (input, _) = conversation(&dir, "faults", &parts, 5.0);
@@ -160,7 +160,9 @@ fn home_assistant_errors_and_timeouts_are_spoken_honestly_and_the_next_command_w
     );
     assert_eq!(done.turns[0].reply, "Sorry, that didn't work: Home Assistant reported an error, code 500.");
     assert_eq!(done.turns[1].reply, "Sorry, that didn't work: Home Assistant did not answer in time.");
-    assert!(done.turns[1].tool_calls[0].ms < 2500.0, "gave up at the timeout: {:?}", done.turns[1].tool_calls);
+    // Gave up at the 1 s timeout, not when the server answered 10 s later (the margin
+    // is for a loaded machine, not for voxd).
+    assert!(done.turns[1].tool_calls[0].ms < 6000.0, "gave up at the timeout: {:?}", done.turns[1].tool_calls);
     assert!(done.turns[2].tool_calls[0].ok && done.turns[2].tool_calls[0].via == "intent");
 }
 
@@ -388,4 +390,162 @@ arguments = {{ bell = "{{bell}}" }}
     assert!(requests.iter().any(|r| r.method == "GET" && r.path == "/api/states/light.kitchen"), "{requests:?}");
     let hook = requests.iter().find(|r| r.path == "/hook/front").expect("the webhook was called");
     assert_eq!((hook.method.as_str(), serde_json::from_str::<serde_json::Value>(&hook.body).unwrap()), ("POST", serde_json::json!({ "bell": "front" })));
+}
+
+/// What a call would do as the agent makes it: refused by the allow-list (never run),
+/// or run by the real executor.
+fn attempt(toolbox: &voxd::tools::Toolbox, tool: &voxd::tools::ToolConfig, arguments: serde_json::Value) -> Result<voxd::tools::Outcome, String> {
+    let call = voxd::tools::ToolCall { name: tool.name.clone(), arguments };
+    tool.permits(&call).map_err(|e| e.to_string())?;
+    Ok(toolbox.run(tool, &call))
+}
+
+/// The bypasses found from outside, each tried on the real executors against Home
+/// Assistant (loopback) and mosquitto; what the servers received is what counts.
+#[test]
+fn allow_lists_and_templates_cannot_be_talked_around() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.set_state("lock.front_door", "unlocked");
+    ha.set_state("sensor.hall", "21");
+    let broker = Broker::start(&dir);
+    let text = format!(
+        r#"
+[home_assistant]
+url = "{url}"
+token_env = "{TOKEN_ENV}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+client_id = "voxd-bypass-{port}"
+
+[[tool]]
+name = "read_sensor"
+description = "Read a sensor"
+executor = "home_assistant_state"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["sensor.*"]
+
+[[tool]]
+name = "garden_switch_on"
+description = "Switch on a garden switch"
+executor = "home_assistant"
+service = "switch.turn_on"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["switch.garden_*"]
+
+[[tool]]
+name = "plug"
+description = "Switch a plug"
+executor = "mqtt"
+topic = "home/{{room}}/plug/set"
+payload = '{{"state": "{{state}}"}}'
+parameters = {{ type = "object", properties = {{ room = {{ type = "string" }}, state = {{ type = "string" }} }}, required = ["room", "state"] }}
+allow = ["home/+/plug/set"]
+
+[[tool]]
+name = "hook"
+description = "Call a hook"
+executor = "webhook"
+url = "{url}/hook/{{name}}"
+parameters = {{ type = "object", properties = {{ name = {{ type = "string" }} }}, required = ["name"] }}
+allow = ["{url}/hook/*"]
+"#,
+        url = ha.url(),
+        port = broker.port
+    );
+    let config = voxd::config::Config::parse(&text, Path::new("bypass.toml")).unwrap_or_else(|e| panic!("{e}"));
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+    let tool = |name: &str| config.tool.iter().find(|t| t.name == name).unwrap().clone();
+    let watch = broker.watch("home/#");
+    // The MQTT client connects in the background.
+    wait_until("the MQTT connection", std::time::Duration::from_secs(20), || attempt(&toolbox, &tool("plug"), serde_json::json!({ "room": "probe", "state": "x" })).is_ok_and(|o| o.ok));
+
+    // A sensor pattern does not reach the lock through the URL's path.
+    let climb = attempt(&toolbox, &tool("read_sensor"), serde_json::json!({ "entity_id": "sensor.x/../lock.front_door" }));
+    assert!(climb.as_ref().is_err_and(|e| e.contains("may not touch sensor.x/../lock.front_door")), "{climb:?}");
+    // Nor does a list smuggle a second entity past the garden pattern.
+    let list = attempt(&toolbox, &tool("garden_switch_on"), serde_json::json!({ "entity_id": "switch.garden_x, switch.alarm_siren" }));
+    assert!(list.is_err(), "{list:?}");
+    let list = attempt(&toolbox, &tool("garden_switch_on"), serde_json::json!({ "entity_id": ["switch.garden_x", "switch.alarm_siren"] }));
+    assert!(list.is_err(), "{list:?}");
+    // What is allowed still works, and is all Home Assistant ever saw.
+    assert!(attempt(&toolbox, &tool("read_sensor"), serde_json::json!({ "entity_id": "sensor.hall" })).unwrap().ok);
+    let paths: Vec<String> = ha.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, vec!["/api/states/sensor.hall".to_string()], "nothing else reached Home Assistant");
+
+    // A value cannot add JSON fields to a payload, nor levels or wildcards to a topic.
+    let injected = attempt(&toolbox, &tool("plug"), serde_json::json!({ "room": "kitchen", "state": "ON\",\"child_lock\":\"UNLOCK" })).unwrap();
+    assert!(injected.ok, "{injected:?}");
+    for room in ["kitchen/../garage", "+", "#"] {
+        assert!(attempt(&toolbox, &tool("plug"), serde_json::json!({ "room": room, "state": "ON" })).is_err(), "topic value {room:?}");
+    }
+    let received = watch.received();
+    let kitchen: Vec<&String> = received.iter().filter(|l| l.starts_with("home/kitchen/")).collect();
+    assert_eq!(kitchen.len(), 1, "{received:?}");
+    let payload: serde_json::Value = serde_json::from_str(kitchen[0].strip_prefix("home/kitchen/plug/set ").unwrap()).unwrap();
+    assert_eq!(payload, serde_json::json!({ "state": "ON\",\"child_lock\":\"UNLOCK" }), "one field, holding the whole value");
+    assert!(received.iter().all(|l| l.starts_with("home/probe/") || l.starts_with("home/kitchen/")), "no other topic was published: {received:?}");
+
+    // A URL value stays one path segment under the allowed hook.
+    assert!(attempt(&toolbox, &tool("hook"), serde_json::json!({ "name": "../api/services/lock/unlock" })).unwrap().ok, "called, as one hook's name");
+    let hooks: Vec<String> = ha.requests().iter().map(|r| r.path.clone()).filter(|p| !p.starts_with("/api/states/")).collect();
+    assert_eq!(hooks, vec!["/hook/..%2Fapi%2Fservices%2Flock%2Funlock".to_string()], "the server saw one encoded segment, not a path to the lock");
+    std::env::remove_var(TOKEN_ENV);
+}
+
+/// Confirmation is a short yes on its own, within the window after the question was
+/// heard, for a question that was heard: typed turns against a running voxd.
+#[test]
+fn a_confirmation_cannot_be_talked_around() {
+    use crate::control::ctl_ok;
+    use crate::live::{Daemon, Pulse};
+    use std::time::Duration;
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    let socket = dir.path().join("control.sock");
+    let extra = format!(
+        "[llm]\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n[home_assistant]\nurl = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n[service]\ncontrol_socket = {:?}\n[tools]\nconfirm_within_s = 2.0\n{LOCK}",
+        ha.url(),
+        socket.to_str().unwrap()
+    );
+    let daemon = Daemon::start_with(&pulse, &dir, &extra, &[(TOKEN_ENV, TOKEN)]);
+    let mut asked = 0;
+    let mut ask = |text: &str| {
+        ctl_ok(&socket, &["ask", text]);
+        asked += 1;
+        daemon.wait_for_turns(asked, Duration::from_secs(90)).pop().unwrap()
+    };
+    let question = "Should I unlock a door: lock.front_door? Please say yes or no.";
+    assert_eq!(ask("Please unlock the front door.").reply, question);
+    // A question that starts with a yes-word is a question.
+    ask("Sure, what time is it?");
+    assert_eq!(ha.requests(), vec![], "\"sure, what time is it\" unlocked the door");
+    // A yes after the window is no answer.
+    assert_eq!(ask("Please unlock the front door.").reply, question);
+    std::thread::sleep(Duration::from_secs(3));
+    ask("Yes.");
+    assert_eq!(ha.requests(), vec![], "a yes 3 s after a 2 s window unlocked the door");
+    // A question that was cut off was never put.
+    ctl_ok(&socket, &["ask", "Please unlock the front door."]);
+    asked += 1;
+    wait_until("the question to be spoken", Duration::from_secs(60), || ctl_ok(&socket, &["status"]).starts_with("speaking"));
+    ctl_ok(&socket, &["cancel"]);
+    daemon.wait_for_turns(asked, Duration::from_secs(30));
+    let mut ask = |text: &str| {
+        ctl_ok(&socket, &["ask", text]);
+        asked += 1;
+        daemon.wait_for_turns(asked, Duration::from_secs(90)).pop().unwrap()
+    };
+    ask("Yes.");
+    assert_eq!(ha.requests(), vec![], "a yes to a cancelled question unlocked the door");
+    // And the honest way still works.
+    assert_eq!(ask("Please unlock the front door.").reply, question);
+    assert_eq!(ask("Yes.").reply, "The door is unlocked.");
+    let requests = ha.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].path, "/api/services/lock/unlock");
+    daemon.stop();
 }

@@ -128,6 +128,16 @@ pub fn excerpt(wav: &Path, from_s: f64, to_s: f64, out: &Path) {
     voxd::audio::write_wav(out, &f, rate as u32).unwrap();
 }
 
+/// Polls `done` until it holds, failing the test after `limit`: for anything that
+/// happens "soon", whose time depends on the machine's speed.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A free TCP port on loopback (bound and released: good enough for a test's server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -172,16 +182,34 @@ impl Broker {
     }
 
     /// Everything published under `filter` until the subscriber is dropped, seen by
-    /// an independent client (mosquitto_sub), as "topic payload" lines.
+    /// an independent client (mosquitto_sub), as "topic payload" lines. Returns once
+    /// the subscription is in place (a probe published to it has come back), however
+    /// long the broker and the client take on a loaded machine.
     pub fn watch(&self, filter: &str) -> Subscriber {
-        let child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", filter, "-v"])
+        const PROBE: &str = "voxd-test/subscribed";
+        let port = self.port.to_string();
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-t", filter, "-t", PROBE, "-v"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("mosquitto_sub runs (apt package mosquitto-clients)");
-        // Give the subscription a moment to reach the broker before anything is published.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        Subscriber { child }
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let probe_seen = || lines.lock().unwrap().iter().any(|l| l.starts_with(PROBE));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !probe_seen() {
+            assert!(std::time::Instant::now() < deadline, "mosquitto_sub never subscribed to {filter}");
+            let _ = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port, "-t", PROBE, "-m", "probe"]).status();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Subscriber { child, lines, reader: Some(reader), probe: PROBE }
     }
 }
 
@@ -194,15 +222,22 @@ impl Drop for Broker {
 
 pub struct Subscriber {
     child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    probe: &'static str,
 }
 
 impl Subscriber {
-    /// Stops the subscriber and returns the "topic payload" lines it received.
+    /// Stops the subscriber and returns the "topic payload" lines it received (the
+    /// subscription's probe left out).
     pub fn received(mut self) -> Vec<String> {
         let _ = self.child.kill();
-        let mut out = String::new();
-        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        out.lines().map(str::to_string).collect()
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| !l.starts_with(self.probe)).cloned().collect()
     }
 }
 

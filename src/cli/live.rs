@@ -81,13 +81,13 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
         if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
             doors += &format!("\nmetrics at http://{addr}/metrics");
         }
-        Box::new(move |counters| {
+        Box::new(move |counters, health| {
             *since.lock().expect("not poisoned") = Some((std::time::Instant::now(), cpu_time()));
             let mode = if half_duplex { "half-duplex: not listening while speaking" } else { "barge-in: speak to interrupt" };
             eprintln!("listening on {opened_in}, speaking on {opened_out}; {mode}. Ctrl-C to stop.{doors}");
             // Under systemd: READY only now, with the engines warm and the mic open.
             if let Some(notifier) = crate::service::Notifier::from_env() {
-                crate::service::ready(notifier, counters, stop.clone(), &format!("listening on {opened_in}"));
+                crate::service::ready(notifier, crate::service::watchdog_interval(), counters, health, stop.clone(), &format!("listening on {opened_in}"));
             }
             if let Some(d) = listen_for {
                 std::thread::spawn(move || {
@@ -105,7 +105,7 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let listened = Listened {
         seconds,
-        turns: report.turns.len(),
+        turns: report.turns_total,
         cpu_share: (cpu_time() - cpu_then).as_secs_f64() / seconds.max(1e-3),
         capture_ms: load(&c.capture_latency_us) as f64 / 1000.0,
         output_ms: load(&c.output_latency_us) as f64 / 1000.0,
@@ -115,8 +115,8 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
     print_turns(&report.turns);
     eprintln!(
         "stopped after {} turn{} in {seconds:.0} s ({:.1} % of one core; devices reopened {} times, {} xruns){}",
-        report.turns.len(),
-        if report.turns.len() == 1 { "" } else { "s" },
+        report.turns_total,
+        if report.turns_total == 1 { "" } else { "s" },
         listened.cpu_share * 100.0,
         listened.reopens,
         listened.xruns,

@@ -467,6 +467,7 @@ impl Env {
             intent: self.config.intent.clone(),
             audio: self.config.audio.clone(),
             latency_log: latency_log.or(configured),
+            stage_deadline: std::time::Duration::from_secs_f32(self.config.service.stage_deadline_s),
             config_id: self.config_id(),
         })
     }

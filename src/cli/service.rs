@@ -81,6 +81,19 @@ pub(super) fn ctl(config: Option<&Path>, socket: Option<&Path>, command: CtlComm
             println!("models: asr {}, llm {}, tts {}", m["asr"].as_str().unwrap_or("?"), m["llm"].as_str().unwrap_or("?"), m["tts"].as_str().unwrap_or("?"));
             let d = &reply["devices"];
             println!("devices: {} xruns, reopened {} times; capture {} ms, output {} ms", d["xruns"], d["reopens"], d["capture_ms"], d["output_ms"]);
+            let stages: Vec<String> = reply["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let work = match (s["turn"].as_u64(), s["busy_ms"].as_f64()) {
+                        (Some(turn), Some(ms)) => format!(" (turn {turn}, {:.1} s)", ms / 1000.0),
+                        _ => String::new(),
+                    };
+                    format!("{} {}{work}", s["stage"].as_str().unwrap_or("?"), s["state"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!("stages: {}", stages.join(", "));
         }
         Request::Mute => println!("microphone muted"),
         Request::Unmute => println!("microphone on"),

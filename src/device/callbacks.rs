@@ -44,7 +44,9 @@ pub struct Control {
     /// More of a reply is still to come: running dry now is an underrun, not the
     /// silence after a reply.
     pub active: AtomicBool,
-    /// Frames the device has taken from the ring, ever.
+    /// Frames that have left the ring, ever: taken by the device, or dropped by a
+    /// flush. It is the speaker's timeline: a frame written to the ring as the Nth
+    /// is past once this reaches N, whether it was heard or cut.
     pub consumed: AtomicU64,
 }
 
@@ -54,13 +56,13 @@ pub fn playback<T>(out: &mut [T], channels: usize, cons: &mut HeapCons<f32>, con
 where
     T: Sample + FromSample<f32>,
 {
+    let mut consumed = 0u64;
     if control.flush.swap(false, Ordering::AcqRel) {
         let n = cons.occupied_len();
-        cons.skip(n);
+        consumed += cons.skip(n) as u64;
     }
     let mut mono = [0f32; BLOCK];
     let mut short = 0usize;
-    let mut consumed = 0u64;
     for block in out.chunks_mut(BLOCK * channels) {
         let frames = block.len() / channels;
         let got = cons.pop_slice(&mut mono[..frames]);
@@ -183,5 +185,8 @@ mod tests {
         playback(&mut out, 1, &mut cons, &control, &health);
         assert_eq!(out, [0.0; 4]);
         assert!(!control.flush.load(Ordering::Relaxed), "the flag is cleared");
+        // The dropped frames are past on the speaker's timeline, as if played: what is
+        // written next is placed after them and is reached when it has been played.
+        assert_eq!(control.consumed.load(Ordering::Relaxed), 10);
     }
 }

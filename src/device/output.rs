@@ -82,7 +82,8 @@ impl Output {
         }
     }
 
-    /// Frames the device has taken, ever (and frames lost with a failed stream).
+    /// Frames that have left the ring, ever — played, flushed, or lost with a failed
+    /// stream — : where the speaker is on its timeline.
     pub fn consumed(&self) -> u64 {
         self.control.consumed.load(Ordering::Relaxed) + self.skipped
     }

@@ -149,6 +149,14 @@ impl Llm {
         Ok(self.model.vocab().tokenize(self.render(messages)?.as_bytes(), false, true).len())
     }
 
+    /// The tokens `messages` add to a prompt: their words, and a few for each
+    /// message's framing (role markers; chat templates spend 3 to 5). Cheaper than
+    /// rendering, and what a rolling history needs: each message counted alone.
+    pub fn count_message_tokens(&self, messages: &[Message]) -> usize {
+        const FRAMING: usize = 5;
+        messages.iter().map(|m| self.model.vocab().tokenize(m.content.as_bytes(), false, false).len() + FRAMING).sum()
+    }
+
     /// A context that keeps its KV cache between calls: a prompt that starts like the
     /// previous one (system prompt, earlier turns) only evaluates what is new.
     pub fn session(&self) -> Result<Session<'_>, LlmError> {

@@ -23,12 +23,14 @@
 //! for it, run by the tools stage, and its outcome spoken — by a template, by the
 //! model in one sentence, or as an honest error.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::asr::Transcript;
-use super::llm::{Job, Reply, Request};
+use super::llm::{Exchange, Job, Reply, Request};
 use super::playback::Status;
 use super::telemetry::{Models, Note, Notes, ToolCallRecord, TurnStart};
 use super::vad::Voice;
@@ -48,10 +50,19 @@ pub struct Agent {
     /// Keep the conversation so far for the next prompt (else each question stands
     /// alone: for models that lose the thread with history).
     pub multi_turn: bool,
+    /// `agent.history_tokens`: what the llm stage may use of the history. The agent
+    /// keeps a little more than that can hold, and nothing older.
+    pub history_tokens: usize,
     pub models: Models,
     /// What the model may call, and the commands that skip the model.
     pub tools: Vec<ToolConfig>,
     pub intents: Intents,
+    /// The longest a turn may take from its start to the end of its reply (`[agent]
+    /// max_reply_s`): then it is cancelled, whatever holds it up.
+    pub max_reply: Duration,
+    /// How long a yes/no question before a tool runs stays open once it has been
+    /// heard (`[tools] confirm_within_s`).
+    pub confirm_within: Duration,
 }
 
 /// The other stages, as the agent reaches them.
@@ -70,12 +81,17 @@ pub enum Command {
     Cancel { reason: String, done: Option<oneshot::Sender<Option<TurnId>>> },
 }
 
-/// A yes/no question asked before a tool runs is answered within this long.
-const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+/// Characters kept in the history per token of `agent.history_tokens` (tokens
+/// average about four characters of English; eight leaves the llm stage the choice).
+const HISTORY_CHARS_PER_TOKEN: usize = 8;
+
+/// A reply started at a pause waits this long for the end of the turn to be
+/// confirmed (it comes one hangover later, unless vad had to drop the utterance).
+const TENTATIVE_WITHIN: Duration = Duration::from_secs(10);
 
 impl Agent {
     pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut commands: mpsc::Receiver<Command>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
-        let mut c = Conversation { agent: &self, links, history: Vec::new(), current: None, newest: 0, barge_at: None, pending: None };
+        let mut c = Conversation { agent: &self, links, history: VecDeque::new(), history_chars: 0, exchanges: 0, current: None, newest: 0, barge_at: None, pending: None };
         let (mut transcripts_open, mut voice_open, mut commands_open) = (true, true, true);
         loop {
             let busy = c.current.is_some();
@@ -84,6 +100,7 @@ impl Agent {
             }
             let waiting = c.current.as_ref().is_some_and(|t| !matches!(t.waiting, Waiting::Nothing));
             let barge_deadline = c.barge_at.map(|(_, at)| at);
+            let turn_deadline = c.current.as_ref().map(|t| t.deadline);
             tokio::select! {
                 t = transcripts.recv(), if transcripts_open && !(self.sequential && busy) => match t {
                     Some(t) => c.on_transcript(t, &playback).await?,
@@ -101,6 +118,7 @@ impl Agent {
                     Err(_) => voice_open = false,
                 },
                 _ = sleep_until(barge_deadline), if barge_deadline.is_some() => c.on_barge_deadline(&voice, &playback),
+                _ = sleep_until(turn_deadline), if turn_deadline.is_some() => c.on_turn_deadline(&playback),
                 command = commands.recv(), if commands_open => match command {
                     Some(Command::Cancel { reason, done }) => {
                         let turn = c.cancel_current(&reason, &playback);
@@ -134,6 +152,11 @@ struct Current {
     held: Option<Decision>,
     /// The model already had its one chance to repair an invalid call.
     repaired: bool,
+    /// A stage failed on this turn (it said so): the exchange is not kept.
+    failed: bool,
+    /// Tentative: when the guess lapses unconfirmed; else when the reply is cut
+    /// short, however far it got (`[agent] max_reply_s`).
+    deadline: Instant,
 }
 
 /// What a turn waits for.
@@ -166,19 +189,27 @@ enum Decision {
     Intent(ToolCall),
 }
 
-/// A call waiting for the user's yes.
+/// A call waiting for the user's yes. It belongs to the turn that asked: if that
+/// turn is cancelled (the question was not heard out), it is gone.
 struct Pending {
     call: ToolCall,
     tool: ToolConfig,
     via: &'static str,
-    asked: Instant,
+    /// The turn that asks the question.
+    turn: TurnId,
+    /// When the question had been heard in full (the window runs from there).
+    asked: Option<Instant>,
 }
 
 /// The agent's state while it runs.
 struct Conversation<'a> {
     agent: &'a Agent,
     links: Links,
-    history: Vec<Message>,
+    /// Finished exchanges, oldest first, and their characters in all.
+    history: VecDeque<Arc<Exchange>>,
+    history_chars: usize,
+    /// Exchanges ever kept (their ids).
+    exchanges: u64,
     current: Option<Current>,
     /// The newest turn whose end was certain: older transcripts are late.
     newest: TurnId,
@@ -217,6 +248,7 @@ impl Conversation<'_> {
             Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
                 // The pause was the end: the reply under way is the answer.
                 c.tentative = false;
+                c.deadline = Instant::now() + self.agent.max_reply;
                 let endpoint_at = t.endpoint_at.expect("final transcripts carry their endpoint");
                 self.links.notes.send(Note::Confirmed { turn: c.turn, endpoint_at });
                 self.links.confirmed.send_replace(c.turn);
@@ -267,8 +299,18 @@ impl Conversation<'_> {
             messages: vec![Message { role: Role::User, content: t.text.clone() }],
             held: None,
             repaired: false,
+            failed: false,
+            deadline: Instant::now() + if tentative { TENTATIVE_WITHIN } else { self.agent.max_reply },
         };
-        if let Some(p) = self.pending.take().filter(|p| !tentative && p.asked.elapsed() < CONFIRM_WITHIN) {
+        if let Some(error) = t.failed {
+            // Whisper failed on what was said: an apology, and the turn logged so.
+            self.links.notes.send(Note::Failed { turn: t.turn, stage: "asr", message: error, ends_turn: false });
+            c.failed = true;
+            self.say(&mut c, super::APOLOGY.into()).await?;
+            return Ok(c);
+        }
+        let window = self.agent.confirm_within;
+        if let Some(p) = self.pending.take().filter(|p| !tentative && p.asked.is_some_and(|at| at.elapsed() < window)) {
             match yes_or_no(&t.text) {
                 Some(true) => {
                     self.execute(&mut c, p.call, p.tool, p.via).await?;
@@ -299,7 +341,9 @@ impl Conversation<'_> {
         match p {
             Progress::Reply(Err(_)) => anyhow::bail!("the llm stage stopped"),
             Progress::Reply(Ok(Err(e))) => {
+                // The llm stage said sorry and logged why; the exchange is not kept.
                 tracing::warn!(turn = c.turn, "no answer: {e}");
+                c.failed = true;
                 c.reply = Some(String::new());
             }
             Progress::Reply(Ok(Ok(reply))) => match reply.call {
@@ -319,9 +363,16 @@ impl Conversation<'_> {
     async fn decided(&mut self, c: &mut Current, decision: Decision) -> anyhow::Result<()> {
         let (parsed, via) = match decision {
             Decision::Intent(call) => {
+                // Through the same schema as the model's calls: a pattern can capture a
+                // number out of range as easily as a model can say one.
                 let tool = self.agent.tools.iter().find(|t| t.name == call.name).expect("intents name configured tools");
-                let checked = tool.permits(&call).map(|()| (call, tool));
-                (checked, "intent")
+                if let Err(problem) = crate::tools::schema::validate(&tool.parameters, &call.arguments) {
+                    let problem = problem.to_string();
+                    tracing::info!(turn = c.turn, "intent call not valid: {problem}");
+                    self.record(c.turn, ToolCallRecord { name: call.name.clone(), arguments: call.arguments.clone(), ok: false, ms: 0.0, via: "intent".into(), error: Some(problem) });
+                    return self.say(c, say::could_not_call()).await;
+                }
+                (tool.permits(&call).map(|()| (call, tool)), "intent")
             }
             Decision::Model(text) => {
                 let parsed = parse_call(&text, &self.agent.tools).and_then(|(call, tool)| tool.permits(&call).map(|()| (call, tool)));
@@ -353,7 +404,7 @@ impl Conversation<'_> {
         };
         if tool.confirm {
             let question = tool.confirm_question(&call);
-            self.pending = Some(Pending { call, tool, via, asked: Instant::now() });
+            self.pending = Some(Pending { call, tool, via, turn: c.turn, asked: None });
             return self.say(c, question).await;
         }
         self.execute(c, call, tool, via).await
@@ -392,7 +443,7 @@ impl Conversation<'_> {
 
     async fn request(&mut self, c: &mut Current, job: Job) -> anyhow::Result<()> {
         let (respond_to, rx) = oneshot::channel();
-        let request = Request { turn: c.turn, history: self.history.clone(), messages: c.messages.clone(), job, anchor: c.anchor, cancel: c.cancel.clone(), respond_to };
+        let request = Request { turn: c.turn, history: self.history.iter().cloned().collect(), messages: c.messages.clone(), job, anchor: c.anchor, cancel: c.cancel.clone(), respond_to };
         self.links.llm.send(request).await.map_err(|_| anyhow::anyhow!("the llm stage stopped"))?;
         c.waiting = Waiting::Llm(rx);
         Ok(())
@@ -428,6 +479,21 @@ impl Conversation<'_> {
         }
     }
 
+    /// A turn ran out of time: a guess nobody confirmed is dropped; a reply that is
+    /// still going after `max_reply_s` is cut, so nothing holds the speaker (and, in
+    /// half-duplex, the microphone) for ever.
+    fn on_turn_deadline(&mut self, playback: &watch::Receiver<Status>) {
+        let Some(c) = self.current.take() else { return };
+        if c.tentative {
+            tracing::warn!(turn = c.turn, "the reply started at a pause was never confirmed: dropped");
+            self.abandon(c);
+        } else {
+            let reason = format!("the turn took longer than [agent] max_reply_s = {}", self.agent.max_reply.as_secs_f64());
+            tracing::warn!(turn = c.turn, "{reason}: cut short");
+            self.cancel(c, &reason, playback);
+        }
+    }
+
     /// Cancels whatever is being answered (and forgets a yes/no question waiting for
     /// its answer); returns the turn.
     fn cancel_current(&mut self, reason: &str, playback: &watch::Receiver<Status>) -> Option<TurnId> {
@@ -449,14 +515,23 @@ impl Conversation<'_> {
         let finished = self.current.as_ref().is_some_and(|c| !c.tentative && c.reply.is_some() && playback.borrow().done_turn >= c.turn);
         if finished {
             let mut c = self.current.take().expect("checked");
+            if let Some(p) = self.pending.as_mut().filter(|p| p.turn == c.turn) {
+                p.asked = Some(Instant::now());
+            }
             let reply = c.reply.take().unwrap_or_default();
-            self.remember(c.messages, reply);
+            if !c.failed {
+                self.remember(c.messages, reply);
+            }
         }
     }
 
     /// Cancels a turn everywhere and keeps in the history only what was heard.
     fn cancel(&mut self, c: Current, reason: &str, playback: &watch::Receiver<Status>) {
         c.cancel.cancel();
+        // A question cut short was never put: nothing may be said yes to.
+        if self.pending.as_ref().is_some_and(|p| p.turn == c.turn) {
+            self.pending = None;
+        }
         let spoken = {
             let s = playback.borrow();
             if s.turn == c.turn { s.spoken.join(" ") } else { String::new() }
@@ -479,10 +554,21 @@ impl Conversation<'_> {
     /// Keeps a finished exchange for the next prompts: what was said and, for a tool
     /// turn, the call and its result too — a history of spoken confirmations alone
     /// would teach the model to answer commands in words instead of calling.
-    fn remember(&mut self, exchange: Vec<Message>, reply: String) {
-        if self.agent.multi_turn {
-            self.history.extend(exchange);
-            self.history.push(Message { role: Role::Assistant, content: reply });
+    fn remember(&mut self, mut exchange: Vec<Message>, reply: String) {
+        if !self.agent.multi_turn {
+            return;
+        }
+        exchange.push(Message { role: Role::Assistant, content: reply });
+        self.exchanges += 1;
+        let exchange = Arc::new(Exchange { id: self.exchanges, messages: exchange });
+        self.history_chars += exchange.chars();
+        self.history.push_back(exchange);
+        // Memory stays bounded however long voxd runs: a token is at most a few
+        // characters, so what is beyond this many could never fit the budget.
+        let keep_chars = self.agent.history_tokens.max(1) * HISTORY_CHARS_PER_TOKEN;
+        while self.history_chars > keep_chars && self.history.len() > 1 {
+            let oldest = self.history.pop_front().expect("more than one");
+            self.history_chars -= oldest.chars();
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::health::Pulse;
 use super::telemetry::{AsrStats, Notes};
 use super::vad::Utterance;
 use super::{Anchor, TurnId};
@@ -35,6 +36,9 @@ pub struct Transcript {
     pub stats: AsrStats,
     /// Typed through the control socket rather than spoken.
     pub typed: bool,
+    /// Whisper failed on this utterance (why): the turn is answered with an apology
+    /// and logged as failed.
+    pub failed: Option<String>,
 }
 
 /// The last speculative result: the audio it was made from and what it said.
@@ -47,7 +51,7 @@ struct Speculation {
     done_at: Instant,
 }
 
-pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Transcript>, notes: Notes) -> anyhow::Result<()> {
+pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Transcript>, notes: Notes, pulse: Pulse) -> anyhow::Result<()> {
     let mut speculation: Option<Speculation> = None;
     while let Some(u) = rx.blocking_recv() {
         if u.speculative && !rx.is_empty() {
@@ -55,17 +59,37 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
             // ended): this guess is stale, and transcribing it would delay that.
             continue;
         }
+        pulse.busy(u.turn);
         // A final utterance that is the audio of the last guess needs no second pass.
         let confirmed = speculation.take().filter(|s| !u.speculative && s.turn == u.turn && s.samples == u.samples);
         let hit = confirmed.is_some();
+        let mut failed = None;
         let s = match confirmed {
             Some(s) => s,
             None => {
-                let t = asr.transcribe(&u.samples)?;
-                let text = strip_annotations(&t.text);
-                Speculation { turn: u.turn, samples: u.samples.clone(), text, ms: t.elapsed_ms, audio_ctx: t.audio_ctx, done_at: Instant::now() }
+                let (text, ms, audio_ctx) = match asr.transcribe(&u.samples) {
+                    Ok(t) => (strip_annotations(&t.text), t.elapsed_ms, t.audio_ctx),
+                    // Survived: this utterance gets an apology, the next one Whisper again.
+                    Err(e) => {
+                        tracing::error!(turn = u.turn, "asr: {e:#}");
+                        failed = Some(format!("{e:#}"));
+                        (String::new(), 0.0, 0)
+                    }
+                };
+                Speculation { turn: u.turn, samples: u.samples.clone(), text, ms, audio_ctx, done_at: Instant::now() }
             }
         };
+        pulse.idle();
+        if failed.is_some() {
+            // A guess that failed is simply not made; a final utterance is answered.
+            if !u.speculative {
+                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, failed };
+                if tx.blocking_send(transcript).is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
         tracing::debug!(turn = u.turn, speculative = u.speculative, speculative_hit = hit, asr_ms = s.ms as u64, text = %s.text, "transcript");
         let transcript = Transcript {
             turn: u.turn,
@@ -77,6 +101,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
             audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64,
             stats: AsrStats { ms: s.ms, audio_ctx: s.audio_ctx, speculative_hit: hit, capped: u.capped },
             typed: false,
+            failed: None,
         };
         if u.speculative {
             speculation = Some(s);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::health::Pulse;
 use super::{Clock, Counters};
 use crate::device;
 
@@ -58,13 +59,16 @@ pub async fn pace_file(audio: Vec<f32>, frame_len: usize, clock: Clock, tx: mpsc
 
 /// Drains the microphone every 10 ms into frames of `frame_len` samples until `stop`
 /// is set (SIGTERM, SIGINT), copying the device's figures into `counters`.
-pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicBool>, tx: mpsc::Sender<Frame>, counters: Arc<Counters>) -> anyhow::Result<()> {
+pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicBool>, tx: mpsc::Sender<Frame>, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     assert!(frame_len <= MAX_FRAME);
     let mut to_16k = crate::audio::StreamResampler::new(input.rate_hz, crate::audio::ASR_RATE_HZ)?;
     let (mut raw, mut pcm) = (Vec::with_capacity(8192), Vec::with_capacity(8192));
     let mut next_sample = 0u64;
+    // Always at work: each round is a step (a round stuck behind a stalled vad is not).
+    pulse.busy(0);
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(10));
+        pulse.step();
         raw.clear();
         input.read(&mut raw);
         to_16k.push(&raw, &mut pcm);
@@ -92,5 +96,6 @@ pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicB
             counters.capture_heartbeat.fetch_add(1, Ordering::Relaxed);
         }
     }
+    pulse.idle();
     Ok(())
 }

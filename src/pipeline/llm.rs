@@ -13,16 +13,34 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::Pulse;
 use super::splitter::Splitter;
 use super::telemetry::{LlmStats, Note, Notes};
 use super::{Anchor, Cancel, Counters, TurnId};
 use crate::engine::llm::{Llm, LlmError, Message, Role};
 
+/// One finished exchange of the conversation: the user's words, any call and its
+/// result, and what was said — kept or dropped whole.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Tells exchanges apart (the llm stage remembers their lengths by it).
+    pub id: u64,
+    pub messages: Vec<Message>,
+}
+
+impl Exchange {
+    /// Characters in it: an upper bound on its tokens, for bounding memory cheaply.
+    pub fn chars(&self) -> usize {
+        self.messages.iter().map(|m| m.content.len()).sum()
+    }
+}
+
 /// Work on a turn's reply.
 pub struct Request {
     pub turn: TurnId,
-    /// Earlier exchanges (the oldest are dropped to fit `agent.history_tokens`).
-    pub history: Vec<Message>,
+    /// Earlier exchanges, oldest first (shared, not copied); the llm stage keeps the
+    /// newest that fit `agent.history_tokens` and the context.
+    pub history: Vec<std::sync::Arc<Exchange>>,
     /// This turn so far: the user's words; after a tool call, the call and its result.
     pub messages: Vec<Message>,
     pub job: Job,
@@ -107,6 +125,7 @@ impl LlmStage {
         tx: mpsc::Sender<Sentence>,
         notes: Notes,
         counters: std::sync::Arc<Counters>,
+        pulse: Pulse,
         ready: oneshot::Sender<()>,
     ) -> anyhow::Result<()> {
         let tools_grammar = self.tools_grammar.as_deref().map(|g| llm.grammar(g)).transpose()?;
@@ -115,7 +134,16 @@ impl LlmStage {
         // Warm-up: the preamble sits in the KV cache before anyone speaks.
         let mut warm = self.preamble.clone();
         warm.push(Message { role: Role::User, content: String::new() });
-        session.prefill(&warm)?;
+        let preamble_tokens = session.prefill(&warm)?;
+        let (context_tokens, max_reply_tokens) = (llm.options().context_tokens as usize, llm.options().max_reply_tokens as usize);
+        // The room every turn needs besides the history: checked once, here, so a
+        // configuration that cannot answer is an error at start, not "too long"
+        // for every turn.
+        anyhow::ensure!(
+            preamble_tokens + max_reply_tokens + QUESTION_ROOM <= context_tokens,
+            "the system prompt and tools take {preamble_tokens} tokens; with [llm] max_reply_tokens = {max_reply_tokens} and {QUESTION_ROOM} for the question that is more than [llm] context_tokens = {context_tokens}: raise context_tokens, or shorten the system prompt or the tools"
+        );
+        let mut lengths = ExchangeLengths::default();
         let _ = ready.send(());
         while let Some(req) = rx.blocking_recv() {
             let Request { turn, history, messages, job, anchor, cancel, respond_to } = req;
@@ -123,12 +151,14 @@ impl LlmStage {
                 let _ = respond_to.send(Ok(Reply { text: String::new(), call: None, cancelled: true }));
                 continue;
             }
+            pulse.busy(turn);
             let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false };
             let tools = match job {
                 Job::Say(text) => {
                     speak(&text, &mut out);
                     notes.send(Note::LlmDone { turn, at: Instant::now(), reply: text.clone(), llm: None });
                     let _ = respond_to.send(Ok(Reply { text, call: None, cancelled: false }));
+                    pulse.idle();
                     if out.closed {
                         break;
                     }
@@ -136,10 +166,11 @@ impl LlmStage {
                 }
                 Job::Answer { tools } => tools,
             };
-            let history = self.trim_history(&llm, history)?;
-            let history_turns = history.len() / 2;
+            let room = context_tokens.saturating_sub(preamble_tokens + max_reply_tokens + llm.count_message_tokens(&messages));
+            let history = lengths.newest_that_fit(&llm, &history, self.history_tokens.min(room));
+            let history_turns = history.len();
             let mut prompt = self.preamble.clone();
-            prompt.extend(history);
+            prompt.extend(history.iter().flat_map(|e| e.messages.iter().cloned()));
             prompt.extend(messages);
             let grammar = if tools { tools_grammar.as_ref() } else { answer_grammar.as_ref() };
 
@@ -148,6 +179,7 @@ impl LlmStage {
             // None until the first visible text says whether this is a call.
             let mut is_call: Option<bool> = None;
             let result = session.generate(&prompt, grammar, |piece| {
+                pulse.step();
                 if first_token {
                     first_token = false;
                     notes.send(Note::LlmFirstToken { turn, at: Instant::now() });
@@ -174,11 +206,15 @@ impl LlmStage {
                     tracing::error!(turn, "{e}");
                     out.send("Sorry, that was too long for me to take in.".into(), true);
                     let _ = respond_to.send(Err(e.to_string()));
+                    pulse.idle();
                     continue;
                 }
+                // Survived too: this turn failed (an apology is said and it is logged
+                // so), the next one gets the model again.
                 Err(e) => {
-                    let _ = respond_to.send(Err(e.to_string()));
-                    return Err(e.into());
+                    self.failed(turn, &e.to_string(), &mut out, respond_to, &notes);
+                    pulse.idle();
+                    continue;
                 }
             };
             let call = (is_call == Some(true)).then(|| g.text.trim().to_string());
@@ -197,6 +233,7 @@ impl LlmStage {
             let text = if call.is_some() { String::new() } else { g.text.trim().to_string() };
             notes.send(Note::LlmDone { turn, at: Instant::now(), reply: text.clone(), llm: Some(stats) });
             let _ = respond_to.send(Ok(Reply { text, call, cancelled: g.stopped }));
+            pulse.idle();
             if out.closed {
                 break;
             }
@@ -204,13 +241,47 @@ impl LlmStage {
         Ok(())
     }
 
-    /// Rolling history: drops the oldest exchanges until the rest fits the budget.
-    fn trim_history(&self, llm: &Llm, mut history: Vec<Message>) -> anyhow::Result<Vec<Message>> {
-        while !history.is_empty() && llm.count_tokens(&history)? > self.history_tokens {
-            // Drop a user/assistant pair, oldest first.
-            history.drain(..2.min(history.len()));
+    /// The model failed on this turn: what was said stops, an apology ends the turn,
+    /// and the agent and the log hear why.
+    fn failed(&self, turn: TurnId, error: &str, out: &mut Output<'_>, respond_to: oneshot::Sender<Result<Reply, String>>, notes: &Notes) {
+        tracing::error!(turn, "llm: {error}");
+        notes.send(Note::Failed { turn, stage: "llm", message: error.to_string(), ends_turn: false });
+        out.send(super::APOLOGY.into(), true);
+        notes.send(Note::LlmDone { turn, at: Instant::now(), reply: super::APOLOGY.into(), llm: None });
+        let _ = respond_to.send(Err(error.to_string()));
+    }
+
+}
+
+/// Tokens kept free for the question itself when checking the configuration at
+/// start (the question's real length is counted per turn).
+const QUESTION_ROOM: usize = 64;
+
+/// The token length of each exchange in the history, counted once when it first
+/// comes (its messages never change), forgotten when it leaves the history.
+#[derive(Default)]
+struct ExchangeLengths(std::collections::HashMap<u64, usize>);
+
+impl ExchangeLengths {
+    /// The newest exchanges whose lengths add up to at most `budget`: a rolling
+    /// history dropped whole exchanges at a time, oldest first, in time linear in
+    /// what is kept (each exchange tokenised once in its life).
+    fn newest_that_fit<'h>(&mut self, llm: &Llm, history: &'h [std::sync::Arc<Exchange>], budget: usize) -> &'h [std::sync::Arc<Exchange>] {
+        let mut used = 0;
+        let mut first = history.len();
+        for (i, e) in history.iter().enumerate().rev() {
+            let n = *self.0.entry(e.id).or_insert_with(|| llm.count_message_tokens(&e.messages));
+            if used + n > budget {
+                break;
+            }
+            used += n;
+            first = i;
         }
-        Ok(history)
+        // Only what the agent still holds is remembered (it drops exchanges oldest
+        // first; so do we).
+        let oldest = history.first().map_or(u64::MAX, |e| e.id);
+        self.0.retain(|id, _| *id >= oldest);
+        &history[first..]
     }
 }
 

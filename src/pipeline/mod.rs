@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod asr;
 pub mod capture;
+pub mod health;
 pub mod llm;
 pub mod playback;
 pub mod splitter;
@@ -36,6 +37,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+
+/// What the user hears when a stage fails on their turn (the turn is logged as
+/// failed, with the stage and the error).
+pub const APOLOGY: &str = "Sorry, something went wrong there. Please try again.";
 
 /// A turn: one utterance of the user and the assistant's answer to it. Ids increase
 /// monotonically; results carrying an older id than the current turn are dropped.
@@ -138,8 +143,13 @@ pub struct Counters {
     pub playback_underruns: AtomicU64,
     /// Notes telemetry never saw because its queue was full.
     pub telemetry_drops: AtomicU64,
+    /// Turns the latency log could not take (a full disk, say).
+    pub log_write_errors: AtomicU64,
     /// Replies started at a pause the user then spoke through.
     pub speculations_abandoned: AtomicU64,
+    /// Turns ended because the speaker had not played their audio long after it was
+    /// due (a stalled device): the turn is not left open waiting for it.
+    pub playback_stalls: AtomicU64,
     /// Live devices: overruns/underruns they reported, times they were reopened, and
     /// the latency their buffers add (µs), as their callbacks last saw it.
     pub capture_xruns: AtomicU64,

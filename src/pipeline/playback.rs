@@ -81,10 +81,10 @@ pub struct DeviceSpeaker {
     out: device::Output,
     /// Resampled audio waiting for room in the device's ring.
     waiting: VecDeque<f32>,
-    /// Frames written to the ring, ever (after a flush: from where the device was).
+    /// Frames written to the ring, ever. With the frames that have left it
+    /// (`out.consumed()`: played, flushed or lost with a failed stream) this is the
+    /// speaker's timeline in whole frames; nothing ever re-bases it.
     written: u64,
-    /// A flush was asked for; `written` is re-based once the device has done it.
-    flushing: bool,
     /// The reply's last sentence is queued: once it is all in the ring, the device
     /// running dry is the reply's end, not an underrun.
     complete: bool,
@@ -97,7 +97,7 @@ impl Speaker {
     }
 
     pub fn device(out: device::Output, counters: Arc<Counters>) -> Speaker {
-        Speaker::Device(DeviceSpeaker { out, waiting: VecDeque::new(), written: 0, flushing: false, complete: false, counters })
+        Speaker::Device(DeviceSpeaker { out, waiting: VecDeque::new(), written: 0, complete: false, counters })
     }
 
     fn realtime(&self) -> bool {
@@ -112,7 +112,7 @@ impl Speaker {
         match self {
             Speaker::Recording { clock, .. } if clock.realtime => anchor.stream_s(now),
             Speaker::Recording { .. } => f64::INFINITY,
-            Speaker::Device(d) => d.out.consumed() as f64 / d.out.rate_hz as f64,
+            Speaker::Device(d) => frames_to_s(d.out.consumed(), d.out.rate_hz),
         }
     }
 
@@ -142,7 +142,6 @@ impl Speaker {
                 (start, *cursor_s)
             }
             Speaker::Device(d) => {
-                d.settle();
                 let rate = d.out.rate_hz;
                 let resampled;
                 let audio = if rate_hz == rate {
@@ -151,14 +150,13 @@ impl Speaker {
                     resampled = crate::audio::resample(audio, rate_hz, rate).unwrap_or_default();
                     &resampled
                 };
-                let start = (d.written + d.waiting.len() as u64) as f64 / rate as f64;
-                let start = start.max(now_s);
+                let (start, end) = d.place(audio.len());
                 d.waiting.extend(audio);
                 d.complete = false;
                 // Audio in the ring first: a callback in between would find it dry.
                 d.feed();
                 d.out.set_active(true);
-                (start, start + audio.len() as f64 / rate as f64)
+                (start, end)
             }
         }
     }
@@ -173,10 +171,11 @@ impl Speaker {
                 at
             }
             Speaker::Device(d) => {
+                // What waits here was never written; what is in the ring the device
+                // drops and counts as past, so the timeline stays whole.
                 d.waiting.clear();
                 d.out.flush();
                 d.out.set_active(false);
-                d.flushing = true;
                 now_s
             }
         }
@@ -185,7 +184,6 @@ impl Speaker {
     /// Moves waiting audio into the device as room frees up.
     fn tick(&mut self) {
         if let Speaker::Device(d) = self {
-            d.settle();
             d.feed();
             d.report();
         }
@@ -206,17 +204,16 @@ impl Speaker {
 }
 
 impl DeviceSpeaker {
-    /// After a flush the device's ring is empty once the callback has done it: from
-    /// there, written frames count from what the device has played.
-    fn settle(&mut self) {
-        if self.flushing && !self.out.flush_pending() {
-            self.written = self.out.consumed();
-            self.flushing = false;
-        }
+    /// Where `frames` queued now will start and end on the speaker's timeline
+    /// (seconds): right after everything written or waiting to be.
+    fn place(&self, frames: usize) -> (f64, f64) {
+        place(self.written + self.waiting.len() as u64, frames, self.out.rate_hz)
     }
 
     fn feed(&mut self) {
-        if self.flushing {
+        // Nothing goes into the ring until the device has dropped what a cut left
+        // there: it would be dropped too.
+        if self.out.flush_pending() {
             return;
         }
         let (a, b) = self.waiting.as_slices();
@@ -256,7 +253,15 @@ struct Playing {
     ends_s: Option<f64>,
     /// Maps the input timeline to instants for this turn.
     anchor: Anchor,
+    /// In real time: when the speaker should have played everything queued, plus
+    /// `STALL_GRACE`. A speaker that has not got there by then is not trusted to:
+    /// the turn ends anyway, so nothing waits on it forever.
+    deadline: Option<Instant>,
 }
+
+/// How late a real-time speaker may be with the end of a turn's audio before the
+/// turn is ended without it (a device reopen, with its backoff, fits inside).
+const STALL_GRACE: Duration = Duration::from_secs(5);
 
 /// The stage's state: the speaker and the turn on it.
 struct Output {
@@ -328,6 +333,15 @@ impl Output {
             self.end();
             return true;
         }
+        if p.deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(turn = p.turn, "playback: the speaker has not played this turn's audio {} s after it was due; the turn ends without it", STALL_GRACE.as_secs());
+            Counters::bump(&self.counters.playback_stalls);
+            let unplayed: Vec<String> = p.pending.drain(..).map(|(_, text)| text).collect();
+            p.spoken.extend(unplayed);
+            self.notes.send(Note::TurnEnd { turn: p.turn, at: now, spoken: p.spoken.join(" "), cancelled: false, reason: None });
+            self.end();
+            return true;
+        }
         while p.pending.front().is_some_and(|(end, _)| *end <= now_s) {
             let (_, text) = p.pending.pop_front().expect("checked");
             p.spoken.push(text);
@@ -378,6 +392,11 @@ impl Output {
             return;
         }
         let now = Instant::now();
+        if self.playing.as_ref().is_some_and(|p| p.turn != speech.turn) {
+            // The agent cancels a turn before it starts the next: a cancel not seen yet
+            // is honoured now, so the old turn's audio is cut rather than played first.
+            self.advance(now);
+        }
         if self.playing.as_ref().map_or(true, |p| p.turn != speech.turn) {
             self.playing = Some(Playing {
                 turn: speech.turn,
@@ -388,6 +407,7 @@ impl Output {
                 queued_until: 0.0,
                 ends_s: None,
                 anchor: speech.anchor,
+                deadline: None,
             });
             self.status.send_modify(|s| {
                 s.turn = speech.turn;
@@ -413,6 +433,9 @@ impl Output {
                 self.notes.send(Note::FirstAudio { turn: p.turn, at });
             }
             p.queued_until = end_s;
+            if self.speaker.realtime() {
+                p.deadline = Some(now + secs(end_s - now_s) + STALL_GRACE);
+            }
             p.pending.push_back((end_s, speech.text));
             self.status.send_modify(|s| s.speaking = true);
         }
@@ -426,4 +449,49 @@ impl Output {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
+}
+
+/// A position on a device's timeline, frames → seconds. Every position — where
+/// audio starts and ends, where the device is — goes through this one conversion
+/// of a whole frame count, so "the device has reached the end of a sentence" is an
+/// exact comparison. (Adding the seconds of a sentence to the seconds of its start
+/// can round a hair past the seconds of the frame the device stops at; the device's
+/// timeline stops moving once the reply has played, so such a turn never ended.)
+fn frames_to_s(frames: u64, rate_hz: u32) -> f64 {
+    frames as f64 / rate_hz as f64
+}
+
+/// `frames` of audio queued behind `queued` frames: their start and end (seconds).
+fn place(queued: u64, frames: usize, rate_hz: u32) -> (f64, f64) {
+    (frames_to_s(queued, rate_hz), frames_to_s(queued + frames as u64, rate_hz))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The turn that never ended: at 22050 Hz about one sentence in eight queued
+    /// behind earlier audio ended, in seconds, a hair after the frame the device
+    /// stops at once it has played it.
+    #[test]
+    fn a_sentence_queued_anywhere_ends_exactly_where_the_device_stops_after_it() {
+        let rate = 22_050;
+        let mut rounded_past = 0;
+        let mut x: u64 = 88_172_645_463_325_252;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (queued, frames) = (x % 100_000_000, (x >> 40) as usize % 200_000 + 1);
+            let (start, end) = place(queued, frames, rate);
+            let played_all = frames_to_s(queued + frames as u64, rate);
+            assert!(end <= played_all, "a sentence of {frames} frames after {queued} ends at {end}, past the device's {played_all}");
+            assert!(start <= end);
+            // The sum the old code took, to show the test can tell.
+            if start + frames as f64 / rate as f64 > played_all {
+                rounded_past += 1;
+            }
+        }
+        assert!(rounded_past > 100, "the cases the old sum got wrong are among those tried ({rounded_past})");
+    }
 }

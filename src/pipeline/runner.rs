@@ -1,6 +1,7 @@
 //! Builds the pipeline from the edges declared in `mod.rs`, starts each stage on its
-//! thread or task, and supervises them: a stage that fails or panics is reported by
-//! name and the others are wound down.
+//! thread or task, and supervises them: a stage that fails, panics or hangs is
+//! reported by name (see `health`) and the run ends with that error — at once, not
+//! after the other stages have wound down (a hung one never would).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -12,9 +13,10 @@ use anyhow::{anyhow, Context, Result};
 use tokio::sync::{oneshot, watch};
 
 use super::agent::{Agent, Command};
+use super::health::{self, Health};
 use super::llm::LlmStage;
 use super::playback::{Recording, Speaker, Status};
-use super::telemetry::{Models, Notes, TurnRecord};
+use super::telemetry::{Models, Note, Notes, TurnRecord};
 use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
@@ -52,6 +54,9 @@ pub struct RunOptions {
     /// Live devices: half-duplex and its echo tail.
     pub audio: AudioConfig,
     pub latency_log: Option<PathBuf>,
+    /// A stage holding work without progress this long is hung (`[service]
+    /// stage_deadline_s`).
+    pub stage_deadline: Duration,
     /// A short fingerprint of the settings, logged with every turn so reports can
     /// group turns by configuration ("" when nobody cares).
     pub config_id: String,
@@ -79,12 +84,15 @@ pub struct Service {
 }
 
 /// Called once the engines are warm and the microphone is being listened to (a
-/// service says READY here), with the counters whose `capture_heartbeat` shows the
-/// pipeline is alive.
-pub type OnListening = Box<dyn FnOnce(Arc<Counters>) + Send>;
+/// service says READY here), with what shows the pipeline is alive: the counters'
+/// `capture_heartbeat` moving, and every stage healthy.
+pub type OnListening = Box<dyn FnOnce(Arc<Counters>, Arc<Health>) + Send>;
 
 pub struct RunReport {
+    /// The turns, in order: all of them for a recording; for a live run the newest
+    /// few (the log has them all; `turns_total` counts them).
     pub turns: Vec<TurnRecord>,
+    pub turns_total: usize,
     /// How long after the input's end capture delivered its last frame (a recording
     /// paced in real time): a stalled pipeline would hold capture back.
     pub capture_lag_s: f64,
@@ -97,9 +105,12 @@ pub struct RunReport {
 pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let live = matches!(io, Io::Devices { .. });
     // A log that cannot be written is an error now, not after the whole run.
-    let log = options.latency_log.as_deref().map(telemetry::open_log).transpose()?;
+    let log = options.latency_log.as_deref().map(telemetry::LatencyLog::open).transpose()?;
     let counters = Arc::new(Counters::default());
     let metrics = Arc::new(Metrics::default());
+    // Tools may legitimately wait for their executor's timeout: that is not a hang.
+    let longest_tool = options.tool.iter().map(|t| Duration::from_millis(t.timeout_ms as u64) + Duration::from_secs(5)).max().unwrap_or_default();
+    let health = Health::new(options.stage_deadline.max(longest_tool));
     let (switches, turn_ids) = (Arc::new(Switches::default()), TurnIds::starting_at(1));
     let (note_tx, note_rx) = channel(&TELEMETRY);
     let notes = Notes::new(note_tx, counters.clone());
@@ -136,11 +147,29 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         answer_grammar: constrained.then(crate::tools::answer_grammar),
     };
     {
-        let (notes, counters, llm) = (notes.clone(), counters.clone(), engines.llm);
-        stages.push(("llm", spawn("llm", move || llm_stage.run(llm, req_rx, sentence_tx, notes, counters, ready_tx))?));
+        let (notes, counters, llm, pulse) = (notes.clone(), counters.clone(), engines.llm, health.pulse("llm"));
+        stages.push(("llm", spawn("llm", &health, move || llm_stage.run(llm, req_rx, sentence_tx, notes, counters, pulse, ready_tx))?));
     }
     if ready_rx.blocking_recv().is_err() {
         return Err(supervise(stages).err().unwrap_or_else(|| anyhow!("the llm stage stopped during warm-up")));
+    }
+    // From here on a stage that hangs is reported, its turn logged as failed, and
+    // the run ended (a live run's capture stopped first).
+    let monitor_done = Arc::new(AtomicBool::new(false));
+    {
+        let (notes, stop) = (notes.downgrade(), match &io {
+            Io::Devices { service, .. } => Some(service.stop.clone()),
+            Io::File(_) => None,
+        });
+        health::monitor(health.clone(), monitor_done.clone(), move |problem| {
+            if let Some(turn) = problem.turn {
+                notes.send(Note::Failed { turn, stage: problem.stage, message: problem.what.clone(), ends_turn: true });
+            }
+            if let Some(stop) = stop {
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            }
+        })
+        .context("starting the health monitor")?;
     }
 
     let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
@@ -148,19 +177,20 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
         // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
         let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
-        stages.push(("vad", spawn("vad", move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, voice_tx, counters, notes))?));
+        let pulse = health.pulse("vad");
+        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, voice_tx, counters, notes, pulse))?));
     }
     {
-        let (asr, notes) = (engines.asr, notes.clone());
-        stages.push(("asr", spawn("asr", move || asr::run(asr, utt_rx, text_tx, notes))?));
+        let (asr, notes, pulse) = (engines.asr, notes.clone(), health.pulse("asr"));
+        stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, text_tx, notes, pulse))?));
     }
     {
-        let (voice, notes, counters) = (engines.tts, notes.clone(), counters.clone());
-        stages.push(("tts", spawn("tts", move || tts::run(voice, sentence_rx, speech_tx, notes, counters))?));
+        let (voice, notes, counters, pulse) = (engines.tts, notes.clone(), counters.clone(), health.pulse("tts"));
+        stages.push(("tts", spawn("tts", &health, move || tts::run(voice, sentence_rx, speech_tx, notes, counters, pulse))?));
     }
     {
-        let (toolbox, notes) = (engines.toolbox, notes.clone());
-        stages.push(("tools", spawn("tools", move || tools::run(toolbox, job_rx, notes))?));
+        let (toolbox, notes, pulse) = (engines.toolbox, notes.clone(), health.pulse("tools"));
+        stages.push(("tools", spawn("tools", &health, move || tools::run(toolbox, job_rx, notes, pulse))?));
     }
 
     let frame_len = (options.vad.frame_ms * 16) as usize;
@@ -169,10 +199,10 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let (file, speaker, mut service) = match io {
         Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None),
         Io::Devices { input, output, mut service } => {
-            let (tx, capture_counters, stop_capture) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone());
-            stages.push(("capture", spawn("capture", move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters))?));
+            let (tx, capture_counters, stop_capture, pulse) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone(), health.pulse("capture"));
+            stages.push(("capture", spawn("capture", &health, move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters, pulse))?));
             if let Some(listening) = service.on_listening.take() {
-                listening(counters.clone());
+                listening(counters.clone(), health.clone());
             }
             (None, Speaker::device(output, counters.clone()), Some(service))
         }
@@ -183,13 +213,27 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         barge_in_min: std::time::Duration::from_millis(options.agent.barge_in_min_ms as u64),
         sequential: !clock.realtime,
         multi_turn: options.multi_turn,
+        history_tokens: options.agent.history_tokens as usize,
         models: engines.models,
         intents: Intents::new(&options.intent)?,
         tools: options.tool,
+        max_reply: Duration::from_secs_f32(options.agent.max_reply_s),
+        confirm_within: Duration::from_secs_f32(options.tools.confirm_within_s),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let timing = telemetry::Timing { realtime: clock.realtime, live };
-    let (tasks, recording, turns, capture_lag_s) = runtime.block_on(async {
+    let outcome = runtime.block_on(async {
+        // The tasks share this thread: one beat for all of them, stepped by a ticker
+        // that only runs while the thread is free (a task that blocks it hangs it).
+        let pulse = health.pulse("runtime");
+        pulse.busy(0);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                pulse.step();
+            }
+        });
+        let finished = async {
         // Convert here: tokio's sockets need the runtime.
         fn listener_from_std<L>(l: std::io::Result<L>) -> Result<L> {
             l.context("handing a listening socket to the async runtime")
@@ -198,10 +242,10 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             Some(input) => {
                 let input_s = input.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
                 let (capture_clock, frame_tx) = (clock.clone(), frame_tx.take().expect("a recording feeds vad from here"));
-                tokio::spawn(async move {
+                tokio::spawn(task("capture", health.clone(), async move {
                     capture::pace_file(input, frame_len, capture_clock.clone(), frame_tx).await?;
                     Ok::<f64, anyhow::Error>(capture_clock.start.elapsed().as_secs_f64() - input_s)
-                })
+                }))
             }
             None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
         };
@@ -225,15 +269,16 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
                     counters: counters.clone(),
                     models: models.clone(),
                     clock: clock.clone(),
+                    health: health.clone(),
                 };
                 tokio::spawn(control::serve(listener_from_std(tokio::net::UnixListener::from_std(listener))?, handle));
             }
         }
         drop(command_tx);
         let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
-        let agent = tokio::spawn(agent.run(text_rx, command_rx, voice_rx, status_rx, links));
-        let playback = tokio::spawn(playback::run(speaker, speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone()));
-        let telemetry = tokio::spawn(telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone()));
+        let agent = tokio::spawn(task("agent", health.clone(), agent.run(text_rx, command_rx, voice_rx, status_rx, links)));
+        let playback = tokio::spawn(task("playback", health.clone(), playback::run(speaker, speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone())));
+        let telemetry = tokio::spawn(task("telemetry", health.clone(), telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone())));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {
             Ok(Ok(lag)) => (Ok(()), lag),
@@ -243,8 +288,24 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         let playback = playback.await.map_err(|e| anyhow!("stage playback panicked: {e}")).and_then(|r| r.context("stage playback failed"));
         let telemetry = telemetry.await.map_err(|e| anyhow!("stage telemetry panicked: {e}")).and_then(|r| r.context("stage telemetry failed"));
         Ok::<_, anyhow::Error>((vec![capture, agent], playback, telemetry, capture_lag_s))
-    })?;
+        };
+        tokio::select! {
+            done = finished => Some(done),
+            () = health.failed() => {
+                // Telemetry writes the failed turn (the monitor's note) before we go.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                None
+            }
+        }
+    });
+    monitor_done.store(true, std::sync::atomic::Ordering::Release);
     drop(service); // removes the control socket
+    let Some(finished) = outcome else {
+        // A stage failed or hung: report it now. A hung thread is never joined; the
+        // process exits around it.
+        return Err(anyhow!(health.fatal().expect("the run ended on a fatal problem").to_string()));
+    };
+    let (tasks, recording, turns, capture_lag_s) = finished?;
     // A thread that failed is usually the cause, and the tasks' errors its echo
     // ("the playback stage stopped"): report it first.
     supervise(stages)?;
@@ -252,7 +313,8 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         r?;
     }
     let capture_lag_s = if options.realtime { capture_lag_s } else { 0.0 };
-    Ok(RunReport { turns: turns?, capture_lag_s, recording: recording?, counters })
+    let finished = turns?;
+    Ok(RunReport { turns: finished.records.into(), turns_total: finished.total, capture_lag_s, recording: recording?, counters })
 }
 
 /// Once a stop is asked for, the turn in flight has `limit` to finish; then it is
@@ -287,8 +349,75 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
     stop.store(true, std::sync::atomic::Ordering::Release);
 }
 
-fn spawn(name: &'static str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {
-    std::thread::Builder::new().name(format!("voxd-{name}")).spawn(f).with_context(|| format!("starting the {name} thread"))
+thread_local! {
+    /// The stage this thread runs, for the panic hook.
+    static STAGE: std::cell::RefCell<Option<(&'static str, Arc<Health>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records a stage's panic the moment it happens — before unwinding drops its
+/// channels, so the stages that see them close are not taken for the cause.
+fn record_stage_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = STAGE.try_with(|s| {
+                if let Some((stage, health)) = s.borrow().as_ref() {
+                    health.fail(health::Problem { stage, turn: None, what: format!("panicked: {}", panic_message(info.payload())), hung: false });
+                }
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// Starts a stage on a thread of its own. A stage that ends in an error or a panic
+/// is fatal: recorded in `health`, which ends the run.
+fn spawn(name: &'static str, health: &Arc<Health>, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {
+    record_stage_panics();
+    let health = health.clone();
+    let stage = move || {
+        STAGE.with(|s| *s.borrow_mut() = Some((name, health.clone())));
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(anyhow!("panicked: {}", panic_message(&*panic))),
+        };
+        if let Err(e) = &outcome {
+            let what = format!("{e:#}");
+            let what = if what.starts_with("panicked: ") { what } else { format!("failed: {what}") };
+            health.fail(health::Problem { stage: name, turn: None, what, hung: false });
+        }
+        outcome
+    };
+    std::thread::Builder::new().name(format!("voxd-{name}")).spawn(stage).with_context(|| format!("starting the {name} thread"))
+}
+
+/// A task of the runtime whose end in an error or a panic is fatal, as a stage
+/// thread's is.
+async fn task<T>(name: &'static str, health: Arc<Health>, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    /// Unwinding through here means the task panicked (tokio catches the panic
+    /// after the task's locals are dropped).
+    struct OnPanic(&'static str, Arc<Health>);
+    impl Drop for OnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.1.fail(health::Problem { stage: self.0, turn: None, what: "panicked (the message is above)".into(), hung: false });
+            }
+        }
+    }
+    let _on_panic = OnPanic(name, health.clone());
+    let outcome = work.await;
+    if let Err(e) = &outcome {
+        // A task fails mostly because a stage it talks to has ("the llm stage
+        // stopped"): that stage's own report, if it comes, names the cause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        health.fail(health::Problem { stage: name, turn: None, what: format!("failed: {e:#}"), hung: false });
+    }
+    outcome
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default()
 }
 
 fn flatten(name: &str, r: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
@@ -306,10 +435,7 @@ fn supervise(stages: Vec<(&'static str, JoinHandle<Result<()>>)>) -> Result<()> 
         let outcome = match handle.join() {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => e.context(format!("stage {name} failed")),
-            Err(panic) => {
-                let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
-                anyhow!("stage {name} panicked: {msg}")
-            }
+            Err(panic) => anyhow!("stage {name} panicked: {}", panic_message(&*panic)),
         };
         tracing::error!("{outcome:#}");
         first.get_or_insert(outcome);

@@ -43,6 +43,10 @@ pub enum Note {
     TurnEnd { turn: TurnId, at: Instant, spoken: String, cancelled: bool, reason: Option<String> },
     /// An utterance that never became a turn (asr behind, or no speech in it).
     Dropped { turn: TurnId },
+    /// A stage could not do its part of the turn (an engine error; a hang). The turn
+    /// is logged as failed; with `ends_turn` (the stage hung: nothing more will come)
+    /// it is written at once.
+    Failed { turn: TurnId, stage: &'static str, message: String, ends_turn: bool },
 }
 
 #[derive(Debug)]
@@ -138,6 +142,9 @@ pub struct TurnCounters {
     /// Replies started at a pause that the user then spoke through (wasted work, not
     /// heard: a measure of how eagerly `vad.speculate_after_ms` guesses).
     pub speculations_abandoned: u64,
+    /// Turns ended without their audio because the speaker had stalled.
+    #[serde(default)]
+    pub playback_stalls: u64,
     /// Live devices: overruns and underruns the devices reported (capture + playback),
     /// and times a device failed and was reopened.
     pub xruns: u64,
@@ -159,6 +166,13 @@ pub struct Queues {
     pub llm_to_tts: usize,
     /// Most audio chunks waiting for playback during the turn.
     pub tts_to_playback: usize,
+}
+
+/// What went wrong in a failed turn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TurnError {
+    pub stage: String,
+    pub message: String,
 }
 
 /// One line of the latency log.
@@ -196,6 +210,12 @@ pub struct TurnRecord {
     pub cancelled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// "answered", "cancelled", or "error": a stage failed on this turn (`error`
+    /// says which and why; the user heard an apology).
+    #[serde(default = "answered")]
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnError>,
     pub asr: AsrStats,
     pub llm: LlmStats,
     pub models: Models,
@@ -205,6 +225,10 @@ pub struct TurnRecord {
     /// Live devices only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioLatency>,
+}
+
+fn answered() -> String {
+    "answered".into()
 }
 
 /// The stages' handle on telemetry: never blocks, counts what it drops.
@@ -228,6 +252,27 @@ impl Notes {
     pub fn dropped(&self, turn: TurnId) {
         self.send(Note::Dropped { turn });
     }
+
+    /// A handle that does not keep telemetry running: for watchers that outlive the
+    /// stages (telemetry ends once every stage has hung up).
+    pub fn downgrade(&self) -> WeakNotes {
+        WeakNotes { tx: self.tx.downgrade(), counters: self.counters.clone() }
+    }
+}
+
+/// See [`Notes::downgrade`]; a note sent after telemetry has ended is dropped.
+#[derive(Clone)]
+pub struct WeakNotes {
+    tx: mpsc::WeakSender<Note>,
+    counters: Arc<Counters>,
+}
+
+impl WeakNotes {
+    pub fn send(&self, note: Note) {
+        if let Some(tx) = self.tx.upgrade() {
+            Notes { tx, counters: self.counters.clone() }.send(note);
+        }
+    }
 }
 
 /// A turn being assembled.
@@ -238,6 +283,7 @@ struct Open {
     llm: Option<LlmStats>,
     llm_done: bool,
     tool_calls: Vec<ToolCallRecord>,
+    error: Option<TurnError>,
     /// Set when the turn was cancelled before the llm reported: the record waits for
     /// the llm's report (it stops at the next token) or the next turn, whichever first.
     ended: Option<Ended>,
@@ -256,18 +302,44 @@ pub struct Timing {
     pub live: bool,
 }
 
+/// Turns a live run keeps in memory after writing them (for the summary at exit);
+/// the log holds them all. A file run keeps every turn: its caller reports on them.
+const LIVE_RECORDS_KEPT: usize = 32;
+
+/// Turns open at once beyond which the oldest is written as it is: every turn ends
+/// (each has a deadline), so this only bounds memory against a bug.
+const OPEN_TURNS_MAX: usize = 64;
+
+/// The finished turns: the newest of them (all, for a file run) and how many.
+pub struct Finished {
+    pub records: std::collections::VecDeque<TurnRecord>,
+    pub total: usize,
+    keep: usize,
+}
+
+impl Finished {
+    fn push(&mut self, record: TurnRecord) {
+        if self.records.len() == self.keep {
+            self.records.pop_front();
+        }
+        self.records.push_back(record);
+        self.total += 1;
+    }
+}
+
 /// Collects notes into records until every stage has hung up; writes each finished
-/// turn to `log` (append, one line, flushed) and returns them all.
+/// turn to `log` (append, one line, flushed) and returns them (a live run: the
+/// newest few).
 pub async fn run(
     mut rx: mpsc::Receiver<Note>,
-    mut file: Option<std::fs::File>,
+    mut file: Option<LatencyLog>,
     timing: Timing,
     config_id: String,
     counters: Arc<Counters>,
     metrics: Arc<crate::metrics::Metrics>,
-) -> anyhow::Result<Vec<TurnRecord>> {
+) -> anyhow::Result<Finished> {
     let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
-    let mut done = Vec::new();
+    let mut done = Finished { records: Default::default(), total: 0, keep: if timing.live { LIVE_RECORDS_KEPT } else { usize::MAX } };
     while let Some(note) = rx.recv().await {
         let turn = match &note {
             Note::TurnStart(s) => s.turn,
@@ -280,6 +352,7 @@ pub async fn run(
             | Note::FirstAudio { turn, .. }
             | Note::TurnEnd { turn, .. }
             | Note::ToolCall { turn, .. }
+            | Note::Failed { turn, .. }
             | Note::Dropped { turn } => *turn,
         };
         if let Note::TurnStart(start) = note {
@@ -293,7 +366,12 @@ pub async fn run(
                 let t = open.remove(&id).expect("listed above");
                 write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
             }
-            open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), ended: None });
+            open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), error: None, ended: None });
+            while open.len() > OPEN_TURNS_MAX {
+                let (_, oldest) = open.pop_first().expect("not empty");
+                tracing::warn!(turn = oldest.start.turn, "a turn never ended: logged as it is");
+                write(oldest, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
+            }
             continue;
         }
         if let Note::Dropped { .. } = note {
@@ -326,6 +404,13 @@ pub async fn run(
                 t.marks.first_sentence.get_or_insert(anchor.ms(at));
             }
             Note::ToolCall { record, .. } => t.tool_calls.push(record),
+            Note::Failed { stage, message, ends_turn, .. } => {
+                t.error.get_or_insert(TurnError { stage: stage.to_string(), message });
+                if ends_turn {
+                    let t = open.remove(&turn).expect("looked up above");
+                    write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
+                }
+            }
             Note::LlmDone { at, reply, llm, .. } => {
                 t.marks.llm_done = Some(anchor.ms(at));
                 if !reply.is_empty() {
@@ -365,31 +450,77 @@ pub async fn run(
     Ok(done)
 }
 
-/// A log past this size is rotated to `LOG.1` (one generation kept) when opened.
+/// A log past this size is rotated to `LOG.1` (one generation kept), when opened
+/// and while it is written.
 const ROTATE_BYTES: u64 = 64 << 20;
 
-/// Opens (creating, or rotating when large) the latency log for appending.
-pub fn open_log(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+/// The latency log, open for appending.
+pub struct LatencyLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// Its size, as written (for rotating without asking the file system each turn).
+    bytes: u64,
+    rotate_at: u64,
+}
+
+impl LatencyLog {
+    /// Opens (creating, or rotating when large) the latency log for appending.
+    pub fn open(path: &std::path::Path) -> anyhow::Result<LatencyLog> {
+        LatencyLog::open_rotating_at(path, ROTATE_BYTES)
     }
-    if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
-        let mut old = path.as_os_str().to_owned();
+
+    pub fn open_rotating_at(path: &std::path::Path, rotate_at: u64) -> anyhow::Result<LatencyLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut log = LatencyLog { path: path.to_path_buf(), file: Self::append(path)?, bytes: std::fs::metadata(path).map_or(0, |m| m.len()), rotate_at };
+        if log.bytes > rotate_at {
+            log.rotate()?;
+        }
+        Ok(log)
+    }
+
+    fn append(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("cannot open latency log {}: {e}", path.display()))
+    }
+
+    /// Moves the log to `LOG.1` (replacing an older one) and starts a new one.
+    fn rotate(&mut self) -> anyhow::Result<()> {
+        let mut old = self.path.as_os_str().to_owned();
         old.push(".1");
-        std::fs::rename(path, &old).map_err(|e| anyhow::anyhow!("cannot rotate latency log {}: {e}", path.display()))?;
+        std::fs::rename(&self.path, &old).map_err(|e| anyhow::anyhow!("cannot rotate latency log {}: {e}", self.path.display()))?;
+        self.file = Self::append(&self.path)?;
+        self.bytes = 0;
+        Ok(())
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("cannot open latency log {}: {e}", path.display()))
+
+    /// Appends one line, flushed. A failure (a full disk) costs that line, not the
+    /// pipeline: it is counted, and said the first time and every hundredth.
+    fn write_line(&mut self, line: &str, counters: &Counters) {
+        let written = self.file.write_all(line.as_bytes()).and_then(|()| self.file.flush());
+        if let Err(e) = written {
+            let n = counters.log_write_errors.fetch_add(1, Ordering::Relaxed);
+            if n % 100 == 0 {
+                tracing::warn!("latency log {}: a turn could not be written ({e}); {} lost so far", self.path.display(), n + 1);
+            }
+            return;
+        }
+        self.bytes += line.len() as u64;
+        if self.bytes > self.rotate_at {
+            if let Err(e) = self.rotate() {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
 }
 
 /// Writes a finished turn as one line, straight to the file: nothing is held back
 /// in a buffer to be lost if voxd dies.
-fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, metrics: &crate::metrics::Metrics, file: &mut Option<std::fs::File>, done: &mut Vec<TurnRecord>) -> anyhow::Result<()> {
+fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, metrics: &crate::metrics::Metrics, file: &mut Option<LatencyLog>, done: &mut Finished) -> anyhow::Result<()> {
     let record = finish(t, timing, config_id, counters);
     metrics.record(&record);
-    if let Some(f) = file.as_mut() {
-        let line = serde_json::to_string(&record)? + "\n";
-        f.write_all(line.as_bytes())?;
-        f.flush()?;
+    if let Some(log) = file.as_mut() {
+        log.write_line(&(serde_json::to_string(&record)? + "\n"), counters);
     }
     done.push(record);
     Ok(())
@@ -398,8 +529,20 @@ fn write(t: Open, timing: Timing, config_id: &str, counters: &Counters, metrics:
 fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> TurnRecord {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let start = t.start;
-    let Ended { spoken, reason } = t.ended.unwrap_or(Ended { spoken: String::new(), reason: Some("unfinished at shutdown".into()) });
+    let Ended { spoken, reason } = match (t.ended, &t.error) {
+        (Some(ended), _) => ended,
+        // A stage hung on it: the turn ends here, failed.
+        (None, Some(_)) => Ended { spoken: String::new(), reason: None },
+        (None, None) => Ended { spoken: String::new(), reason: Some("unfinished at shutdown".into()) },
+    };
     let cancelled = reason.is_some();
+    let outcome = if t.error.is_some() {
+        "error"
+    } else if cancelled {
+        "cancelled"
+    } else {
+        "answered"
+    };
     TurnRecord {
         turn: start.turn,
         ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -416,6 +559,8 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
         spoken,
         cancelled,
         cancel_reason: reason,
+        outcome: outcome.into(),
+        error: t.error,
         asr: start.asr,
         llm: t.llm.unwrap_or_default(),
         models: start.models,
@@ -427,6 +572,7 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
             playback_underruns: load(&counters.playback_underruns),
             telemetry_drops: load(&counters.telemetry_drops),
             speculations_abandoned: load(&counters.speculations_abandoned),
+            playback_stalls: load(&counters.playback_stalls),
             xruns: load(&counters.capture_xruns) + load(&counters.playback_xruns),
             device_reopens: load(&counters.input_reopens) + load(&counters.output_reopens),
         },
@@ -438,5 +584,37 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
             capture_ms: load(&counters.capture_latency_us) as f64 / 1000.0,
             output_ms: load(&counters.output_latency_us) as f64 / 1000.0,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_while_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turns.jsonl");
+        let counters = Counters::default();
+        let mut log = LatencyLog::open_rotating_at(&path, 100).unwrap();
+        for i in 0..20 {
+            log.write_line(&format!("{{\"n\":{i:02}}}\n"), &counters); // 9 bytes a line
+        }
+        let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+        let old = dir.path().join("turns.jsonl.1");
+        assert_eq!(lines(&old), 12, "rotated once past 100 bytes");
+        assert_eq!(lines(&path), 8, "the rest in a fresh log");
+        assert_eq!(counters.log_write_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_costs_lines_not_the_pipeline() {
+        // /dev/full: every write fails with "no space left on device".
+        let mut log = LatencyLog::open_rotating_at(std::path::Path::new("/dev/full"), 100).unwrap();
+        let counters = Counters::default();
+        for _ in 0..3 {
+            log.write_line("{}\n", &counters);
+        }
+        assert_eq!(counters.log_write_errors.load(Ordering::Relaxed), 3);
     }
 }

@@ -8,6 +8,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::Pulse;
 use super::telemetry::{Note, Notes, ToolCallRecord};
 use super::TurnId;
 use crate::tools::{Outcome, ToolCall, ToolConfig, Toolbox};
@@ -21,9 +22,17 @@ pub struct Job {
     pub respond_to: oneshot::Sender<Outcome>,
 }
 
-pub fn run(toolbox: Toolbox, mut rx: mpsc::Receiver<Job>, notes: Notes) -> anyhow::Result<()> {
+pub fn run(toolbox: Toolbox, mut rx: mpsc::Receiver<Job>, notes: Notes, pulse: Pulse) -> anyhow::Result<()> {
     while let Some(job) = rx.blocking_recv() {
-        let outcome = toolbox.run(&job.tool, &job.call);
+        pulse.busy(job.turn);
+        // An executor that panics fails this call, not the stage.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| toolbox.run(&job.tool, &job.call))).unwrap_or_else(|_| Outcome {
+            ok: false,
+            result: String::new(),
+            error: Some("the tool failed unexpectedly".into()),
+            ms: 0.0,
+        });
+        pulse.idle();
         match &outcome.error {
             None => tracing::info!(turn = job.turn, ms = outcome.ms as u64, "tool {} {} ran", job.call.name, job.call.arguments),
             Some(e) => tracing::warn!(turn = job.turn, ms = outcome.ms as u64, "tool {} {} failed: {e}", job.call.name, job.call.arguments),

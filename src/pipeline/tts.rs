@@ -4,6 +4,9 @@
 //! (`voxd-tts`, owns the Piper voice)
 //!
 //! One sentence in, its audio out. Sentences of a cancelled turn are dropped unheard.
+//! A sentence the voice fails on is replaced by an apology and the rest of that
+//! reply by silence (the turn still ends, logged as failed); the next turn is
+//! spoken again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::llm::Sentence;
 use super::telemetry::{Note, Notes};
+use super::health::Pulse;
 use super::{Anchor, Cancel, Counters, TurnId};
 use crate::engine::tts::Tts;
 
@@ -41,19 +45,39 @@ impl Voice for Tts {
     }
 }
 
-pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc::Sender<Speech>, notes: Notes, counters: Arc<Counters>) -> anyhow::Result<()> {
+pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc::Sender<Speech>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
+    // The turn whose reply the voice failed on: the rest of it is not attempted.
+    let mut failed_turn: Option<TurnId> = None;
     while let Some(s) = rx.blocking_recv() {
         if s.cancel.is_cancelled() {
             continue;
         }
-        let (samples, rate_hz) = if s.text.is_empty() { (Vec::new(), 22_050) } else { voice.speak(&s.text)? };
+        pulse.busy(s.turn);
+        let silent = s.text.is_empty() || failed_turn == Some(s.turn);
+        let mut text = s.text;
+        let (samples, rate_hz) = if silent {
+            (Vec::new(), 22_050)
+        } else {
+            match voice.speak(&text) {
+                Ok(audio) => audio,
+                Err(e) => {
+                    tracing::error!(turn = s.turn, "tts: {e:#} (saying {text:?})");
+                    notes.send(Note::Failed { turn: s.turn, stage: "tts", message: format!("{e:#}"), ends_turn: false });
+                    failed_turn = Some(s.turn);
+                    // The apology is other words: the voice may well manage those.
+                    text = super::APOLOGY.to_string();
+                    voice.speak(&text).unwrap_or((Vec::new(), 22_050))
+                }
+            }
+        };
+        pulse.idle();
         if s.index == 0 {
             counters.tts_ready_turn.fetch_max(s.turn, std::sync::atomic::Ordering::Release);
             if !samples.is_empty() {
                 notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
             }
         }
-        let speech = Speech { turn: s.turn, index: s.index, text: s.text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
+        let speech = Speech { turn: s.turn, index: s.index, text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
         if tx.blocking_send(speech).is_err() {
             break;
         }

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use webrtc_vad::{SampleRate, Vad, VadMode};
 
 use super::capture::Frame;
+use super::health::Pulse;
 use super::telemetry::Notes;
 use super::{Anchor, Clock, Counters, Switches, TurnId, TurnIds};
 use crate::config::VadConfig;
@@ -251,6 +252,7 @@ pub fn run(
     voice: watch::Sender<Voice>,
     counters: Arc<Counters>,
     notes: Notes,
+    pulse: Pulse,
 ) -> anyhow::Result<()> {
     let mode = match config.aggressiveness {
         0 => VadMode::Quality,
@@ -288,6 +290,7 @@ pub fn run(
     let mut deaf_until: Option<Instant> = None;
     let mut held = false;
     while let Some(frame) = frames.blocking_recv() {
+        pulse.busy(0);
         let audio = frame.audio();
         for (dst, src) in pcm.iter_mut().zip(audio) {
             *dst = (src.clamp(-1.0, 1.0) * i16::MAX as f32) as i16;
@@ -317,6 +320,7 @@ pub fn run(
         for event in endpointer.push(audio, frame.start_sample, voiced) {
             emit(event, now)?;
         }
+        pulse.idle();
     }
     if let Some(event) = endpointer.finish(end_sample) {
         emit(event, Instant::now())?;

@@ -20,6 +20,9 @@ section! {
         /// Few-shot examples of calls and plain answers in the (cached) system prompt:
         /// small models need them to tell a command from a question.
         examples: bool = true;
+        /// A tool with `confirm = true` runs only after a yes said within this many
+        /// seconds of its question (heard in full), as a short answer on its own.
+        confirm_within_s: f32 = 10.0, check(|x: &f32| (2.0..=120.0).contains(x), "2.0 to 120.0");
     }
 }
 
@@ -66,7 +69,10 @@ section! {
         parameters: Value = serde_json::json!({ "type": "object", "properties": {} });
         /// What calls may touch: entity ids for Home Assistant ("light.kitchen",
         /// "light.*"), topic filters for MQTT ("home/+/light/set"), URLs for webhooks
-        /// (a trailing '*' matches any rest). A call outside it is refused, never run.
+        /// ('*' matches within one segment: "light.*" is every light, never
+        /// "light.x/../lock.y"). A call outside it is refused, never run; an entity id
+        /// that is not `domain.object_id` in lowercase letters, digits and '_' never
+        /// gets as far as the list.
         allow: Vec<String> = Vec::new();
         /// Give up on the call after this long, and say so.
         timeout_ms: u32 = 3000, check(|n: &u32| (100..=60_000).contains(n), "100 to 60000");
@@ -133,12 +139,19 @@ fn span(table: &toml_edit::Table, key: &str) -> Option<Range<usize>> {
 
 /// `{name}` placeholders in a template.
 pub fn placeholders(template: &str) -> Vec<&str> {
+    // `{name}` with a name of letters, digits and '_': the braces of a JSON template
+    // around it (`{"state": "{state}"}`) are text, not placeholders.
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
-        out.push(&rest[open + 1..open + close]);
-        rest = &rest[open + close + 1..];
+        let after = &rest[open + 1..];
+        let name_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with('}') {
+            out.push(&after[..name_len]);
+            rest = &after[name_len + 1..];
+        } else {
+            rest = after;
+        }
     }
     out
 }
@@ -195,7 +208,7 @@ impl ToolConfig {
         if let Some((key, template)) = target {
             // A target the arguments choose needs an allow-list; a fixed one is its own.
             if !placeholders(template).is_empty() && self.allow.is_empty() {
-                add("allow", format!("the {key} depends on the arguments: list what it may be (a trailing '*' or MQTT '+'/'#' matches more)"));
+                add("allow", format!("the {key} depends on the arguments: list what it may be ('*' within a segment, or MQTT '+'/'#', matches more)"));
             }
         }
         let state = if self.executor.ends_with("_state") { vec!["state"] } else { vec![] };

@@ -74,16 +74,23 @@ pub fn normalize(text: &str) -> String {
 }
 
 /// The answer to a yes/no question: Some(true) for "yes, go ahead", Some(false) for
-/// "no, don't", None for anything else (a new request: the question lapses).
+/// "no, don't", None for anything else — a new request, and the question lapses.
+/// Only a short answer that is nothing but yes or no counts: "sure, what time is it"
+/// is a question that happens to start with "sure", and must not open a door.
 pub fn yes_or_no(text: &str) -> Option<bool> {
-    const YES: [&str; 12] = ["yes", "yeah", "yep", "yup", "sure", "ok", "okay", "please do", "do it", "go ahead", "confirm", "correct"];
-    const NO: [&str; 8] = ["no", "nope", "don't", "do not", "cancel", "stop", "never mind", "never"];
+    const YES: [&str; 10] = ["yes", "yeah", "yep", "yup", "sure", "ok", "okay", "confirm", "confirmed", "correct"];
+    const NO: [&str; 7] = ["no", "nope", "don't", "not", "cancel", "stop", "never"];
+    // Words that may stand around the answer without changing it.
+    const ALSO: [&str; 9] = ["please", "do", "it", "go", "ahead", "thanks", "thank", "you", "mind"];
     let text = normalize(text);
-    let starts = |w: &str| text == w || text.starts_with(&format!("{w} "));
-    // "No" first: "no, don't do it" must not count as "do it".
-    if NO.iter().any(|w| starts(w)) {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || words.len() > 5 || !words.iter().all(|w| YES.contains(w) || NO.contains(w) || ALSO.contains(w)) {
+        return None;
+    }
+    // "do it" and "go ahead" alone are a yes; any no-word makes it a no ("no, don't do it").
+    if words.iter().any(|w| NO.contains(w)) {
         Some(false)
-    } else if YES.iter().any(|w| starts(w)) {
+    } else if words.iter().any(|w| YES.contains(w)) || text == "do it" || text == "go ahead" || text == "please do" {
         Some(true)
     } else {
         None
@@ -148,6 +155,14 @@ mod tests {
         assert_eq!(yes_or_no("No, don't do it."), Some(false));
         assert_eq!(yes_or_no("What time is it?"), None);
         assert_eq!(yes_or_no("Yesterday was fun"), None);
+        assert_eq!(yes_or_no("Go ahead."), Some(true));
+        assert_eq!(yes_or_no("Never mind."), Some(false));
+        assert_eq!(yes_or_no("Do not."), Some(false));
+        // A yes-word at the start of something else is not an answer.
+        assert_eq!(yes_or_no("Sure, what time is it?"), None);
+        assert_eq!(yes_or_no("Yes, and turn on the lights."), None);
+        assert_eq!(yes_or_no("Okay, open the garage door."), None);
+        assert_eq!(yes_or_no("Please."), None);
     }
 
     #[test]

@@ -95,23 +95,108 @@ pub fn plain(v: &Value) -> String {
     }
 }
 
-/// Fills `{name}` placeholders from `arguments` (and `{state}` from `state`).
-pub fn render(template: &str, arguments: &Value, state: Option<&str>) -> String {
+/// Where a filled-in template goes, and so how a value must be written into it for
+/// it to stay a value (and never become more syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Words to be spoken, a plain MQTT payload, an MQTT topic (whose values
+    /// [`ToolConfig::permits`] has checked for `+`, `#` and `/`): as they are.
+    None,
+    /// Inside a JSON document: JSON-escaped (a string's quotes and backslashes
+    /// cannot end the string it stands in).
+    Json,
+    /// Inside a URL: percent-encoded (a `/`, `?` or `#` cannot change the path).
+    Url,
+}
+
+/// Fills `{name}` placeholders from `arguments` (and `{state}` from `state`), each
+/// value escaped for where the result goes.
+pub fn render_escaped(template: &str, arguments: &Value, state: Option<&str>, escape: Escape) -> String {
     let mut out = template.to_string();
     for p in config::placeholders(template) {
         let value = match (p, state) {
-            ("state", Some(s)) => s.to_string(),
-            _ => arguments.get(p).map(plain).unwrap_or_default(),
+            ("state", Some(s)) => Value::String(s.to_string()),
+            _ => arguments.get(p).cloned().unwrap_or(Value::String(String::new())),
         };
-        out = out.replace(&format!("{{{p}}}"), &value);
+        let text = match escape {
+            Escape::None => plain(&value),
+            Escape::Json => match &value {
+                // The string's JSON form without its quotes: the template has those.
+                Value::String(s) => {
+                    let quoted = Value::String(s.clone()).to_string();
+                    quoted[1..quoted.len() - 1].to_string()
+                }
+                other => other.to_string(),
+            },
+            Escape::Url => percent_encode(&plain(&value)),
+        };
+        out = out.replace(&format!("{{{p}}}"), &text);
     }
     out
 }
 
-/// Does `value` match an allow-list `pattern`? `*` matches any run of characters
-/// (entity ids, URLs); MQTT filters use `+` (one level) and `#` (the rest).
-pub fn allowed_by(pattern: &str, value: &str, mqtt: bool) -> bool {
-    if mqtt && (pattern.contains('+') || pattern.contains('#')) {
+/// Fills a template meant for speech (replies, questions): values as they are.
+pub fn render(template: &str, arguments: &Value, state: Option<&str>) -> String {
+    render_escaped(template, arguments, state, Escape::None)
+}
+
+/// RFC 3986: everything but the unreserved characters percent-encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Is `id` an entity id as Home Assistant writes them — `domain.object_id`, lowercase
+/// letters, digits and single underscores, neither part starting or ending with one?
+/// Anything else ("sensor.x/../lock.front_door", "switch.a, switch.b") is not a
+/// name but an attempt to reach something else through the URL or the service.
+pub fn is_entity_id(id: &str) -> bool {
+    let part = |s: &str| !s.is_empty() && !s.starts_with('_') && !s.ends_with('_') && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    match id.split_once('.') {
+        Some((domain, object)) => part(domain) && part(object) && !domain.contains("__"),
+        None => false,
+    }
+}
+
+/// Characters an MQTT topic value may not hold: they would add levels or wildcards.
+fn breaks_topic(value: &str) -> bool {
+    value.contains(['+', '#', '/', '\0'])
+}
+
+/// What an allow-list names, and so where its wildcards stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Home Assistant entity ids: `*` stays within the domain or the object id.
+    Entity,
+    /// MQTT topics: `*` stays within a level; filters may use `+` and `#`.
+    Topic,
+    /// Webhook URLs: `*` stays within a path segment (and out of the query).
+    Url,
+}
+
+impl Target {
+    fn separators(self) -> &'static [u8] {
+        match self {
+            Target::Entity => b"./",
+            Target::Topic => b"/",
+            Target::Url => b"/?#",
+        }
+    }
+}
+
+/// Does `value` match an allow-list `pattern`? `*` matches a run of characters
+/// within one segment of the target — so `light.*` is every light and
+/// `http://hooks.local/*` one path below it; MQTT filters use `+` (one level) and
+/// `#` (the rest).
+pub fn allowed_by(pattern: &str, value: &str, target: Target) -> bool {
+    if target == Target::Topic && (pattern.contains('+') || pattern.contains('#')) {
         let (mut p, mut v) = (pattern.split('/'), value.split('/'));
         loop {
             match (p.next(), v.next()) {
@@ -123,12 +208,14 @@ pub fn allowed_by(pattern: &str, value: &str, mqtt: bool) -> bool {
             }
         }
     }
-    glob(pattern.as_bytes(), value.as_bytes())
+    glob(pattern.as_bytes(), value.as_bytes(), target.separators())
 }
 
-/// Wildcard match where `*` stands for any run of bytes (two pointers, backtracking
-/// to the last star).
-fn glob(p: &[u8], v: &[u8]) -> bool {
+/// Wildcard match where `*` stands for any run of bytes other than `separators`
+/// (two pointers, backtracking to the last star; a star cannot swallow a
+/// separator, so it is never backtracked past one).
+fn glob(p: &[u8], v: &[u8], separators: &[u8]) -> bool {
+    let separator = |b: u8| separators.contains(&b);
     let (mut pi, mut vi) = (0, 0);
     let mut star: Option<(usize, usize)> = None; // (pattern index after '*', value index it matched from)
     while vi < v.len() {
@@ -138,7 +225,7 @@ fn glob(p: &[u8], v: &[u8]) -> bool {
         } else if pi < p.len() && p[pi] == v[vi] {
             pi += 1;
             vi += 1;
-        } else if let Some((after, from)) = star {
+        } else if let Some((after, from)) = star.filter(|&(_, from)| !separator(v[from])) {
             // Let the star swallow one more byte and try again.
             star = Some((after, from + 1));
             pi = after;
@@ -151,11 +238,40 @@ fn glob(p: &[u8], v: &[u8]) -> bool {
 }
 
 impl ToolConfig {
+    /// The topic a call publishes to or reads (values as they are: `permits` refuses
+    /// values that would add levels).
+    pub fn topic_for(&self, call: &ToolCall) -> String {
+        render_escaped(&self.topic, &call.arguments, None, Escape::None)
+    }
+
+    /// The URL a webhook call goes to (values percent-encoded).
+    pub fn url_for(&self, call: &ToolCall) -> String {
+        render_escaped(&self.url, &call.arguments, None, Escape::Url)
+    }
+
+    /// The MQTT payload of a call: the template filled in — JSON-escaped when the
+    /// template is JSON, and then checked to still be JSON — or, with no template,
+    /// the arguments as JSON.
+    pub fn payload_for(&self, call: &ToolCall) -> Result<String, Failure> {
+        if self.payload.is_empty() {
+            return Ok(call.arguments.to_string());
+        }
+        // A JSON document opens with '[' or with '{' and a key; a payload that is a
+        // placeholder ("{state}") opens with '{' and a name.
+        let t = self.payload.trim_start();
+        let json = t.starts_with('[') || t.strip_prefix('{').is_some_and(|rest| rest.trim_start().starts_with(['"', '}']));
+        let payload = render_escaped(&self.payload, &call.arguments, None, if json { Escape::Json } else { Escape::None });
+        if json && serde_json::from_str::<Value>(&payload).is_err() {
+            return Err(Failure(format!("the payload template of {} did not make valid JSON", self.name)));
+        }
+        Ok(payload)
+    }
+
     /// What a call of this tool would touch: the entity ids, the topic or the URL.
     pub fn targets(&self, call: &ToolCall) -> Vec<String> {
         match self.executor.as_str() {
-            "mqtt" | "mqtt_state" => vec![render(&self.topic, &call.arguments, None)],
-            "webhook" => vec![render(&self.url, &call.arguments, None)],
+            "mqtt" | "mqtt_state" => vec![self.topic_for(call)],
+            "webhook" => vec![self.url_for(call)],
             _ => match call.arguments.get("entity_id") {
                 Some(Value::Array(ids)) => ids.iter().map(plain).collect(),
                 Some(id) => vec![plain(id)],
@@ -168,6 +284,11 @@ impl ToolConfig {
     /// with a fixed target and no list, that target itself).
     pub fn permits(&self, call: &ToolCall) -> Result<(), Rejected> {
         let mqtt = self.executor.starts_with("mqtt");
+        let kind = match self.executor.as_str() {
+            "webhook" => Target::Url,
+            _ if mqtt => Target::Topic,
+            _ => Target::Entity,
+        };
         let fixed = match self.executor.as_str() {
             "mqtt" | "mqtt_state" => Some(&self.topic),
             "webhook" => Some(&self.url),
@@ -182,8 +303,20 @@ impl ToolConfig {
         if targets.is_empty() && !self.allow.is_empty() {
             return Err(refuse("nothing named".into()));
         }
+        if self.executor.starts_with("home_assistant") {
+            // Checked before matching: a pattern must only ever see a real name.
+            if let Some(bad) = targets.iter().find(|t| !is_entity_id(t)) {
+                return Err(refuse(bad.clone()));
+            }
+        }
+        if mqtt {
+            let placed = config::placeholders(&self.topic);
+            if let Some(bad) = placed.iter().filter_map(|p| call.arguments.get(*p)).map(plain).find(|v| breaks_topic(v)) {
+                return Err(refuse(bad));
+            }
+        }
         for t in targets {
-            if !patterns.iter().any(|p| allowed_by(p, &t, mqtt)) {
+            if !patterns.iter().any(|p| allowed_by(p, &t, kind)) {
                 return Err(refuse(t));
             }
         }
@@ -229,12 +362,9 @@ impl Toolbox {
         let result = match tool.executor.as_str() {
             "home_assistant" => self.home_assistant.as_ref().ok_or_else(|| missing("Home Assistant")).and_then(|ha| ha.call_service(&tool.service, args, timeout).map(|_| String::new())),
             "home_assistant_state" => self.home_assistant.as_ref().ok_or_else(|| missing("Home Assistant")).and_then(|ha| ha.state(&args.get("entity_id").map(plain).unwrap_or_default(), timeout)),
-            "mqtt" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| {
-                let payload = if tool.payload.is_empty() { args.to_string() } else { render(&tool.payload, args, None) };
-                m.publish(&render(&tool.topic, args, None), &payload, tool.qos, tool.retain, timeout).map(|_| String::new())
-            }),
-            "mqtt_state" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| m.state(&render(&tool.topic, args, None), timeout)),
-            "webhook" => webhook::call(&tool.method, &render(&tool.url, args, None), args, timeout),
+            "mqtt" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| m.publish(&tool.topic_for(call), &tool.payload_for(call)?, tool.qos, tool.retain, timeout).map(|_| String::new())),
+            "mqtt_state" => self.mqtt.as_ref().ok_or_else(|| missing("MQTT")).and_then(|m| m.state(&tool.topic_for(call), timeout)),
+            "webhook" => webhook::call(&tool.method, &tool.url_for(call), args, timeout),
             other => Err(Failure(format!("the executor {other} is unknown"))),
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -408,17 +538,69 @@ mod tests {
 
     #[test]
     fn allow_lists_match_exactly_by_glob_or_by_mqtt_filter() {
-        assert!(allowed_by("light.kitchen", "light.kitchen", false));
-        assert!(!allowed_by("light.kitchen", "light.kitchen2", false));
-        assert!(allowed_by("light.*", "light.anything", false));
-        assert!(!allowed_by("light.*", "lock.front_door", false));
-        assert!(allowed_by("http://hooks.local/*", "http://hooks.local/a/b", false));
-        assert!(allowed_by("home/+/light/set", "home/kitchen/light/set", true));
-        assert!(!allowed_by("home/+/light/set", "home/kitchen/lock/set", true));
-        assert!(allowed_by("home/#", "home/a/b/c", true));
-        assert!(!allowed_by("home/+", "home/a/b", true));
-        assert!(allowed_by("*.kitchen*", "light.kitchen_ceiling", false));
-        assert!(!allowed_by("*.kitchen", "light.kitchenette", false));
+        assert!(allowed_by("light.kitchen", "light.kitchen", Target::Entity));
+        assert!(!allowed_by("light.kitchen", "light.kitchen2", Target::Entity));
+        assert!(allowed_by("light.*", "light.anything", Target::Entity));
+        assert!(!allowed_by("light.*", "lock.front_door", Target::Entity));
+        assert!(allowed_by("http://hooks.local/*", "http://hooks.local/a", Target::Url));
+        assert!(!allowed_by("http://hooks.local/*", "http://hooks.local/a/b", Target::Url), "a star stays in its path segment");
+        assert!(allowed_by("home/+/light/set", "home/kitchen/light/set", Target::Topic));
+        assert!(!allowed_by("home/+/light/set", "home/kitchen/lock/set", Target::Topic));
+        assert!(allowed_by("home/#", "home/a/b/c", Target::Topic));
+        assert!(!allowed_by("home/+", "home/a/b", Target::Topic));
+        assert!(allowed_by("*.kitchen*", "light.kitchen_ceiling", Target::Entity));
+        assert!(!allowed_by("*.kitchen", "light.kitchenette", Target::Entity));
+    }
+
+    #[test]
+    fn a_wildcard_stays_inside_its_segment() {
+        // The bypasses: a path climbing out of sensors, a second entity smuggled in.
+        assert!(!allowed_by("sensor.*", "sensor.x/../lock.front_door", Target::Entity));
+        assert!(!allowed_by("sensor.*", "sensor.a.b", Target::Entity));
+        assert!(!allowed_by("switch.garden_*", "switch.garden_x, switch.alarm_siren", Target::Entity));
+        assert!(allowed_by("switch.garden_*", "switch.garden_x,alarm", Target::Entity), "the glob alone cannot tell a list: the entity check must");
+        assert!(!is_entity_id("switch.garden_x,alarm"));
+        assert!(!allowed_by("http://hooks.local/*", "http://hooks.local/a/b", Target::Url));
+        assert!(allowed_by("http://hooks.local/hook/*", "http://hooks.local/hook/front", Target::Url));
+    }
+
+    #[test]
+    fn only_real_entity_ids_reach_the_allow_list() {
+        for good in ["light.kitchen", "sensor.outdoor_temp_2", "lock.front_door"] {
+            assert!(is_entity_id(good), "{good}");
+        }
+        for bad in ["sensor.x/../lock.front_door", "switch.garden_x, switch.alarm_siren", "Light.Kitchen", "light.", ".kitchen", "light", "light._x", "light.x_", "light.kitchen\n", "li__ght.x", "light.kitchen%2F..%2Flock.door"] {
+            assert!(!is_entity_id(bad), "{bad:?}");
+        }
+        let t = ToolConfig { allow: vec!["sensor.*".into(), "switch.garden_*".into()], ..light_tool() };
+        let call = |id: &str| ToolCall { name: t.name.clone(), arguments: json!({ "entity_id": id }) };
+        for bypass in ["sensor.x/../lock.front_door", "switch.garden_x, switch.alarm_siren"] {
+            assert!(matches!(t.permits(&call(bypass)), Err(Rejected::NotAllowed { .. })), "{bypass}");
+        }
+        assert_eq!(t.permits(&call("sensor.hall")), Ok(()));
+    }
+
+    #[test]
+    fn template_values_cannot_escape_their_place() {
+        let args = json!({ "state": "ON\",\"child_lock\":\"UNLOCK", "room": "a/b?c#d", "n": 3 });
+        let t = ToolConfig { name: "t".into(), executor: "mqtt".into(), topic: "home/{room}/set".into(), payload: r#"{"state": "{state}", "level": {n}}"#.into(), allow: vec!["home/+/set".into()], ..ToolConfig::default() };
+        let call = ToolCall { name: "t".into(), arguments: args.clone() };
+        let payload: Value = serde_json::from_str(&t.payload_for(&call).unwrap()).expect("still JSON");
+        assert_eq!(payload, json!({ "state": "ON\",\"child_lock\":\"UNLOCK", "level": 3 }), "one field, holding the whole value");
+        assert!(matches!(t.permits(&call), Err(Rejected::NotAllowed { .. })), "a topic value with '/' is refused");
+        for v in ["+", "#", "a\0b"] {
+            let c = ToolCall { name: "t".into(), arguments: json!({ "room": v, "state": "on", "n": 1 }) };
+            assert!(t.permits(&c).is_err(), "{v:?}");
+        }
+        let plain_payload = ToolConfig { payload: "{state}".into(), ..t.clone() };
+        assert_eq!(plain_payload.payload_for(&call).unwrap(), "ON\",\"child_lock\":\"UNLOCK", "a plain payload is the value itself");
+        let broken = ToolConfig { payload: r#"{"level": {state}}"#.into(), ..t.clone() };
+        assert!(broken.payload_for(&call).is_err(), "a template that stops being JSON fails the call");
+        let hook = ToolConfig { name: "h".into(), executor: "webhook".into(), url: "http://hooks.local/hook/{room}".into(), allow: vec!["http://hooks.local/hook/*".into()], ..ToolConfig::default() };
+        let c = ToolCall { name: "h".into(), arguments: json!({ "room": "../admin?x=1#y" }) };
+        assert_eq!(hook.url_for(&c), "http://hooks.local/hook/..%2Fadmin%3Fx%3D1%23y");
+        assert_eq!(hook.permits(&c), Ok(()), "encoded, it is one segment under hook/");
+        assert_eq!(render("Set to {room}.", &c.arguments, None), "Set to ../admin?x=1#y.", "speech as it is");
     }
 
     #[test]
