@@ -412,6 +412,13 @@ impl Config {
         }
         if let Some(t) = section(LlmConfig::KEY, &mut problems) {
             config.llm = LlmConfig::from_table(t, &mut problems);
+            // The reply and a question must fit beside the system prompt (whose real
+            // length `voxd doctor` counts with the model, and `voxd run` at start).
+            let l = &config.llm;
+            if l.max_reply_tokens as usize + crate::pipeline::llm::QUESTION_ROOM >= l.context_tokens as usize {
+                let span = t.key("max_reply_tokens").and_then(|k| k.span()).or_else(|| t.key("context_tokens").and_then(|k| k.span()));
+                problems.add(span, "llm.max_reply_tokens".into(), format!("{} leaves no room in context_tokens = {} for the system prompt and the question: lower it, or raise context_tokens", l.max_reply_tokens, l.context_tokens));
+            }
         }
         if let Some(t) = section(TtsConfig::KEY, &mut problems) {
             config.tts = TtsConfig::from_table(t, &mut problems);

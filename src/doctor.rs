@@ -76,6 +76,7 @@ pub fn examine(s: &Subject<'_>) -> Vec<Check> {
         checks.push(check);
         model_bytes += bytes;
     }
+    checks.push(context(s, config));
     checks.push(espeak(config));
     checks.push(onnx_runtime());
     checks.push(ggml());
@@ -119,6 +120,35 @@ fn model(s: &Subject<'_>, role: Role) -> (Check, u64) {
         },
     };
     (check, bytes)
+}
+
+/// Does a turn fit the LLM's context: the system prompt with the tools (counted with
+/// the model's own tokenizer), the reply's room, and the history's budget?
+fn context(s: &Subject<'_>, config: &Config) -> Check {
+    const AREA: &str = "llm context";
+    let Ok(r) = (s.resolve)(Role::Llm) else { return warn(AREA, "not checked: no LLM model", "install the model (above)") };
+    let l = &config.llm;
+    let options = crate::engine::llm::LlmOptions { threads: 1, context_tokens: l.context_tokens, max_reply_tokens: l.max_reply_tokens, temperature: 0.0, seed: 0, reuse_prefix: true };
+    let llm = match crate::engine::llm::Llm::load_vocab(&r.path, &r.id, options) {
+        Ok(llm) => llm,
+        Err(e) => return warn(AREA, format!("not checked: {e}"), "see the llm model check above"),
+    };
+    let mut preamble = crate::tools::preamble(&l.system_prompt, &config.tool, config.tools.examples);
+    preamble.push(crate::engine::llm::Message { role: crate::engine::llm::Role::User, content: String::new() });
+    let fixed = match llm.count_tokens(&preamble) {
+        Ok(n) => n,
+        Err(e) => return warn(AREA, format!("not checked: {e}"), "see the llm model check above"),
+    };
+    let (reply, history, ctx) = (l.max_reply_tokens as usize, config.agent.history_tokens as usize, l.context_tokens as usize);
+    let finding = format!("system prompt and tools {fixed} tokens + reply {reply} + history up to {history} of {ctx} ([llm] context_tokens)");
+    if fixed + reply + crate::pipeline::llm::QUESTION_ROOM > ctx {
+        fail(AREA, finding, "raise [llm] context_tokens, lower [llm] max_reply_tokens, or shorten the system prompt or the tools")
+    } else if fixed + reply + crate::pipeline::llm::QUESTION_ROOM + history > ctx {
+        let left = ctx - fixed - reply - crate::pipeline::llm::QUESTION_ROOM;
+        warn(AREA, format!("{finding}: only about {left} tokens are left for the history"), "raise [llm] context_tokens, or lower [agent] history_tokens to what fits")
+    } else {
+        ok(AREA, finding)
+    }
 }
 
 fn espeak(config: &Config) -> Check {

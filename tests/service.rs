@@ -176,3 +176,22 @@ fn the_latency_report_has_the_hand_computed_percentiles_groups_and_compares() {
     assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 900, "the plot's width");
     assert!(bytes.len() > 10_000, "{} bytes: the bars and labels are drawn", bytes.len());
 }
+
+/// The soak harness, short: turn after turn (typed, and some spoken) with the
+/// history on, each logged once, each answered in full. `scripts/soak --turns 1000`
+/// is the long run whose figures are in the README.
+#[test]
+fn a_short_soak_logs_every_turn_once_and_answers_each_in_full() {
+    let dir = tempdir();
+    let figures = dir.path().join("soak.json");
+    let out = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/soak"))
+        .args(["--turns", "24", "--spoken-every", "6", "--voxd", env!("CARGO_BIN_EXE_voxd"), "--json", figures.to_str().unwrap()])
+        .output()
+        .expect("python3 runs scripts/soak");
+    assert!(out.status.success(), "soak failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&figures).unwrap()).unwrap();
+    assert_eq!((f["turns"].as_u64(), f["records"].as_u64()), (Some(24), Some(24)), "{f}");
+    assert_eq!(f["spoken"], 4, "every sixth turn spoken into the microphone: {f}");
+    assert!(f["history_turns_max"].as_u64().unwrap() >= 2, "the history was on: {f}");
+    assert_eq!(f["not_answered_in_full"], serde_json::json!([]), "{f}");
+}

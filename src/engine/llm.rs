@@ -124,6 +124,19 @@ impl Llm {
         Ok(Llm { model, template, options, model_id: model_id.to_string(), load_ms: ms_since(started) })
     }
 
+    /// The model's vocabulary and chat template only (no weights): enough to count
+    /// a prompt's tokens, in a fraction of the time and memory of a full load.
+    pub fn load_vocab(path: &Path, model_id: &str, options: LlmOptions) -> Result<Llm, LlmError> {
+        let (kind, size) = sniff(path).map_err(|source| LlmError::Open { path: path.into(), source })?;
+        if kind != FileKind::Gguf {
+            return Err(LlmError::WrongKind { path: path.into(), found: kind.describe() });
+        }
+        let started = Instant::now();
+        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default().with_vocab_only(true)).map_err(|_| LlmError::Load { path: path.into(), size })?;
+        let template = model.chat_template(None).or_else(|_| LlamaChatTemplate::new("chatml")).map_err(|e| LlmError::Backend(e.to_string()))?;
+        Ok(Llm { model, template, options, model_id: model_id.to_string(), load_ms: ms_since(started) })
+    }
+
     /// Renders the conversation with the model's chat template, ending with the
     /// assistant's turn opened.
     pub fn render(&self, messages: &[Message]) -> Result<String, LlmError> {

@@ -255,7 +255,7 @@ impl LlmStage {
 
 /// Tokens kept free for the question itself when checking the configuration at
 /// start (the question's real length is counted per turn).
-const QUESTION_ROOM: usize = 64;
+pub const QUESTION_ROOM: usize = 64;
 
 /// The token length of each exchange in the history, counted once when it first
 /// comes (its messages never change), forgotten when it leaves the history.
