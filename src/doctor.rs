@@ -111,7 +111,7 @@ fn model(s: &Subject<'_>, role: Role) -> (Check, u64) {
     let check = match models::status(entry, s.models_dir) {
         Err(e) => fail(area, format!("{described}: cannot be read ({e})"), format!("check the file's permissions, or fetch it again: `voxd models fetch {}`", r.id)),
         Ok(Status::Missing) => fail(area, format!("{}: not installed", r.id), format!("`voxd models fetch {}`", r.id)),
-        Ok(Status::Mismatch { sha256 }) => fail(area, format!("{described}: sha256 {sha256} matches no pinned digest: corrupt, truncated or replaced"), format!("fetch it again: `voxd models fetch {}`", r.id)),
+        Ok(damaged @ (Status::Mismatch { .. } | Status::WrongSize { .. })) => fail(area, format!("{described}: {}", damaged.problem().unwrap_or_default()), format!("fetch it again: `{}`", models::fetch_command(entry))),
         Ok(Status::Unpinned { .. }) => warn(area, format!("{described}: nothing pinned in models.toml to verify it against"), "pin its sha256 in models.toml"),
         Ok(Status::Verified { via }) => match &r.fell_back_from {
             Some(default) => warn(area, format!("{described}, sha256 verified ({via}); the default {default} is not installed, so the test model stands in"), format!("`voxd models fetch {default}`")),
