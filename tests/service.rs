@@ -161,10 +161,16 @@ fn the_latency_report_has_the_hand_computed_percentiles_groups_and_compares() {
     assert!(parsed.status.success() && String::from_utf8_lossy(&parsed.stdout).trim() == "{http://www.w3.org/2000/svg}svg", "{}", String::from_utf8_lossy(&parsed.stderr));
     assert_eq!(svg.matches("<title>turn ").count(), 40 * 6, "40 turns × 6 stages");
 
-    // Bad input: named with its place; a format that is not drawn is said so.
+    // Lines that are not records — garbage in the middle, a last line torn by a
+    // crash — are skipped and counted, the first named with its place; the rest
+    // of the log is reported.
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, format!("{}\nnot json\n{}\n", before[0], before[1])).unwrap();
-    run_fails_with(&["latency", "report", bad.to_str().unwrap()], &["bad.jsonl:2", "not a voxd turn record"]);
+    let torn = &before[2][..before[2].len() / 2];
+    std::fs::write(&bad, format!("{}\nnot json\n{}\n{{\"turn\": \"x\"}}\n{torn}", before[0], before[1])).unwrap();
+    let r = run_ok(&["latency", "report", bad.to_str().unwrap()]);
+    assert!(r.stdout.contains("2 turns: 2 answered"), "{}", r.stdout);
+    assert!(r.stderr.contains("bad.jsonl: skipped 3 lines that are not a voxd turn record; the first at ") && r.stderr.contains("bad.jsonl:2 ("), "{}", r.stderr);
+    // A format that is not drawn is said so.
     run_fails_with(&["latency", "report", log.to_str().unwrap(), "--plot", dir.path().join("p.bmp").to_str().unwrap()], &[".bmp", ".svg or .png"]);
 
     // PNG: a real image of the SVG's size (900 px wide), not an empty one.
