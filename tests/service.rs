@@ -30,6 +30,33 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     assert!(user.status.success() && user.stderr.is_empty(), "voxd-user.service: {}", String::from_utf8_lossy(&user.stderr));
 }
 
+/// A unit file's value for `key` (the last one set, as systemd reads it).
+fn setting(text: &str, key: &str) -> Option<String> {
+    text.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last().map(str::to_string)
+}
+
+#[test]
+fn the_units_stop_restarting_a_broken_install_fail_calls_with_eperm_and_take_the_token_as_a_credential() {
+    let read = |name: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(name)).unwrap();
+    let (system, user) = (read("voxd.service"), read("voxd-user.service"));
+    for (name, text) in [("voxd.service", &system), ("voxd-user.service", &user)] {
+        // Restart=on-failure with no limit reloads the models every RestartSec, forever.
+        assert_eq!(setting(text, "Restart").as_deref(), Some("on-failure"), "{name}");
+        let burst: u32 = setting(text, "StartLimitBurst").unwrap_or_else(|| panic!("{name}: no StartLimitBurst=")).parse().unwrap();
+        let interval: u32 = setting(text, "StartLimitIntervalSec").unwrap_or_else(|| panic!("{name}: no StartLimitIntervalSec=")).parse().unwrap();
+        let restart: u32 = setting(text, "RestartSec").unwrap().parse().unwrap();
+        assert!(burst >= 2 && interval > burst * restart, "{name}: {burst} starts in {interval} s never trips with RestartSec={restart}");
+        assert_eq!(setting(text, "SystemCallErrorNumber").as_deref(), Some("EPERM"), "{name}");
+        assert!(setting(text, "SystemCallFilter").is_some(), "{name}: SystemCallErrorNumber= needs a filter");
+    }
+    assert_eq!(setting(&system, "LoadCredential").as_deref(), Some("hass_token"), "the token from the credential store, missing or not");
+    // A fresh account may not have the state and cache directories yet: optional.
+    let paths = setting(&user, "ReadWritePaths").unwrap();
+    for p in paths.split_whitespace() {
+        assert!(p.starts_with('-') || p == "%t", "voxd-user.service: {p} must exist or the unit fails to start; prefix it with '-'");
+    }
+}
+
 /// What systemd would receive on its notify socket, with when.
 struct ServiceManager {
     messages: Arc<Mutex<Vec<(Instant, String)>>>,
