@@ -41,7 +41,8 @@ impl Clip {
 pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     let file = std::fs::File::open(path).map_err(|source| AudioError::Open { path: path.into(), source })?;
     let reader = hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| match e {
-        hound::Error::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => AudioError::Open { path: path.into(), source },
+        hound::Error::IoError(source) if ended_early(&source) => AudioError::NotWav { path: path.into(), reason: "it ends inside its header (truncated)".into() },
+        hound::Error::IoError(source) => AudioError::Open { path: path.into(), source },
         hound::Error::Unsupported => AudioError::Unsupported { path: path.into(), what: "encoding hound cannot read (compressed?)".into() },
         other => AudioError::NotWav { path: path.into(), reason: other.to_string() },
     })?;
@@ -65,7 +66,7 @@ pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     // A WAV cut short mid-sample still yields the whole samples before the cut.
     let interleaved = match interleaved {
         Ok(v) => v,
-        Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Err(hound::Error::IoError(e)) if ended_early(&e) => {
             return Err(AudioError::NotWav { path: path.into(), reason: "data chunk ends early (truncated file)".into() })
         }
         Err(e) => return Err(AudioError::NotWav { path: path.into(), reason: e.to_string() }),
@@ -80,6 +81,13 @@ pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     }
     let samples = resample(&mono, spec.sample_rate, rate_hz)?;
     Ok(Clip { samples, rate_hz })
+}
+
+/// Did reading stop because the file ended? hound 3.5 says so as an
+/// `ErrorKind::Other` error with this message, not as `UnexpectedEof`: without
+/// this a truncated WAV read as "cannot read" (an I/O problem) instead of as cut short.
+fn ended_early(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string() == "Failed to read enough bytes."
 }
 
 /// Resamples a whole mono signal (band-limited FFT resampler), keeping its length
