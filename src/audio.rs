@@ -41,7 +41,8 @@ impl Clip {
 pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     let file = std::fs::File::open(path).map_err(|source| AudioError::Open { path: path.into(), source })?;
     let reader = hound::WavReader::new(std::io::BufReader::new(file)).map_err(|e| match e {
-        hound::Error::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => AudioError::Open { path: path.into(), source },
+        hound::Error::IoError(source) if ended_early(&source) => AudioError::NotWav { path: path.into(), reason: "it ends inside its header (truncated)".into() },
+        hound::Error::IoError(source) => AudioError::Open { path: path.into(), source },
         hound::Error::Unsupported => AudioError::Unsupported { path: path.into(), what: "encoding hound cannot read (compressed?)".into() },
         other => AudioError::NotWav { path: path.into(), reason: other.to_string() },
     })?;
@@ -65,7 +66,7 @@ pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     // A WAV cut short mid-sample still yields the whole samples before the cut.
     let interleaved = match interleaved {
         Ok(v) => v,
-        Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Err(hound::Error::IoError(e)) if ended_early(&e) => {
             return Err(AudioError::NotWav { path: path.into(), reason: "data chunk ends early (truncated file)".into() })
         }
         Err(e) => return Err(AudioError::NotWav { path: path.into(), reason: e.to_string() }),
@@ -80,6 +81,13 @@ pub fn read_wav(path: &Path, rate_hz: u32) -> Result<Clip, AudioError> {
     }
     let samples = resample(&mono, spec.sample_rate, rate_hz)?;
     Ok(Clip { samples, rate_hz })
+}
+
+/// Did reading stop because the file ended? hound 3.5 says so as an
+/// `ErrorKind::Other` error with this message, not as `UnexpectedEof`: without
+/// this a truncated WAV read as "cannot read" (an I/O problem) instead of as cut short.
+fn ended_early(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string() == "Failed to read enough bytes."
 }
 
 /// Resamples a whole mono signal (band-limited FFT resampler), keeping its length
@@ -105,11 +113,17 @@ pub fn resample(input: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioErro
         let o = r.process_partial(Some(&[&input[pos..]]), None).map_err(|e| fail(&e))?;
         out.extend_from_slice(&o[0]);
     }
-    while out.len() < expected + delay {
-        let o = r.process_partial::<&[f32]>(None, None).map_err(|e| fail(&e))?;
-        if o[0].is_empty() {
+    // Flush with silence until the delayed tail is out. A flush may give nothing: the
+    // resampler fills a whole FFT block first, which at a rate like 47999 Hz (no
+    // common factor with 16 kHz) is 47999 frames, dozens of chunks. So an empty
+    // flush is no sign of the end (stopping there lost whole clips); the number of
+    // flushes is bounded by what that block and the delay can need.
+    let most = ((expected + 3 * delay) as u64 * from as u64 / to as u64) as usize / chunk + 8;
+    for _ in 0..most {
+        if out.len() >= expected + delay {
             break;
         }
+        let o = r.process_partial::<&[f32]>(None, None).map_err(|e| fail(&e))?;
         out.extend_from_slice(&o[0]);
     }
     out.drain(..delay.min(out.len()));
@@ -192,6 +206,17 @@ mod tests {
             assert_eq!(out.len(), 16_000, "from {from}");
             let p = pitch(&out[1000..15000], 16_000);
             assert!((p - 440.0).abs() < 5.0, "from {from}: pitch {p}");
+        }
+    }
+
+    /// Found by the WAV property test: at rates with no common factor with 16 kHz
+    /// the resampler's first output comes only after tens of thousands of frames,
+    /// and short clips came out empty.
+    #[test]
+    fn odd_rates_keep_every_sample() {
+        for (from, n) in [(8_001, 1500), (8_006, 100), (47_999, 2000), (44_100, 3), (11_025, 1)] {
+            let out = resample(&vec![0.25; n], from, 16_000).unwrap();
+            assert_eq!(out.len() as u64, n as u64 * 16_000 / from as u64, "from {from}, {n} frames");
         }
     }
 

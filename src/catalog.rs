@@ -96,6 +96,9 @@ pub struct ModelEntry {
     pub file: String,
     /// sha256 of the file at `url`. Absent: not pinned yet (voxd prints the digest it saw).
     pub sha256: Option<String>,
+    /// Exact size in bytes of the file at `url`, pinned with `sha256`: a truncated
+    /// file is then caught without reading it all.
+    pub bytes: Option<u64>,
     /// Approximate download size in MB, for humans and progress estimates.
     pub size_mb: Option<f64>,
     /// Where users download it from (the model hub).
@@ -133,6 +136,8 @@ pub struct RegistrySource {
     /// sha256 of the file this recipe installs (for `ct2_whisper`: of voxd's conversion,
     /// which is deterministic).
     pub sha256: String,
+    /// Exact size in bytes of the file this recipe installs, pinned with `sha256`.
+    pub bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +156,99 @@ pub struct Package {
     /// `name@version` on npm.
     pub npm: Option<String>,
     pub sha256: String,
+}
+
+impl ModelEntry {
+    /// Every name in the entry that becomes part of a path on disk: the id (the
+    /// staging directory), `file` (inside the models directory) and the registry
+    /// recipe's members (inside the unpacked packages). A table that says
+    /// `file = "../x"` must not make voxd write, rename or delete outside its own
+    /// directories. `n` is the entry's place in the table, for a bad id.
+    fn check_names(&self, n: usize) -> Result<(), String> {
+        if let Err(why) = plain_id(&self.id) {
+            return Err(format!("[[model]] number {}: id {:?} {why}", n + 1, self.id));
+        }
+        let bad = |field: &str, value: &str, why: String| Err(format!("model {}: {field} {value:?} {why}", self.id));
+        if let Err(why) = plain_name(&self.file) {
+            return bad("file", &self.file, format!("{why}; expected a file name inside the models directory, such as \"model.gguf\""));
+        }
+        let Some(r) = &self.registry else { return Ok(()) };
+        let member = |field: &str, value: &str| match relative_path(value) {
+            Ok(()) => Ok(()),
+            Err(why) => bad(field, value, format!("{why}; expected a path inside the unpacked packages, such as \"pkg/data/model.gguf\"")),
+        };
+        for (field, value) in [("registry.take", &r.take), ("registry.ct2_whisper", &r.ct2_whisper), ("registry.config", &r.config)] {
+            if let Some(value) = value {
+                member(field, value)?;
+            }
+        }
+        if let Some(join) = &r.join {
+            member("registry.join.into", &join.into)?;
+            for part in &join.parts {
+                member("registry.join.parts", part)?;
+            }
+        }
+        for p in &r.packages {
+            let spec = p.spec();
+            if let Err(why) = plain_name(&package_slot(spec)) {
+                return bad("registry package", spec, format!("{why}; expected name==version (pypi) or name@version (npm)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Package {
+    /// `name==version` or `name@version`, whichever the table gives.
+    pub fn spec(&self) -> &str {
+        self.pypi.as_deref().or(self.npm.as_deref()).unwrap_or_default()
+    }
+}
+
+/// The package cache's directory name for a package spec (one per version).
+pub fn package_slot(spec: &str) -> String {
+    spec.replace(['/', '@', '='], "_")
+}
+
+/// A model id: what `voxd models fetch ID` takes and what names the staging
+/// directory. Letters, digits, '.', '-' and '_', not starting with '.'.
+pub fn plain_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+        return Err(format!("holds {c:?}; an id is letters, digits, '.', '-' and '_'"));
+    }
+    if id.starts_with('.') {
+        return Err("starts with '.'; an id is letters, digits, '.', '-' and '_', starting with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// One name inside a directory: not empty, not `.` or `..`, no `/`, `\` or NUL.
+pub fn plain_name(name: &str) -> Result<(), String> {
+    match name {
+        "" => Err("is empty".into()),
+        "." | ".." => Err("names a directory, not a file".into()),
+        _ if name.contains(['/', '\\']) => Err("holds a path separator".into()),
+        _ if name.contains('\0') => Err("holds a NUL byte".into()),
+        _ => Ok(()),
+    }
+}
+
+/// A path below a directory: relative, each '/'-separated part a plain name.
+pub fn relative_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err("is absolute".into());
+    }
+    for part in path.split('/') {
+        match part {
+            ".." => return Err("climbs out with '..'".into()),
+            "" | "." => return Err("has an empty or '.' part".into()),
+            _ => plain_name(part)?,
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +290,9 @@ impl Catalog {
     fn check(&self, path: &Path) -> Result<(), CatalogError> {
         let err = |message: String| Err(CatalogError::Parse { path: path.into(), message });
         for (i, m) in self.models.iter().enumerate() {
+            if let Err(message) = m.check_names(i) {
+                return err(message);
+            }
             if self.models[..i].iter().any(|o| o.id == m.id) {
                 return err(format!("model id {:?} appears twice", m.id));
             }
@@ -326,6 +427,39 @@ mod tests {
         let text = BUILTIN.replacen("[[model]]\n", "[[model]]\nspeed = 3\n", 1);
         let err = Catalog::parse(&text, Path::new("m.toml")).unwrap_err().to_string();
         assert!(err.contains("unknown field `speed`") && err.contains("line"), "{err}");
+    }
+
+    /// The table with one more model, `fields` being its TOML lines after the id.
+    fn table_with(id: &str, fields: &str) -> Result<Catalog, String> {
+        let text = format!("{BUILTIN}\n[[model]]\nid = {id:?}\nrole = \"llm\"\nfamily = \"x\"\nparams = \"1\"\nquant = \"q\"\nlicense = \"MIT\"\n{fields}\n");
+        Catalog::parse(&text, Path::new("m.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn names_that_would_leave_their_directory_are_refused_naming_the_entry_and_field() {
+        let registry = |member: &str| format!("file = \"x.gguf\"\n[model.registry]\npackages = [{{ pypi = \"p==1\", sha256 = \"{}\" }}]\n{member}\nsha256 = \"{}\"", "ab".repeat(32), "cd".repeat(32));
+        let n = Catalog::builtin().models.len() + 1;
+        for (id, fields, needles) in [
+            ("x", "file = \"../x.gguf\"".to_string(), vec!["model x: file \"../x.gguf\" holds a path separator", "a file name inside the models directory"]),
+            ("x", "file = \"..\"".to_string(), vec!["model x: file \"..\" names a directory"]),
+            ("x", "file = \"\"".to_string(), vec!["model x: file \"\" is empty"]),
+            ("../../x", "file = \"x.gguf\"".to_string(), vec![&format!("[[model]] number {n}: id \"../../x\" holds '/'")]),
+            ("", "file = \"x.gguf\"".to_string(), vec!["id \"\" is empty"]),
+            ("x", registry("take = \"../../etc/passwd\""), vec!["model x: registry.take \"../../etc/passwd\" climbs out with '..'", "inside the unpacked packages"]),
+            ("x", registry("take = \"/etc/passwd\""), vec!["registry.take \"/etc/passwd\" is absolute"]),
+            ("x", registry("take = \"a\"\njoin = { into = \"a\", parts = [\"p/../../b\"] }"), vec!["model x: registry.join.parts \"p/../../b\" climbs out"]),
+            ("x", registry("ct2_whisper = \"a//b\""), vec!["registry.ct2_whisper \"a//b\" has an empty or '.' part"]),
+        ] {
+            let err = table_with(id, &fields).expect_err(&fields);
+            for needle in needles {
+                assert!(err.contains(needle), "{fields}: {err}");
+            }
+        }
+        // A package whose cache slot would be the cache itself.
+        let err = table_with("x", &format!("file = \"x.gguf\"\n[model.registry]\npackages = [{{ pypi = \"..\", sha256 = \"{}\" }}]\ntake = \"a\"\nsha256 = \"{}\"", "ab".repeat(32), "cd".repeat(32))).unwrap_err();
+        assert!(err.contains("model x: registry package \"..\""), "{err}");
+        // Paths with folders inside the packages are what the shipped table uses.
+        table_with("x", &registry("take = \"pkg/data/model.gguf\"")).unwrap();
     }
 
     #[test]

@@ -386,7 +386,15 @@ impl Config {
         let doc = match toml_edit::ImDocument::parse(text) {
             Ok(doc) => doc,
             Err(e) => {
-                problems.add(e.span(), "(syntax)".into(), e.message().trim().to_string());
+                // toml_edit says nothing about some characters (a lone '\r'): name it.
+                let message = match e.message().trim() {
+                    "" => match e.span().and_then(|s| text.get(s.start..)).and_then(|rest| rest.chars().next()) {
+                        Some(c) => format!("unexpected {c:?}; not valid TOML here"),
+                        None => "not valid TOML here".to_string(),
+                    },
+                    m => m.to_string(),
+                };
+                problems.add(e.span(), "(syntax)".into(), message);
                 return Err(ConfigErrors { path: path.into(), problems: problems.found });
             }
         };
@@ -566,6 +574,15 @@ mod tests {
         let err = parse("[asr]\nthreads = = 2\n").unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert_eq!(err.problems[0].line, 2);
+    }
+
+    /// Found by the config property test: toml_edit's message for a lone '\r' is
+    /// empty, which left a problem that said nothing.
+    #[test]
+    fn a_syntax_error_always_says_something() {
+        let err = parse("\r").unwrap_err();
+        assert_eq!((err.problems[0].line, err.problems[0].column), (1, 1));
+        assert_eq!(err.problems[0].message, "unexpected '\\r'; not valid TOML here");
     }
 
     #[test]

@@ -42,6 +42,14 @@ pub enum Request {
     Cancel,
 }
 
+impl Request {
+    /// One line from a client, or what is wrong with it, in words the client can act
+    /// on (sent back as `{"ok":false,"error":…}`; the connection stays open).
+    pub fn parse(line: &str) -> Result<Request, String> {
+        serde_json::from_str(line).map_err(|e| format!("not a request ({e}); expected one JSON object per line, e.g. {{\"cmd\":\"status\"}} or {{\"cmd\":\"ask\",\"text\":\"…\"}}"))
+    }
+}
+
 /// The default socket: `$RUNTIME_DIRECTORY/control.sock` under systemd (its
 /// RuntimeDirectory=voxd), else `$XDG_RUNTIME_DIR/voxd/control.sock`, else
 /// `/tmp/voxd-UID/control.sock`.
@@ -169,11 +177,21 @@ pub async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ignored.next_line()).await;
                 return;
             }
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => handle.answer(request).await,
-                    Err(e) => refusal(&format!("not a request ({e}); expected e.g. {{\"cmd\":\"status\"}}")),
+            let mut reader = BufReader::new(read);
+            let mut line = Vec::new();
+            loop {
+                let reply = match next_line(&mut reader, &mut line).await {
+                    Ok(Line::End) | Err(_) => break,
+                    Ok(Line::TooLong) => {
+                        // The rest of it cannot be told from the next request: hang up.
+                        let _ = write.write_all(format!("{}\n", refusal(&format!("a request longer than {MAX_LINE} bytes; requests are one short JSON object per line"))).as_bytes()).await;
+                        break;
+                    }
+                    Ok(Line::Text(text)) => match Request::parse(&text) {
+                        Ok(request) => handle.answer(request).await,
+                        Err(e) => refusal(&e),
+                    },
+                    Ok(Line::NotText) => refusal("not a request: the line is not UTF-8 text; expected one JSON object per line, e.g. {\"cmd\":\"status\"}"),
                 };
                 if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                     break;
@@ -181,6 +199,37 @@ pub async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
             }
         });
     }
+}
+
+/// The longest request line read: an `ask` with a paragraph fits many times over;
+/// a client that sends megabytes without a newline is not allowed to make voxd
+/// hold them.
+const MAX_LINE: usize = 64 * 1024;
+
+/// One line from a client, as far as voxd will read it.
+enum Line {
+    Text(String),
+    NotText,
+    TooLong,
+    End,
+}
+
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let n = (&mut *reader).take(MAX_LINE as u64 + 1).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
+        return Ok(Line::TooLong);
+    }
+    let text = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    Ok(match std::str::from_utf8(text) {
+        Ok(t) => Line::Text(t.to_string()),
+        Err(_) => Line::NotText,
+    })
 }
 
 fn refusal(error: &str) -> serde_json::Value {

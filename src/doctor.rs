@@ -112,7 +112,7 @@ fn model(s: &Subject<'_>, role: Role) -> (Check, u64) {
     let check = match models::status(entry, s.models_dir) {
         Err(e) => fail(area, format!("{described}: cannot be read ({e})"), format!("check the file's permissions, or fetch it again: `voxd models fetch {}`", r.id)),
         Ok(Status::Missing) => fail(area, format!("{}: not installed", r.id), format!("`voxd models fetch {}`", r.id)),
-        Ok(Status::Mismatch { sha256 }) => fail(area, format!("{described}: sha256 {sha256} matches no pinned digest: corrupt, truncated or replaced"), format!("fetch it again: `voxd models fetch {}`", r.id)),
+        Ok(damaged @ (Status::Mismatch { .. } | Status::WrongSize { .. })) => fail(area, format!("{described}: {}", damaged.problem().unwrap_or_default()), format!("fetch it again: `{}`", models::fetch_command(entry))),
         Ok(Status::Unpinned { .. }) => warn(area, format!("{described}: nothing pinned in models.toml to verify it against"), "pin its sha256 in models.toml"),
         Ok(Status::Verified { via }) => match &r.fell_back_from {
             Some(default) => warn(area, format!("{described}, sha256 verified ({via}); the default {default} is not installed, so the test model stands in"), format!("`voxd models fetch {default}`")),
@@ -234,9 +234,13 @@ fn audio(config: &Config) -> Vec<Check> {
                 crate::device::Output::open(endpoint, 22_050, a.period_ms, a.output_ring_ms).map(|d| d.opened.clone())
             }
         });
+        let finding = |e: anyhow::Error| format!("cannot be opened ([audio] backend = {:?}, {key} = {spec:?}): {e:#}", a.backend);
         checks.push(match opened {
             Ok(what) => ok(area, what),
-            Err(e) => fail(area, format!("cannot be opened ([audio] backend = {:?}, {key} = {spec:?}): {e:#}", a.backend), fix_server),
+            // `voxd run` waits for a microphone (it may be plugged in later): it runs,
+            // but hears nothing until then.
+            Err(e) if input => warn(area, format!("{}; `voxd run` waits for it and hears nothing until then", finding(e)), fix_server),
+            Err(e) => fail(area, finding(e), fix_server),
         });
     }
     checks

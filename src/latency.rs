@@ -16,28 +16,58 @@ use anyhow::{bail, Context, Result};
 use crate::bench::{percentile, stage_times, STAGES};
 use crate::pipeline::telemetry::TurnRecord;
 
-/// Reads latency logs; a line that is not a turn record is an error naming its file
-/// and line (a log cut short by a crash ends in a partial line: that one is skipped).
-pub fn load(paths: &[PathBuf]) -> Result<Vec<TurnRecord>> {
-    let mut turns = Vec::new();
+/// What was read from latency logs: the turn records, and the lines that were not.
+pub struct Loaded {
+    pub turns: Vec<TurnRecord>,
+    /// Per log with lines that are not turn records: skipped, not fatal.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Lines of one log that were not turn records: a torn last line after a crash,
+/// garbage from a disk or an editor. The rest of the log still counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub lines: usize,
+    /// The first such line (1-based) and why it is not a record.
+    pub first_line: usize,
+    pub first_error: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, n) = (self.path.display(), self.lines);
+        write!(f, "{path}: skipped {n} line{} that {} not a voxd turn record; the first at {path}:{} ({})", if n == 1 { "" } else { "s" }, if n == 1 { "is" } else { "are" }, self.first_line, self.first_error)
+    }
+}
+
+/// Reads latency logs. A line that is not a turn record — anywhere in a log — is
+/// skipped and counted; the rest of the log is read.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
+    let mut loaded = Loaded { turns: Vec::new(), skipped: Vec::new() };
     for path in paths {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading latency log {}", path.display()))?;
-        let lines: Vec<&str> = text.lines().collect();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<TurnRecord>(line) {
-                Ok(t) => turns.push(t),
-                // The last line of a log whose writer died mid-line.
-                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                    tracing::warn!("{}:{}: an unfinished last line (voxd stopped while writing it); skipped", path.display(), i + 1)
-                }
-                Err(e) => bail!("{}:{}: not a voxd turn record ({e}); expected one JSON object per line as `voxd run --latency-log` writes", path.display(), i + 1),
-            }
+        let (turns, skipped) = parse(&text, path);
+        loaded.turns.extend(turns);
+        loaded.skipped.extend(skipped);
+    }
+    Ok(loaded)
+}
+
+/// The turn records in one log's text, and what was skipped.
+pub fn parse(text: &str, path: &Path) -> (Vec<TurnRecord>, Option<Skipped>) {
+    let mut turns = Vec::new();
+    let mut skipped: Option<Skipped> = None;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match serde_json::from_str::<TurnRecord>(line) {
+            Ok(t) => turns.push(t),
+            Err(e) => match &mut skipped {
+                Some(s) => s.lines += 1,
+                None => skipped = Some(Skipped { path: path.to_path_buf(), lines: 1, first_line: i + 1, first_error: e.to_string() }),
+            },
         }
     }
-    Ok(turns)
+    (turns, skipped)
 }
 
 /// Turns that were spoken and answered (heard): the ones with a round trip. (A typed

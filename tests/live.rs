@@ -62,7 +62,7 @@ impl Pulse {
         c
     }
 
-    fn pactl(&self, args: &[&str]) -> String {
+    pub fn pactl(&self, args: &[&str]) -> String {
         let out = self.command("pactl").args(args).output().expect("pactl runs (apt package pulseaudio-utils)");
         assert!(out.status.success(), "pactl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into()
@@ -80,7 +80,7 @@ impl Pulse {
 
     /// The server dies under voxd (SIGKILL: no goodbye to its clients), stays away for
     /// `down`, and comes back with the same devices.
-    fn crash_and_restart(&mut self, down: Duration) {
+    pub fn crash_and_restart(&mut self, down: Duration) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         std::thread::sleep(down);
@@ -90,8 +90,13 @@ impl Pulse {
 
     /// Says `wav` into the microphone (plays it into "room"), returning when it is over.
     pub fn say(&self, wav: &Path) {
-        let status = self.command("paplay").args(["-d", "room"]).arg(wav).status().expect("paplay runs");
-        assert!(status.success(), "paplay {}", wav.display());
+        self.say_into("room", wav);
+    }
+
+    /// Plays `wav` into `sink`, whose monitor is a microphone.
+    pub fn say_into(&self, sink: &str, wav: &Path) {
+        let status = self.command("paplay").args(["-d", sink]).arg(wav).status().expect("paplay runs");
+        assert!(status.success(), "paplay -d {sink} {}", wav.display());
     }
 
     /// Records what the speaker plays, 16 kHz mono, until the recorder is stopped.

@@ -10,6 +10,7 @@ mod engines;
 mod live;
 mod models;
 mod pipeline;
+mod properties;
 mod select;
 mod service;
 mod tools;

@@ -147,3 +147,42 @@ fn fetch_offline_touches_no_network() {
     assert!(!r.stderr.contains("downloading"), "{}", r.stderr);
     assert!(dir.path().join("models/SmolLM2-135M-Instruct.Q4_1.gguf").exists());
 }
+
+/// Every start verifies its models before loading them (size and sha256 against
+/// models.toml), and remembers what it hashed in the cache directory: the next
+/// start reads the digest there instead of hashing again — shown by what it says,
+/// and by a remembered digest being believed — until the file changes.
+#[test]
+fn a_model_verified_once_is_not_hashed_again_until_it_changes() {
+    let dir = tempdir();
+    let (models, cache) = (dir.path().join("models"), dir.path().join("cache"));
+    std::fs::create_dir(&models).unwrap();
+    let copy = models.join("ggml-tiny.en.bin");
+    std::fs::copy(model("ggml-tiny.en.bin"), &copy).unwrap();
+    let config = dir.path().join("voxd.toml");
+    // The cache directory is the test's own (transcribing needs nothing else from it).
+    std::fs::write(&config, format!("[paths]\nmodels_dir = {:?}\n[asr]\nmodel = \"whisper-tiny.en\"\n", models.to_str().unwrap())).unwrap();
+    let transcribe = || run_cmd(voxd().env("VOXD_CACHE_DIR", &cache).args(["--config", config.to_str().unwrap(), "transcribe", testdata("jfk.wav").to_str().unwrap()]));
+    let verifying = format!("verifying {}", copy.display());
+
+    let first = transcribe();
+    assert!(first.ok && first.stderr.contains(&verifying), "the first start hashes the model:\n{}", first.stderr);
+    let remembered = std::fs::read_to_string(cache.join("model-digests.json")).expect("the digest is remembered in the cache directory");
+    let pinned = voxd::catalog::Catalog::builtin().get("whisper-tiny.en").unwrap().registry.as_ref().unwrap().sha256.clone();
+    assert!(remembered.contains(copy.to_str().unwrap()) && remembered.contains(&pinned), "{remembered}");
+
+    let second = transcribe();
+    assert!(second.ok && !second.stderr.contains("verifying"), "the second start hashed again:\n{}", second.stderr);
+
+    // What is remembered is what counts while the file is unchanged: a remembered
+    // digest that matches no pin is believed, and the start refused.
+    std::fs::write(cache.join("model-digests.json"), remembered.replace(&pinned, &"0".repeat(64))).unwrap();
+    let believed = transcribe();
+    assert!(!believed.ok && believed.stderr.contains("matches no pinned digest") && !believed.stderr.contains("verifying"), "{}", believed.stderr);
+
+    // A file that changed (here only its time) is hashed again, and passes.
+    let f = std::fs::File::options().append(true).open(&copy).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    let rehashed = transcribe();
+    assert!(rehashed.ok && rehashed.stderr.contains(&verifying), "{}", rehashed.stderr);
+}

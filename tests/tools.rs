@@ -191,6 +191,26 @@ fn home_assistant_tools_without_a_token_are_a_clear_error_at_start() {
     assert!(r.stderr.contains(&format!("set the environment variable {TOKEN_ENV}")), "{}", r.stderr);
 }
 
+/// Under systemd the token comes as a credential (`LoadCredential=hass_token`):
+/// with neither the environment variable nor a token file, voxd reads
+/// `$CREDENTIALS_DIRECTORY/hass_token`, and Home Assistant gets it.
+#[test]
+fn the_token_from_a_systemd_credential_reaches_home_assistant() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("hass_token"), format!("{TOKEN}\n")).unwrap();
+    let config = config(&dir, Some(&ha.url()), None, &[LIGHTS_HA, LIGHTS_INTENT]);
+    let (input, _) = conversation(&dir, "cred", &[(0.5, "Turn on the kitchen light.")], 4.0);
+    let out = dir.path().join("out.wav");
+    let r = run_cmd(voxd().env_remove(TOKEN_ENV).env("CREDENTIALS_DIRECTORY", &credentials).args(["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]));
+    assert!(r.ok, "{}", r.stderr);
+    let requests = ha.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}\n{}", r.stderr);
+    assert_eq!(requests[0].authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+}
+
 #[test]
 fn the_mqtt_broker_restarting_mid_session_is_survived() {
     let dir = tempdir();

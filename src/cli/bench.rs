@@ -308,7 +308,7 @@ pub(super) fn select(env: &Env, ids: &[String], quick: bool, dry_run: bool, repo
 /// One candidate, in a process of its own (see `select`).
 pub(super) fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repetitions: usize) -> Result<()> {
     use crate::select::{gates, measure, Measured};
-    let r = env.resolve(Role::Llm, Some(id))?;
+    let r = env.resolve_verified(Role::Llm, Some(id))?;
     let set = crate::tools::eval::EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
     let persona = &env.config.llm.system_prompt;
     let preamble = crate::tools::preamble(persona, &set.tools, true);

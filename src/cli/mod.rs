@@ -391,8 +391,23 @@ impl Env {
         Ok(r)
     }
 
+    /// `resolve`, then the model's file checked against models.toml (size and
+    /// sha256 where pinned) before an engine is handed it: a damaged model is an
+    /// error naming it and its fix, never a crash inside the engine's C code. A
+    /// file given by path is the user's own: nothing to check it against.
+    fn resolve_verified(&self, role: Role, override_: Option<&str>) -> Result<Resolved> {
+        let r = self.resolve(role, override_)?;
+        if let Some(entry) = self.catalog.get(&r.id).filter(|e| self.models_dir.join(&e.file) == r.path) {
+            models::verify(entry, &self.models_dir)?;
+        }
+        Ok(r)
+    }
+
     fn asr(&self, model: Option<&str>) -> Result<Asr> {
-        let r = self.resolve(Role::Asr, model)?;
+        self.load_asr(&self.resolve_verified(Role::Asr, model)?)
+    }
+
+    fn load_asr(&self, r: &Resolved) -> Result<Asr> {
         let c = &self.config.asr;
         let options = AsrOptions {
             threads: c.threads,
@@ -406,7 +421,10 @@ impl Env {
     }
 
     fn llm(&self, model: Option<&str>) -> Result<Llm> {
-        let r = self.resolve(Role::Llm, model)?;
+        self.load_llm(&self.resolve_verified(Role::Llm, model)?)
+    }
+
+    fn load_llm(&self, r: &Resolved) -> Result<Llm> {
         Ok(Llm::load(&r.path, &r.id, self.llm_options())?)
     }
 
@@ -423,7 +441,10 @@ impl Env {
     }
 
     fn tts(&self, voice: Option<&str>) -> Result<Tts> {
-        let r = self.resolve(Role::Tts, voice)?;
+        self.load_tts(&self.resolve_verified(Role::Tts, voice)?)
+    }
+
+    fn load_tts(&self, r: &Resolved) -> Result<Tts> {
         let c = &self.config.tts;
         let options = TtsOptions { rate: c.rate, variability: c.variability, threads: c.threads, espeak_data_dir: c.espeak_data_dir.clone() };
         Ok(Tts::load(&r.path, &r.id, &options)?)
@@ -441,9 +462,12 @@ impl Env {
     /// Loads the three engines for the pipeline and warms them up, so the first turn
     /// is not slower than the rest.
     fn engines(&self) -> Result<pipeline::Engines> {
-        let mut asr = self.asr(None)?;
-        let llm = self.llm(None)?;
-        let mut tts = self.tts(None)?;
+        // All three checked before any loads: a damaged voice is said at once, not
+        // after seconds spent loading Whisper and the LLM.
+        let (asr, llm, tts) = (self.resolve_verified(Role::Asr, None)?, self.resolve_verified(Role::Llm, None)?, self.resolve_verified(Role::Tts, None)?);
+        let mut asr = self.load_asr(&asr)?;
+        let llm = self.load_llm(&llm)?;
+        let mut tts = self.load_tts(&tts)?;
         let started = std::time::Instant::now();
         asr.transcribe(&vec![0.0; audio::ASR_RATE_HZ as usize])?;
         tts.synthesize("Ready.")?;

@@ -4,15 +4,23 @@ use super::*;
 
 pub(super) fn latency_report(logs: &[PathBuf], compare: Option<&[PathBuf]>, plot: Option<&Path>) -> Result<()> {
     use crate::latency;
+    // Lines that are not turn records are skipped, and said so here, on stderr.
+    let load = |paths: &[PathBuf]| -> Result<Vec<crate::pipeline::telemetry::TurnRecord>> {
+        let loaded = latency::load(paths)?;
+        for s in &loaded.skipped {
+            eprintln!("warning: {s}");
+        }
+        Ok(loaded.turns)
+    };
     let series: Vec<(String, Vec<crate::pipeline::telemetry::TurnRecord>)> = match compare {
         Some([old, new]) => {
-            let (a, b) = (latency::load(std::slice::from_ref(old))?, latency::load(std::slice::from_ref(new))?);
+            let (a, b) = (load(std::slice::from_ref(old))?, load(std::slice::from_ref(new))?);
             print!("{}", latency::compare(&a, &b, &old.display().to_string(), &new.display().to_string()));
             vec![(format!("before: {}", old.display()), a), (format!("after: {}", new.display()), b)]
         }
         Some(_) => anyhow::bail!("--compare takes two logs: OLD NEW"),
         None => {
-            let turns = latency::load(logs)?;
+            let turns = load(logs)?;
             print!("{}", latency::report(&turns));
             vec![(logs.iter().map(|l| l.display().to_string()).collect::<Vec<_>>().join(", "), turns)]
         }

@@ -60,6 +60,9 @@ pub struct Health {
     last_error: AtomicU8,
     /// Times the stream was reopened after a failure.
     pub reopens: AtomicU64,
+    /// No stream is open: the device is gone or not there yet, and its supervisor
+    /// keeps trying to open it. Nothing flows, and nothing is wrong with voxd.
+    pub absent: AtomicBool,
 }
 
 impl Health {
@@ -75,6 +78,7 @@ impl Health {
             errors_in_a_row: AtomicU64::new(0),
             last_error: AtomicU8::new(u8::MAX),
             reopens: AtomicU64::new(0),
+            absent: AtomicBool::new(false),
         }
     }
 
@@ -201,6 +205,15 @@ impl Endpoint {
             },
         };
         Ok(Endpoint { host, spec: spec.to_string(), input })
+    }
+
+    /// The device as the config names it, for messages: "pulseaudio:late.monitor",
+    /// or "PulseAudio's default input".
+    pub fn describe(&self) -> String {
+        match self.spec.as_str() {
+            "" => format!("{}'s default {}", self.host.name(), if self.input { "input" } else { "output" }),
+            spec => spec.to_string(),
+        }
     }
 
     fn device(&self) -> anyhow::Result<cpal::Device> {
@@ -330,16 +343,29 @@ fn describe(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period:
 }
 
 /// Keeps a stream alive until `stop`: rebuilds it when its error callback says it
-/// failed, or when it has gone silent (a server that hangs reports nothing). Each
+/// failed, or when it has gone silent (a server that hangs reports nothing); with no
+/// stream to begin with (a device not there yet), opens it once it can. Each
 /// rebuild (`reopen`) comes with a fresh ring — the old one may still belong to an
-/// abandoned stream — whose other end goes to the stage's side through `replace`.
-/// `device` names it in warnings ("microphone"), `quiet` says what silence means for
-/// it ("no audio").
-pub(crate) fn supervise<End>(device: &'static str, quiet: &str, stream: cpal::Stream, health: &Health, stop: &AtomicBool, replace: std::sync::mpsc::Sender<End>, mut reopen: impl FnMut() -> anyhow::Result<(cpal::Stream, End)>) {
+/// abandoned stream — whose other end goes to the stage's side through `replace`,
+/// and with a description of what was opened, for the log. `device` names it in
+/// warnings ("microphone"), `quiet` says what silence means for it ("no audio").
+pub(crate) fn supervise<End>(
+    device: &'static str,
+    quiet: &str,
+    stream: Option<cpal::Stream>,
+    health: &Health,
+    stop: &AtomicBool,
+    replace: std::sync::mpsc::Sender<End>,
+    mut reopen: impl FnMut() -> anyhow::Result<(cpal::Stream, End, String)>,
+) {
     // alsa-lib's own complaints (a server that is down) stay off stderr: the
     // warnings below say what happened.
     let _quiet = alsa::Output::local_error_handler();
-    let mut stream = Some(stream);
+    let mut opened_before = stream.is_some();
+    // A device missing from the start was reported by whoever started us.
+    let mut missing = if stream.is_some() { Reminder::new() } else { Reminder::said_now() };
+    health.absent.store(stream.is_none(), Ordering::Relaxed);
+    let mut stream = stream;
     let mut attempt = 0;
     let mut errors = ErrorLog::new(device);
     while !stop.load(Ordering::Acquire) {
@@ -354,23 +380,79 @@ pub(crate) fn supervise<End>(device: &'static str, quiet: &str, stream: cpal::St
             let why = if failed { failure(health) } else { format!("{quiet} for {:.1} s", health.silent_for().as_secs_f64()) };
             tracing::warn!("{device}: {why}; reopening");
             release(s, failed);
+            health.absent.store(true, Ordering::Relaxed);
         }
         std::thread::sleep(backoff(attempt));
         attempt += 1;
         health.failed.store(false, Ordering::Relaxed);
         match reopen() {
-            Ok((s, end)) => {
+            Ok((s, end, what)) => {
                 let _ = replace.send(end);
-                health.reopens.fetch_add(1, Ordering::Relaxed);
+                if opened_before {
+                    health.reopens.fetch_add(1, Ordering::Relaxed);
+                }
                 health.beat();
-                tracing::info!("{device}: reopened");
+                health.absent.store(false, Ordering::Relaxed);
+                tracing::info!("{device}: {} {what}", if opened_before { "reopened" } else { "opened" });
+                opened_before = true;
+                missing = Reminder::new();
                 stream = Some(s);
             }
-            Err(e) => tracing::warn!("{device}: reopening failed ({e:#}); trying again"),
+            Err(e) => {
+                if let Some(for_how_long) = missing.due(Instant::now()) {
+                    let still = if for_how_long.is_zero() { String::new() } else { format!(" (for {})", human(for_how_long)) };
+                    tracing::warn!("{device}: cannot be opened{still}: {e:#}; voxd runs on and keeps trying (every {:.0} s at most)", BACKOFF_MAX.as_secs_f64());
+                }
+            }
         }
     }
     if let Some(s) = stream {
         release(s, health.silent_for() < SILENT_LIMIT);
+    }
+}
+
+/// When to say again that a device is still missing: at once, then 10 s later, 20 s
+/// after that, 40 s … at most every 10 minutes — a journal that shows the problem
+/// without filling up with it.
+struct Reminder {
+    since: Option<Instant>,
+    /// How long missing before it is said next, and the wait after that.
+    next: Duration,
+    interval: Duration,
+}
+
+const FIRST_REMINDER: Duration = Duration::from_secs(10);
+const LAST_REMINDER: Duration = Duration::from_secs(600);
+
+impl Reminder {
+    fn new() -> Reminder {
+        Reminder { since: None, next: Duration::ZERO, interval: Duration::ZERO }
+    }
+
+    /// Missing from now, and said so already.
+    fn said_now() -> Reminder {
+        Reminder { since: Some(Instant::now()), next: FIRST_REMINDER, interval: FIRST_REMINDER }
+    }
+
+    /// Another failed attempt at `now`: how long the device has been missing, when
+    /// that is worth saying.
+    fn due(&mut self, now: Instant) -> Option<Duration> {
+        let since = *self.since.get_or_insert(now);
+        let missing = now.saturating_duration_since(since);
+        if missing < self.next {
+            return None;
+        }
+        self.interval = (self.interval * 2).clamp(FIRST_REMINDER, LAST_REMINDER);
+        self.next = missing + self.interval;
+        Some(missing)
+    }
+}
+
+/// "40 s", "3 min" for a duration in a message.
+fn human(d: Duration) -> String {
+    match d.as_secs() {
+        s if s < 120 => format!("{s} s"),
+        s => format!("{} min", s / 60),
     }
 }
 
@@ -393,7 +475,32 @@ fn release(stream: cpal::Stream, responsive: bool) {
     }
 }
 
-/// Waits before reopening a failed device: 0.5 s, doubling to 5 s.
+/// Waits before reopening a failed device: 0.5 s, doubling to `BACKOFF_MAX`.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((500u64 << attempt.min(4)).min(5000))
+    Duration::from_millis(500u64 << attempt.min(4)).min(BACKOFF_MAX)
+}
+
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_device_is_reported_at_once_then_at_growing_intervals() {
+        let start = Instant::now();
+        let mut r = Reminder::new();
+        // An attempt every 5 s for an hour: when is it said?
+        let said: Vec<u64> = (0..720).filter_map(|i| r.due(start + Duration::from_secs(i * 5)).map(|d| d.as_secs())).collect();
+        assert_eq!(said, [0, 10, 30, 70, 150, 310, 630, 1230, 1830, 2430, 3030]);
+        // Reported by its opener: the supervisor's first word is 10 s later.
+        let mut r = Reminder::said_now();
+        assert_eq!(r.due(Instant::now()), None);
+    }
+
+    #[test]
+    fn reopening_backs_off_to_five_seconds() {
+        let waits: Vec<u128> = (0..7).map(|a| backoff(a).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
+    }
 }

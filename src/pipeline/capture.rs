@@ -85,14 +85,15 @@ pub fn pace_device(mut input: device::Input, frame_len: usize, stop: Arc<AtomicB
         }
         pcm.drain(..whole);
         // The heartbeat (systemd's watchdog) moves only while audio flows through: a
-        // dead device or a stalled vad stops it.
+        // hung device or a stalled vad stops it. A device that is absent is waited for
+        // (restarting would not bring it back): the pacer is alive, so it beats.
         let h = &input.health;
         counters.capture_overflows.store(h.lost.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.capture_xruns.store(h.xruns.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.input_reopens.store(h.reopens.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.capture_errors.store(h.errors.load(Ordering::Relaxed), Ordering::Relaxed);
         counters.capture_latency_us.store(h.latency_us.load(Ordering::Relaxed), Ordering::Relaxed);
-        if whole > 0 {
+        if whole > 0 || h.absent.load(Ordering::Relaxed) {
             counters.capture_heartbeat.fetch_add(1, Ordering::Relaxed);
         }
     }

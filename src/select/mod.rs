@@ -223,8 +223,8 @@ pub fn unmeasurable(entry: &ModelEntry, models_dir: &Path) -> anyhow::Result<Opt
     use crate::models::Status;
     Ok(match crate::models::status(entry, models_dir)? {
         Status::Missing => Some(format!("not installed (`voxd models fetch {}`{})", entry.id, if entry.registry.is_some() { " or `--registry`" } else { "" })),
-        Status::Mismatch { sha256 } => Some(format!("installed file is corrupt: sha256 {} matches no pin", &sha256[..12])),
         Status::Verified { .. } | Status::Unpinned { .. } => None,
+        damaged => Some(format!("installed file is damaged: {}", damaged.problem().unwrap_or_default())),
     })
 }
 

@@ -36,6 +36,10 @@ section! {
         token_env: String = "HASS_TOKEN".into();
         /// Or a file holding the token (readable by voxd only); used when set.
         token_file: String = String::new();
+        /// Or the systemd credential holding it (`LoadCredential=hass_token` in the
+        /// unit): read from `$CREDENTIALS_DIRECTORY` when neither `token_file` nor the
+        /// environment variable gives a token.
+        token_credential: String = "hass_token".into(), check(|s: &String| s.is_empty() || crate::catalog::plain_name(s).is_ok(), "a credential name (no '/')");
     }
 }
 

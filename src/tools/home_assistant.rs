@@ -2,7 +2,7 @@
 //! or read an entity (`GET /api/states/<entity_id>`), with a long-lived access token
 //! from the environment or a file — never from the config text, never in logs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -31,17 +31,8 @@ impl HomeAssistant {
         if c.url.is_empty() {
             return Ok(None);
         }
-        let token = if !c.token_file.is_empty() {
-            read_token_file(Path::new(&c.token_file))?
-        } else {
-            match std::env::var(&c.token_env) {
-                Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-                _ => bail!(
-                    "Home Assistant tools need an access token: set the environment variable {} (home_assistant.token_env) or home_assistant.token_file",
-                    c.token_env
-                ),
-            }
-        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()).map(PathBuf::from);
+        let token = token(c, std::env::var(&c.token_env).ok(), credentials.as_deref())?;
         Ok(Some(HomeAssistant { base: c.url.trim_end_matches('/').to_string(), token }))
     }
 
@@ -68,6 +59,27 @@ impl HomeAssistant {
     }
 }
 
+/// The access token, from the first source that gives one: `token_file` (named in
+/// the config, so meant), the environment variable `token_env`, then systemd's
+/// credential `token_credential` in `credentials` ($CREDENTIALS_DIRECTORY).
+fn token(c: &HomeAssistantConfig, env: Option<String>, credentials: Option<&Path>) -> anyhow::Result<String> {
+    if !c.token_file.is_empty() {
+        return read_token_file(Path::new(&c.token_file));
+    }
+    if let Some(t) = env.filter(|t| !t.trim().is_empty()) {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(file) = credentials.filter(|_| !c.token_credential.is_empty()).map(|dir| dir.join(&c.token_credential)).filter(|f| f.exists()) {
+        return read_token_file(&file);
+    }
+    bail!(
+        "Home Assistant tools need an access token: set the environment variable {} (home_assistant.token_env) or home_assistant.token_file, or under systemd give the credential {:?} (LoadCredential={} in the unit)",
+        c.token_env,
+        c.token_credential,
+        c.token_credential
+    )
+}
+
 fn read_token_file(path: &Path) -> anyhow::Result<String> {
     let token = std::fs::read_to_string(path).with_context(|| format!("reading the Home Assistant token file {}", path.display()))?;
     #[cfg(unix)]
@@ -82,4 +94,32 @@ fn read_token_file(path: &Path) -> anyhow::Result<String> {
         bail!("the Home Assistant token file {} is empty", path.display());
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_file_then_the_environment_then_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
+        std::fs::write(credentials.join("hass_token"), "from-systemd\n").unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file").unwrap();
+        let c = HomeAssistantConfig { url: "http://ha".into(), ..HomeAssistantConfig::default() };
+        let with_file = HomeAssistantConfig { token_file: file.to_string_lossy().into(), ..c.clone() };
+        assert_eq!(token(&with_file, Some("from-env".into()), Some(&credentials)).unwrap(), "from-file");
+        assert_eq!(token(&c, Some("from-env".into()), Some(&credentials)).unwrap(), "from-env");
+        assert_eq!(token(&c, Some("  ".into()), Some(&credentials)).unwrap(), "from-systemd", "a blank variable gives no token");
+        assert_eq!(token(&c, None, Some(&credentials)).unwrap(), "from-systemd");
+        let err = token(&c, None, Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("set the environment variable HASS_TOKEN") && err.contains("LoadCredential=hass_token"), "{err}");
+        let err = token(&c, None, None).unwrap_err().to_string();
+        assert!(err.contains("credential \"hass_token\""), "{err}");
+        std::fs::write(credentials.join("hass_token"), "\n").unwrap();
+        let err = token(&c, None, Some(&credentials)).unwrap_err().to_string();
+        assert!(err.contains("hass_token is empty"), "{err}");
+    }
 }

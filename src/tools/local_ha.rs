@@ -3,7 +3,7 @@
 //! `POST /api/services/<domain>/<service>` and `GET /api/states/<entity_id>` as
 //! Home Assistant does, checks the bearer token as Home Assistant does (401
 //! otherwise), records every request, and can be told to misbehave — answer with an
-//! error status, or too slowly. It also takes webhooks: any request under `/hook/`
+//! error status, too slowly, with a body of the test's choosing, or not at all. It also takes webhooks: any request under `/hook/`
 //! is recorded and answered 200 without a token.
 
 use std::collections::HashMap;
@@ -30,6 +30,10 @@ pub enum Behaviour {
     Status(u16),
     /// Answers after this long (to outlast a tool's timeout).
     Slow(Duration),
+    /// Answers 200 with this body (not JSON, JSON without a state, ...).
+    Body(&'static str),
+    /// Reads the request and closes the connection without a word.
+    Hangup,
 }
 
 #[derive(Default)]
@@ -137,6 +141,8 @@ fn serve(stream: TcpStream, state: &Mutex<State>, expected_auth: &str) {
         Behaviour::Normal if path.starts_with("/hook/") => (200, "{\"ok\": true}".to_string()),
         _ if authorization.as_deref() != Some(expected_auth) && !path.starts_with("/hook/") => (401, "{\"message\": \"Invalid authentication\"}".to_string()),
         Behaviour::Status(code) => (code, "{\"message\": \"error\"}".to_string()),
+        Behaviour::Body(body) => (200, body.to_string()),
+        Behaviour::Hangup => return,
         Behaviour::Slow(d) => {
             std::thread::sleep(d);
             (200, "[]".to_string())
