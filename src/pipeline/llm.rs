@@ -167,7 +167,7 @@ impl LlmStage {
                 Job::Answer { tools } => tools,
             };
             let room = context_tokens.saturating_sub(preamble_tokens + max_reply_tokens + llm.count_message_tokens(&messages));
-            let history = lengths.newest_that_fit(&llm, &history, self.history_tokens.min(room));
+            let history = lengths.newest_that_fit(&history, self.history_tokens.min(room), |e| llm.count_message_tokens(&e.messages));
             let history_turns = history.len();
             let mut prompt = self.preamble.clone();
             prompt.extend(history.iter().flat_map(|e| e.messages.iter().cloned()));
@@ -258,29 +258,50 @@ impl LlmStage {
 pub const QUESTION_ROOM: usize = 64;
 
 /// The token length of each exchange in the history, counted once when it first
-/// comes (its messages never change), forgotten when it leaves the history.
+/// comes (its messages never change) and forgotten when it leaves the history; and
+/// where the history in the prompt starts.
 #[derive(Default)]
-struct ExchangeLengths(std::collections::HashMap<u64, usize>);
+struct ExchangeLengths {
+    tokens: std::collections::HashMap<u64, usize>,
+    /// The oldest exchange the prompts include (its id).
+    start: u64,
+}
 
 impl ExchangeLengths {
     /// The newest exchanges whose lengths add up to at most `budget`: a rolling
-    /// history dropped whole exchanges at a time, oldest first, in time linear in
-    /// what is kept (each exchange tokenised once in its life).
-    fn newest_that_fit<'h>(&mut self, llm: &Llm, history: &'h [std::sync::Arc<Exchange>], budget: usize) -> &'h [std::sync::Arc<Exchange>] {
-        let mut used = 0;
-        let mut first = history.len();
-        for (i, e) in history.iter().enumerate().rev() {
-            let n = *self.0.entry(e.id).or_insert_with(|| llm.count_message_tokens(&e.messages));
-            if used + n > budget {
-                break;
+    /// history dropped whole exchanges at a time, oldest first, each exchange
+    /// tokenised once in its life. The start stays where it was while everything
+    /// from it fits — the prompt then begins as the last one did, and the KV cache
+    /// holds it — and when it must move it moves far enough (to three quarters of
+    /// the budget) that the next few turns fit again: dropping one exchange a turn
+    /// would change the prompt's start, and re-evaluate the whole history, every turn.
+    fn newest_that_fit<'h>(&mut self, history: &'h [std::sync::Arc<Exchange>], budget: usize, count: impl Fn(&Exchange) -> usize) -> &'h [std::sync::Arc<Exchange>] {
+        let mut length = |e: &Exchange| *self.tokens.entry(e.id).or_insert_with(|| count(e));
+        let from_start = history.iter().position(|e| e.id >= self.start).unwrap_or(history.len());
+        let first = if history[from_start..].iter().map(|e| length(e)).sum::<usize>() <= budget {
+            from_start
+        } else {
+            let target = budget * 3 / 4;
+            let (mut used, mut first) = (0, history.len());
+            for (i, e) in history.iter().enumerate().rev() {
+                let n = length(e);
+                if used + n > target {
+                    break;
+                }
+                used += n;
+                first = i;
             }
-            used += n;
-            first = i;
-        }
+            first
+        };
+        self.start = match history.get(first) {
+            Some(e) => e.id,
+            // Nothing fits: start after the newest, so the exchanges to come are used.
+            None => history.last().map_or(self.start, |e| e.id + 1),
+        };
         // Only what the agent still holds is remembered (it drops exchanges oldest
         // first; so do we).
         let oldest = history.first().map_or(u64::MAX, |e| e.id);
-        self.0.retain(|id, _| *id >= oldest);
+        self.tokens.retain(|id, _| *id >= oldest);
         &history[first..]
     }
 }
@@ -301,5 +322,49 @@ fn wait_for_first_audio(counters: &Counters, turn: TurnId, cancel: &Cancel) {
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
     while counters.tts_ready_turn.load(std::sync::atomic::Ordering::Acquire) < turn && Instant::now() < deadline && !cancel.is_cancelled() {
         std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn exchange(id: u64, tokens: usize) -> Arc<Exchange> {
+        Arc::new(Exchange { id, messages: vec![Message { role: Role::User, content: "x".repeat(tokens) }] })
+    }
+
+    fn ids(kept: &[Arc<Exchange>]) -> Vec<u64> {
+        kept.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn the_history_keeps_whole_newest_exchanges_and_its_start_moves_seldom() {
+        let count = |e: &Exchange| e.messages[0].content.len();
+        let mut lengths = ExchangeLengths::default();
+        let mut history: Vec<Arc<Exchange>> = (1..=4).map(|id| exchange(id, 10)).collect();
+        assert_eq!(ids(lengths.newest_that_fit(&history, 100, count)), [1, 2, 3, 4], "everything fits");
+        for id in 5..=10 {
+            history.push(exchange(id, 10));
+        }
+        // 100 tokens of 10-token exchanges: all ten still fit.
+        assert_eq!(ids(lengths.newest_that_fit(&history, 100, count)), (1..=10).collect::<Vec<_>>());
+        // One more: over. The start moves to three quarters of the budget (7 exchanges)...
+        history.push(exchange(11, 10));
+        assert_eq!(ids(lengths.newest_that_fit(&history, 100, count)), (5..=11).collect::<Vec<_>>());
+        // ...and stays there while the rest fits: the prompt begins the same way.
+        for id in 12..=14 {
+            history.push(exchange(id, 10));
+            assert_eq!(lengths.newest_that_fit(&history, 100, count)[0].id, 5, "after exchange {id}");
+        }
+        // An exchange that can never fit is skipped whole; later ones are used.
+        history.push(exchange(15, 500));
+        assert!(lengths.newest_that_fit(&history, 100, count).is_empty());
+        history.push(exchange(16, 10));
+        assert_eq!(ids(lengths.newest_that_fit(&history, 100, count)), [16]);
+        // Lengths are remembered only for exchanges the agent still holds.
+        let held = history.split_off(10);
+        lengths.newest_that_fit(&held, 100, count);
+        assert!(lengths.tokens.keys().all(|id| *id >= 11), "{:?}", lengths.tokens.keys());
     }
 }
