@@ -495,6 +495,73 @@ allow = ["{url}/hook/*"]
     std::env::remove_var(TOKEN_ENV);
 }
 
+/// Home Assistant and a webhook that answer without end: 64 KiB is read and no more,
+/// and the call fails saying why, before its timeout.
+#[test]
+fn home_assistant_and_webhook_answers_without_end_are_refused_after_64_kib() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.set_fault("sensor.endless", Behaviour::Endless);
+    ha.set_fault("light.endless", Behaviour::Endless);
+    ha.set_fault("/hook/endless", Behaviour::Endless);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let text = format!(
+        r#"
+[home_assistant]
+url = "{url}"
+token_file = {token:?}
+
+[[tool]]
+name = "read_sensor"
+description = "Read a sensor"
+executor = "home_assistant_state"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["sensor.*"]
+
+[[tool]]
+name = "light_on"
+description = "Turn a light on"
+executor = "home_assistant"
+service = "light.turn_on"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["light.*"]
+
+[[tool]]
+name = "hook"
+description = "Call a hook"
+executor = "webhook"
+url = "{url}/hook/{{name}}"
+method = "GET"
+parameters = {{ type = "object", properties = {{ name = {{ type = "string" }} }}, required = ["name"] }}
+allow = ["{url}/hook/*"]
+"#,
+        // By name: the lookup runs on its helper thread (ureq's own would not time out).
+        url = ha.url().replace("127.0.0.1", "localhost"),
+        token = token.to_str().unwrap()
+    );
+    let config = voxd::config::Config::parse(&text, Path::new("endless.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+    let tool = |name: &str| config.tool.iter().find(|t| t.name == name).unwrap().clone();
+    for (name, arguments, who) in [
+        ("read_sensor", serde_json::json!({ "entity_id": "sensor.endless" }), "Home Assistant"),
+        ("light_on", serde_json::json!({ "entity_id": "light.endless" }), "Home Assistant"),
+        ("hook", serde_json::json!({ "name": "endless" }), "the webhook"),
+    ] {
+        let outcome = attempt(&toolbox, &tool(name), arguments).unwrap();
+        assert_eq!(outcome.error.as_deref(), Some(format!("{who} sent an answer over 64 kilobytes, too long to read").as_str()), "{name}: {outcome:?}");
+        // Not at the 3 s timeout: at 64 KiB (the margin is for a loaded machine).
+        assert!(outcome.ms < 2500.0, "{name} took {} ms", outcome.ms);
+    }
+    // What the server got out: 64 KiB read, and what loopback's socket buffers hold
+    // (a few MiB), for each of the three; without the cap it is 256 MiB each.
+    let sent = ha.endless_bytes_sent();
+    assert!(sent < 3 * (16 << 20), "{} MiB sent", sent >> 20);
+    // Well-behaved answers are still read.
+    ha.set_state("sensor.hall", "21");
+    assert_eq!(attempt(&toolbox, &tool("read_sensor"), serde_json::json!({ "entity_id": "sensor.hall" })).unwrap().result, "21");
+}
+
 /// Confirmation is a short yes on its own, within the window after the question was
 /// heard, for a question that was heard: typed turns against a running voxd.
 #[test]
