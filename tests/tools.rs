@@ -232,6 +232,111 @@ arguments = { state = "{state}" }
     assert!(stderr.contains("mqtt: lost") && stderr.matches("mqtt: connected").count() >= 2, "the client noticed and reconnected:\n{stderr}");
 }
 
+/// An MQTT config for `Mqtt::start` against `broker`, as `client_id` ("" for the default).
+fn mqtt_config(broker: &Broker, client_id: &str) -> voxd::config::MqttConfig {
+    let text = format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"{client_id}\"\n", broker.port);
+    voxd::config::Config::parse(&text, Path::new("mqtt.toml")).unwrap_or_else(|e| panic!("{e}")).mqtt
+}
+
+/// Two clients with one id throw each other off the broker: each ConnAck is followed
+/// at once by a drop. The backoff must not start over at such a ConnAck, or the two
+/// would redial each other off four times a second for ever.
+#[test]
+fn an_mqtt_connection_dropped_right_after_its_connack_is_redialled_ever_more_slowly() {
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let config = mqtt_config(&broker, "voxd-twin");
+    let first = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
+    let second = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let connections = broker.connections("voxd-twin");
+    drop((first, second));
+    // Starting over at 250 ms at each ConnAck, the two connect about 30 times in 8 s;
+    // doubling (0.25, 0.5, 1, 2, 4 s each), about 10.
+    assert!(connections >= 3, "the clients never fought: {connections} connections");
+    assert!(connections <= 16, "{connections} connections in 8 s: the backoff started over at each ConnAck");
+}
+
+#[test]
+fn the_default_mqtt_client_id_is_unique_per_host() {
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let _mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, ""), vec![]).unwrap().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    wait_until("the default client to connect", std::time::Duration::from_secs(20), || broker.connections(&format!("voxd-{}", host.trim())) == 1);
+}
+
+/// Publishes as a client of its own, each message acknowledged by the broker before
+/// `publish` returns.
+struct Publisher {
+    client: rumqttc::Client,
+    acks: std::sync::mpsc::Receiver<()>,
+}
+
+impl Publisher {
+    fn connect(broker: &Broker) -> Publisher {
+        let mut options = rumqttc::MqttOptions::new("voxd-test-publisher", "127.0.0.1", broker.port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = rumqttc::Client::new(options, 16);
+        let (tx, acks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+            }
+        });
+        Publisher { client, acks }
+    }
+
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload).unwrap();
+        self.acks.recv_timeout(std::time::Duration::from_secs(20)).expect("the broker acknowledged the publish");
+    }
+}
+
+/// The states kept are bounded: 512 topics at most (a new one is then refused with
+/// a reason), a state over rumqttc's 10 KiB default is read, and one over 64 KiB is
+/// refused before it is read, the client redialling and reading on.
+#[test]
+fn mqtt_states_are_bounded_in_number_and_size() {
+    use std::time::Duration;
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let publisher = Publisher::connect(&broker);
+    for i in 0..voxd::tools::mqtt::MAX_STATE_TOPICS {
+        publisher.publish(&format!("home/t{i}/temperature"), format!("{i}"), true);
+    }
+    let mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-states"), vec!["home/+/temperature".into()]).unwrap().unwrap();
+    let last = voxd::tools::mqtt::MAX_STATE_TOPICS - 1;
+    // All the retained states arrive (their order is the broker's).
+    wait_until("every retained state", Duration::from_secs(30), || (0..=last).all(|i| mqtt.state(&format!("home/t{i}/temperature"), Duration::ZERO).is_ok()));
+
+    // A new topic is not kept; a kept one still changes.
+    publisher.publish("home/new/temperature", "5", false);
+    publisher.publish("home/t0/temperature", "after", false);
+    wait_until("the kept topic to change", Duration::from_secs(20), || mqtt.state("home/t0/temperature", Duration::ZERO).is_ok_and(|s| s == "after"));
+    let refused = mqtt.state("home/new/temperature", Duration::from_millis(100)).unwrap_err().to_string();
+    assert_eq!(refused, "I keep the last message of 512 MQTT topics at most, and home/new/temperature is not one of them");
+
+    // 32 KiB: over rumqttc's default, under voxd's.
+    let big = "x".repeat(32 << 10);
+    publisher.publish("home/t1/temperature", big.clone(), false);
+    wait_until("the 32 KiB state", Duration::from_secs(20), || mqtt.state("home/t1/temperature", Duration::ZERO).is_ok_and(|s| s == big));
+    // 100 KiB: refused unread; the connection drops and is redialled.
+    publisher.publish("home/t2/temperature", "y".repeat(100 << 10), false);
+    wait_until("the client to redial", Duration::from_secs(30), || broker.connections("voxd-states") == 2);
+    wait_until("the client to be connected again", Duration::from_secs(30), || mqtt.connected());
+    publisher.publish("home/t2/temperature", "later", false);
+    wait_until("a state after the redial", Duration::from_secs(20), || mqtt.state("home/t2/temperature", Duration::ZERO).is_ok_and(|s| s == "later"));
+}
+
 #[test]
 fn a_device_outside_the_allow_list_is_refused_and_never_touched() {
     let dir = tempdir();
