@@ -3,13 +3,15 @@
 //!
 //! Telemetry records every finished turn here; the endpoint renders the totals and
 //! the pipeline's counters on each scrape. Nothing here is on the audio path: a
-//! mutex guards the totals, taken once per turn and once per scrape.
+//! mutex guards the totals, taken once per turn and once per scrape, and the
+//! endpoint runs on a thread of its own, bounded in connections, time and bytes per
+//! peer (it may listen on the network).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -206,26 +208,97 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped. One short request
+/// How much the endpoint gives any one peer.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections open at once; at the cap the oldest is closed (see `serve`).
+    connections: usize,
+    /// A connection's whole life, reading the request and writing the answer.
+    deadline: Duration,
+}
+
+impl Limits {
+    /// A scrape is one request answered in milliseconds, and Prometheus gives up on
+    /// one after 10 s (its default scrape_timeout): a connection still open then is
+    /// no scrape. 32 leaves room for a few scrapers and people with curl.
+    const SERVED: Limits = Limits { connections: 32, deadline: Duration::from_secs(10) };
+}
+
+/// The endpoint, on a thread of its own (`voxd-metrics`) with its own runtime: the
+/// pipeline's runtime is a single thread that also feeds the speaker, and a flood of
+/// clients must never take turns with playback. Stops when dropped.
+pub struct Server {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    /// Serves `GET /metrics` on `listener`, answering with what `render` says.
+    pub fn start(listener: std::net::TcpListener, render: impl Fn() -> String + Send + Sync + 'static) -> anyhow::Result<Server> {
+        Server::start_with(listener, Limits::SERVED, render)
+    }
+
+    fn start_with(listener: std::net::TcpListener, limits: Limits, render: impl Fn() -> String + Send + Sync + 'static) -> anyhow::Result<Server> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the metrics endpoint's runtime")?;
+        let listener = {
+            let _in_runtime = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).context("handing the metrics endpoint's socket to its runtime")?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("voxd-metrics".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = serve(listener, limits, render) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .context("starting the metrics endpoint's thread")?;
+        Ok(Server { _stop: stop })
+    }
+}
+
+/// Answers connections on `listener` until the task is dropped. One short request
 /// per connection (what Prometheus sends); anything else gets 404 or 405.
-pub async fn serve(listener: tokio::net::TcpListener, render: impl Fn() -> String + Send + Sync + 'static) {
+async fn serve(listener: tokio::net::TcpListener, limits: Limits, render: impl Fn() -> String + Send + Sync + 'static) {
     let render = std::sync::Arc::new(render);
+    // Oldest first.
+    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::with_capacity(limits.connections);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, say: wait rather than spin.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        open.retain(|c| !c.is_finished());
+        if open.len() >= limits.connections {
+            // Make room by closing the oldest, not by turning the newcomer away: an
+            // honest request is answered in milliseconds, so the oldest is the
+            // slowest, and refusing newcomers would let a handful of slow clients
+            // lock every scraper out.
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
         let render = render.clone();
-        tokio::spawn(async move {
-            let reply = match tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut stream)).await {
-                Ok(Ok(head)) => respond(&head, || render()),
-                _ => return,
-            };
-            let _ = stream.write_all(reply.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+        open.push_back(tokio::spawn(answer(stream, limits.deadline, move || render())).abort_handle());
     }
+}
+
+/// Reads one request and answers it, all within `deadline` (a client too slow to
+/// send its request, or to take the answer, is cut off).
+async fn answer(mut stream: tokio::net::TcpStream, deadline: Duration, render: impl FnOnce() -> String) {
+    let _ = tokio::time::timeout(deadline, async {
+        let reply = match read_head(&mut stream).await {
+            Ok(Head::Complete(head)) => respond(&head, render),
+            Ok(Head::TooLarge) => plain("431 Request Header Fields Too Large", &format!("the request's head is over {MAX_HEAD} bytes\n")),
+            Err(_) => return,
+        };
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Opens the endpoint's socket: an error now (port taken, bad address) is one voxd
@@ -236,18 +309,42 @@ pub fn bind(listen: &str) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Reads a request's head (up to the blank line), at most 8 KiB.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<String> {
+/// The longest request head read.
+const MAX_HEAD: usize = 8192;
+
+enum Head {
+    /// Up to its blank line, or all the client sent before it stopped sending.
+    Complete(String),
+    TooLarge,
+}
+
+/// Reads a request's head, up to the blank line.
+async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Head> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+    loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            break;
+            return Ok(Head::Complete(String::from_utf8_lossy(&buf).into_owned()));
         }
+        let scanned = buf.len();
         buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buf, scanned) {
+            buf.truncate(end);
+            return Ok(Head::Complete(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(Head::TooLarge);
+        }
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Where the head in `buf` ends (after its "\r\n\r\n"), looking only at what came
+/// after the first `scanned` bytes and the 3 before them, where the blank line may
+/// have begun: a head dripped a byte at a time costs its length, not its square.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.saturating_sub(3);
+    buf[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i + 4)
 }
 
 fn respond(head: &str, render: impl FnOnce() -> String) -> String {
@@ -260,6 +357,14 @@ fn respond(head: &str, render: impl FnOnce() -> String) -> String {
         ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: voxd serves /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_string()),
     };
+    http(status, kind, &body)
+}
+
+fn plain(status: &str, body: &str) -> String {
+    http(status, "text/plain; charset=utf-8", body)
+}
+
+fn http(status: &str, kind: &str, body: &str) -> String {
     format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
 }
 
@@ -282,6 +387,82 @@ mod tests {
         assert!(out.contains("x_bucket{stage=\"asr\",le=\"+Inf\"} 5\n"), "{out}");
         assert!(out.contains("x_count{stage=\"asr\"} 5\n"), "{out}");
         assert!(out.contains("x_sum{stage=\"asr\"} 8.21"), "{out}");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_however_it_arrives() {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        // One byte at a time, as a client dripping it would send it.
+        let mut scanned = 0;
+        let mut found = None;
+        for len in 1..=head.len() {
+            found = head_end(&head[..len], scanned);
+            if found.is_some() {
+                break;
+            }
+            scanned = len;
+        }
+        assert_eq!(found, Some(head.len()));
+        // Split in two at every place, the blank line included.
+        for split in 0..head.len() {
+            assert_eq!(head_end(&head[..split], 0).or_else(|| head_end(head, split)), Some(head.len()), "split at {split}");
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+
+    /// A server on loopback with `limits`, its answer `body`.
+    fn server(limits: Limits, body: String) -> (Server, std::net::SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (Server::start_with(listener, limits, move || body.clone()).unwrap(), addr)
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_is_closed_and_the_newcomer_answered() {
+        use std::io::{Read, Write};
+        let (_server, addr) = server(Limits { connections: 2, deadline: Duration::from_secs(20) }, "m 1\n".into());
+        let mut silent: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let mut scraper = std::net::TcpStream::connect(addr).unwrap();
+        scraper.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        scraper.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK") && reply.ends_with("m 1\n"), "{reply}");
+        // Connections are accepted in the order they were made: the two oldest made
+        // room, long before their deadline (20 s; the wait is for a loaded machine).
+        let started = Instant::now();
+        for (i, s) in silent.iter_mut().enumerate().take(2) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert!(matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_)), "connection {i} is still open");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "closed only at the deadline");
+        silent[2].set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let newest = silent[2].read(&mut [0u8; 1]);
+        assert!(newest.as_ref().is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)), "the newest silent connection was kept: {newest:?}");
+    }
+
+    #[test]
+    fn a_client_that_does_not_take_its_answer_is_cut_off_at_the_deadline() {
+        use std::io::{Read, Write};
+        // Far more than loopback's socket buffers hold (10 MiB at most), so the write must wait
+        // for the client.
+        let body = "x".repeat(32 << 20);
+        let (_server, addr) = server(Limits { connections: 4, deadline: Duration::from_millis(300) }, body);
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got);
+        assert!(got.starts_with(b"HTTP/1.1 200 OK"), "{:?}", String::from_utf8_lossy(&got[..got.len().min(100)]));
+        assert!(got.len() < 32 << 20, "the whole answer was written to a client that did not read for 2 s past a 300 ms deadline");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_limit_is_refused() {
+        let long = format!("GET /metrics HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(2 * MAX_HEAD));
+        assert!(matches!(read_head(&mut long.as_bytes()).await, Ok(Head::TooLarge)));
+        let fits = format!("GET /metrics HTTP/1.1\r\nX-Long: {}\r\n\r\nafter", "a".repeat(MAX_HEAD - 100));
+        assert!(matches!(read_head(&mut fits.as_bytes()).await, Ok(Head::Complete(h)) if h.ends_with("\r\n\r\n")));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Pulse {
     }
 
     /// Records what the speaker plays, 16 kHz mono, until the recorder is stopped.
-    fn record_speaker(&self, out: &Path) -> Recorder {
+    pub fn record_speaker(&self, out: &Path) -> Recorder {
         let child = self.command("parecord").args(["-d", "spk.monitor", "--rate=16000", "--channels=1", "--format=s16le", "--file-format=wav"]).arg(out).spawn().expect("parecord runs");
         Recorder { child, out: out.to_path_buf() }
     }
@@ -119,13 +119,13 @@ impl Drop for Pulse {
     }
 }
 
-struct Recorder {
+pub struct Recorder {
     child: Child,
     out: PathBuf,
 }
 
 impl Recorder {
-    fn stop(mut self) -> PathBuf {
+    pub fn stop(mut self) -> PathBuf {
         // SIGINT lets parecord finish the WAV header.
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
@@ -178,6 +178,10 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) {
@@ -236,7 +240,7 @@ pub fn question(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     conversation(dir, name, &[(0.3, text)], 0.3).0
 }
 
-fn transcribe(wav: &Path) -> String {
+pub fn transcribe(wav: &Path) -> String {
     run_ok(&["transcribe", wav.to_str().unwrap()]).stdout.trim().to_string()
 }
 

@@ -252,6 +252,111 @@ arguments = { state = "{state}" }
     assert!(stderr.contains("mqtt: lost") && stderr.matches("mqtt: connected").count() >= 2, "the client noticed and reconnected:\n{stderr}");
 }
 
+/// An MQTT config for `Mqtt::start` against `broker`, as `client_id` ("" for the default).
+fn mqtt_config(broker: &Broker, client_id: &str) -> voxd::config::MqttConfig {
+    let text = format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"{client_id}\"\n", broker.port);
+    voxd::config::Config::parse(&text, Path::new("mqtt.toml")).unwrap_or_else(|e| panic!("{e}")).mqtt
+}
+
+/// Two clients with one id throw each other off the broker: each ConnAck is followed
+/// at once by a drop. The backoff must not start over at such a ConnAck, or the two
+/// would redial each other off four times a second for ever.
+#[test]
+fn an_mqtt_connection_dropped_right_after_its_connack_is_redialled_ever_more_slowly() {
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let config = mqtt_config(&broker, "voxd-twin");
+    let first = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
+    let second = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let connections = broker.connections("voxd-twin");
+    drop((first, second));
+    // Starting over at 250 ms at each ConnAck, the two connect about 30 times in 8 s;
+    // doubling (0.25, 0.5, 1, 2, 4 s each), about 10.
+    assert!(connections >= 3, "the clients never fought: {connections} connections");
+    assert!(connections <= 16, "{connections} connections in 8 s: the backoff started over at each ConnAck");
+}
+
+#[test]
+fn the_default_mqtt_client_id_is_unique_per_host() {
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let _mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, ""), vec![]).unwrap().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    wait_until("the default client to connect", std::time::Duration::from_secs(20), || broker.connections(&format!("voxd-{}", host.trim())) == 1);
+}
+
+/// Publishes as a client of its own, each message acknowledged by the broker before
+/// `publish` returns.
+struct Publisher {
+    client: rumqttc::Client,
+    acks: std::sync::mpsc::Receiver<()>,
+}
+
+impl Publisher {
+    fn connect(broker: &Broker) -> Publisher {
+        let mut options = rumqttc::MqttOptions::new("voxd-test-publisher", "127.0.0.1", broker.port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = rumqttc::Client::new(options, 16);
+        let (tx, acks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+            }
+        });
+        Publisher { client, acks }
+    }
+
+    fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload).unwrap();
+        self.acks.recv_timeout(std::time::Duration::from_secs(20)).expect("the broker acknowledged the publish");
+    }
+}
+
+/// The states kept are bounded: 512 topics at most (a new one is then refused with
+/// a reason), a state over rumqttc's 10 KiB default is read, and one over 64 KiB is
+/// refused before it is read, the client redialling and reading on.
+#[test]
+fn mqtt_states_are_bounded_in_number_and_size() {
+    use std::time::Duration;
+    let dir = tempdir();
+    let broker = Broker::start(&dir);
+    let publisher = Publisher::connect(&broker);
+    for i in 0..voxd::tools::mqtt::MAX_STATE_TOPICS {
+        publisher.publish(&format!("home/t{i}/temperature"), format!("{i}"), true);
+    }
+    let mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-states"), vec!["home/+/temperature".into()]).unwrap().unwrap();
+    let last = voxd::tools::mqtt::MAX_STATE_TOPICS - 1;
+    // All the retained states arrive (their order is the broker's).
+    wait_until("every retained state", Duration::from_secs(30), || (0..=last).all(|i| mqtt.state(&format!("home/t{i}/temperature"), Duration::ZERO).is_ok()));
+
+    // A new topic is not kept; a kept one still changes.
+    publisher.publish("home/new/temperature", "5", false);
+    publisher.publish("home/t0/temperature", "after", false);
+    wait_until("the kept topic to change", Duration::from_secs(20), || mqtt.state("home/t0/temperature", Duration::ZERO).is_ok_and(|s| s == "after"));
+    let refused = mqtt.state("home/new/temperature", Duration::from_millis(100)).unwrap_err().to_string();
+    assert_eq!(refused, "I keep the last message of 512 MQTT topics at most, and home/new/temperature is not one of them");
+
+    // 32 KiB: over rumqttc's default, under voxd's.
+    let big = "x".repeat(32 << 10);
+    publisher.publish("home/t1/temperature", big.clone(), false);
+    wait_until("the 32 KiB state", Duration::from_secs(20), || mqtt.state("home/t1/temperature", Duration::ZERO).is_ok_and(|s| s == big));
+    // 100 KiB: refused unread; the connection drops and is redialled.
+    publisher.publish("home/t2/temperature", "y".repeat(100 << 10), false);
+    wait_until("the client to redial", Duration::from_secs(30), || broker.connections("voxd-states") == 2);
+    wait_until("the client to be connected again", Duration::from_secs(30), || mqtt.connected());
+    publisher.publish("home/t2/temperature", "later", false);
+    wait_until("a state after the redial", Duration::from_secs(20), || mqtt.state("home/t2/temperature", Duration::ZERO).is_ok_and(|s| s == "later"));
+}
+
 #[test]
 fn a_device_outside_the_allow_list_is_refused_and_never_touched() {
     let dir = tempdir();
@@ -513,6 +618,73 @@ allow = ["{url}/hook/*"]
     let hooks: Vec<String> = ha.requests().iter().map(|r| r.path.clone()).filter(|p| !p.starts_with("/api/states/")).collect();
     assert_eq!(hooks, vec!["/hook/..%2Fapi%2Fservices%2Flock%2Funlock".to_string()], "the server saw one encoded segment, not a path to the lock");
     std::env::remove_var(TOKEN_ENV);
+}
+
+/// Home Assistant and a webhook that answer without end: 64 KiB is read and no more,
+/// and the call fails saying why, before its timeout.
+#[test]
+fn home_assistant_and_webhook_answers_without_end_are_refused_after_64_kib() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.set_fault("sensor.endless", Behaviour::Endless);
+    ha.set_fault("light.endless", Behaviour::Endless);
+    ha.set_fault("/hook/endless", Behaviour::Endless);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let text = format!(
+        r#"
+[home_assistant]
+url = "{url}"
+token_file = {token:?}
+
+[[tool]]
+name = "read_sensor"
+description = "Read a sensor"
+executor = "home_assistant_state"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["sensor.*"]
+
+[[tool]]
+name = "light_on"
+description = "Turn a light on"
+executor = "home_assistant"
+service = "light.turn_on"
+parameters = {{ type = "object", properties = {{ entity_id = {{ type = "string" }} }}, required = ["entity_id"] }}
+allow = ["light.*"]
+
+[[tool]]
+name = "hook"
+description = "Call a hook"
+executor = "webhook"
+url = "{url}/hook/{{name}}"
+method = "GET"
+parameters = {{ type = "object", properties = {{ name = {{ type = "string" }} }}, required = ["name"] }}
+allow = ["{url}/hook/*"]
+"#,
+        // By name: the lookup runs on its helper thread (ureq's own would not time out).
+        url = ha.url().replace("127.0.0.1", "localhost"),
+        token = token.to_str().unwrap()
+    );
+    let config = voxd::config::Config::parse(&text, Path::new("endless.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+    let tool = |name: &str| config.tool.iter().find(|t| t.name == name).unwrap().clone();
+    for (name, arguments, who) in [
+        ("read_sensor", serde_json::json!({ "entity_id": "sensor.endless" }), "Home Assistant"),
+        ("light_on", serde_json::json!({ "entity_id": "light.endless" }), "Home Assistant"),
+        ("hook", serde_json::json!({ "name": "endless" }), "the webhook"),
+    ] {
+        let outcome = attempt(&toolbox, &tool(name), arguments).unwrap();
+        assert_eq!(outcome.error.as_deref(), Some(format!("{who} sent an answer over 64 kilobytes, too long to read").as_str()), "{name}: {outcome:?}");
+        // Not at the 3 s timeout: at 64 KiB (the margin is for a loaded machine).
+        assert!(outcome.ms < 2500.0, "{name} took {} ms", outcome.ms);
+    }
+    // What the server got out: 64 KiB read, and what loopback's socket buffers hold
+    // (a few MiB), for each of the three; without the cap it is 256 MiB each.
+    let sent = ha.endless_bytes_sent();
+    assert!(sent < 3 * (16 << 20), "{} MiB sent", sent >> 20);
+    // Well-behaved answers are still read.
+    ha.set_state("sensor.hall", "21");
+    assert_eq!(attempt(&toolbox, &tool("read_sensor"), serde_json::json!({ "entity_id": "sensor.hall" })).unwrap().result, "21");
 }
 
 /// Confirmation is a short yes on its own, within the window after the question was

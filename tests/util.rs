@@ -156,6 +156,7 @@ pub fn wait_for_port(port: u16) {
 pub struct Broker {
     pub port: u16,
     config: PathBuf,
+    log: PathBuf,
     child: std::process::Child,
 }
 
@@ -165,11 +166,19 @@ impl Broker {
     }
 
     pub fn start_on(dir: &tempfile::TempDir, port: u16) -> Broker {
-        let config = dir.path().join(format!("mosquitto-{port}.conf"));
-        std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        let (config, log) = (dir.path().join(format!("mosquitto-{port}.conf")), dir.path().join(format!("mosquitto-{port}.log")));
+        // Started as root, mosquitto would become user "mosquitto", who cannot write
+        // the log in the test's directory; started as anyone else it ignores `user`.
+        std::fs::write(&config, format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type all\n", log.display())).unwrap();
         let child = Command::new("mosquitto").arg("-c").arg(&config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("mosquitto runs (apt package mosquitto; ./scripts/setup installs it)");
         wait_for_port(port);
-        Broker { port, config, child }
+        Broker { port, config, log, child }
+    }
+
+    /// How many times a client with `client_id` has connected, by the broker's log.
+    pub fn connections(&self, client_id: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("New client connected") && l.contains(&format!(" as {client_id} "))).count()
     }
 
     /// Stops the broker, waits `down`, and starts it again on the same port.

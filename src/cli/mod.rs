@@ -259,7 +259,8 @@ pub enum CtlCommand {
     Mute,
     /// Listen to the microphone again.
     Unmute,
-    /// Push-to-talk: `down` while the user speaks, `up` ends the turn at once.
+    /// Push-to-talk: `down` holds it while the user speaks, until Ctrl-C or `ptt up`
+    /// (which ends the turn at once), or `[vad] max_utterance_s` at the latest.
     Ptt {
         #[arg(value_enum)]
         state: PttState,

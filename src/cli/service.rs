@@ -74,6 +74,15 @@ pub(super) fn ctl(config: Option<&Path>, socket: Option<&Path>, command: CtlComm
         CtlCommand::Ask { text } => (Request::Ask { text }, false),
         CtlCommand::Cancel => (Request::Cancel, false),
     };
+    if request == (Request::PushToTalk { down: true }) {
+        // Held by this connection: voxd lets go when it closes.
+        crate::control::hold_push_to_talk(&socket, |reply| {
+            let most = reply["held_at_most_s"].as_f64().map_or(String::new(), |s| format!(" (for {s:.0} s at most)"));
+            println!("push-to-talk held{most}: speak, then Ctrl-C or `voxd ctl ptt up`");
+        })?;
+        println!("push-to-talk released");
+        return Ok(());
+    }
     let reply = crate::control::request(&socket, &request)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -105,8 +114,8 @@ pub(super) fn ctl(config: Option<&Path>, socket: Option<&Path>, command: CtlComm
         }
         Request::Mute => println!("microphone muted"),
         Request::Unmute => println!("microphone on"),
-        Request::PushToTalk { down: true } => println!("push-to-talk held: speak, then `voxd ctl ptt up`"),
-        Request::PushToTalk { down: false } => println!("push-to-talk released"),
+        // (A press is held above.)
+        Request::PushToTalk { .. } => println!("push-to-talk released"),
         Request::Ask { .. } => println!("turn {} started", reply["turn"]),
         Request::Cancel => match reply["cancelled"].as_u64() {
             Some(turn) => println!("turn {turn} cancelled"),

@@ -249,13 +249,14 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             }
             None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
         };
+        // The metrics endpoint's own thread stops when this is dropped, with the run.
+        let mut _metrics_server = None;
         if let Some(service) = service.as_mut() {
             tokio::spawn(stop_on_signal(service.stop.clone()));
             tokio::spawn(cap_drain(service.stop.clone(), service.drain_limit, command_tx.clone()));
             if let Some(listener) = service.metrics.take() {
                 let (metrics, counters, models) = (metrics.clone(), counters.clone(), models.clone());
-                let listener = listener_from_std(tokio::net::TcpListener::from_std(listener))?;
-                tokio::spawn(crate::metrics::serve(listener, move || metrics.render(&counters, &models)));
+                _metrics_server = Some(crate::metrics::Server::start(listener, move || metrics.render(&counters, &models))?);
             }
             if let Some(listener) = service.control.as_mut().and_then(control::Socket::take_listener) {
                 let handle = control::Handle {
@@ -270,6 +271,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
                     models: models.clone(),
                     clock: clock.clone(),
                     health: health.clone(),
+                    push_to_talk_limit: Duration::from_secs_f32(options.vad.max_utterance_s),
                 };
                 tokio::spawn(control::serve(listener_from_std(tokio::net::UnixListener::from_std(listener))?, handle));
             }

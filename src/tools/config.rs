@@ -49,8 +49,9 @@ section! {
         /// Broker host name or address. Empty: no MQTT.
         host: String = String::new();
         port: u16 = 1883, check(|n: &u16| *n > 0, "1 to 65535");
-        /// Client id; must be unique on the broker.
-        client_id: String = "voxd".into(), check(|s: &String| !s.is_empty(), "a non-empty id");
+        /// Client id; must be unique on the broker (two clients with one id throw each
+        /// other off). Empty: "voxd-<hostname>".
+        client_id: String = String::new();
         username: String = String::new();
         /// Environment variable holding the password (never the password itself here).
         password_env: String = String::new();

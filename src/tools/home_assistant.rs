@@ -1,6 +1,7 @@
 //! Home Assistant's REST API: call a service (`POST /api/services/<domain>/<service>`)
 //! or read an entity (`GET /api/states/<entity_id>`), with a long-lived access token
-//! from the environment or a file — never from the config text, never in logs.
+//! from the environment or a file — never from the config text, never in logs. Each
+//! call is bounded as [`http`] says: within the tool's timeout, 64 KiB of answer.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::{http_failure, Failure};
+use super::{http, http_failure, Failure};
 use crate::config::HomeAssistantConfig;
 
 const NAME: &str = "Home Assistant";
@@ -40,19 +41,15 @@ impl HomeAssistant {
     pub fn call_service(&self, service: &str, data: &Value, timeout: Duration) -> Result<String, Failure> {
         let (domain, name) = service.split_once('.').unwrap_or((service, ""));
         let url = format!("{}/api/services/{domain}/{name}", self.base);
-        let response = ureq::post(&url)
-            .timeout(timeout)
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .send_json(data.clone())
-            .map_err(|e| http_failure(NAME, e))?;
-        Ok(response.into_string().unwrap_or_default().chars().take(200).collect())
+        let response = http::agent(timeout).post(&url).set("Authorization", &format!("Bearer {}", self.token)).send_json(data.clone()).map_err(|e| http_failure(NAME, e))?;
+        Ok(http::read_body(NAME, response)?.chars().take(200).collect())
     }
 
     /// The state of `entity_id` ("on", "21.5").
     pub fn state(&self, entity_id: &str, timeout: Duration) -> Result<String, Failure> {
         let url = format!("{}/api/states/{entity_id}", self.base);
-        let response = ureq::get(&url).timeout(timeout).set("Authorization", &format!("Bearer {}", self.token)).call().map_err(|e| http_failure(NAME, e))?;
-        let body: Value = response.into_json().map_err(|_| Failure(format!("{NAME} sent an answer I could not read")))?;
+        let response = http::agent(timeout).get(&url).set("Authorization", &format!("Bearer {}", self.token)).call().map_err(|e| http_failure(NAME, e))?;
+        let body: Value = serde_json::from_str(&http::read_body(NAME, response)?).map_err(|_| Failure(format!("{NAME} sent an answer I could not read")))?;
         let state = body.get("state").map(super::plain).ok_or_else(|| Failure(format!("{NAME} sent no state for {entity_id}")))?;
         let unit = body.pointer("/attributes/unit_of_measurement").and_then(Value::as_str).map(|u| format!(" {u}")).unwrap_or_default();
         Ok(format!("{state}{unit}"))

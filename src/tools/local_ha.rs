@@ -3,7 +3,8 @@
 //! `POST /api/services/<domain>/<service>` and `GET /api/states/<entity_id>` as
 //! Home Assistant does, checks the bearer token as Home Assistant does (401
 //! otherwise), records every request, and can be told to misbehave — answer with an
-//! error status, too slowly, with a body of the test's choosing, or not at all. It also takes webhooks: any request under `/hook/`
+//! error status, too slowly, with a body of the test's choosing or one without end,
+//! or not at all. It also takes webhooks: any request under `/hook/`
 //! is recorded and answered 200 without a token.
 
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ pub enum Behaviour {
     Body(&'static str),
     /// Reads the request and closes the connection without a word.
     Hangup,
+    /// Answers 200 with a body that does not end (a JSON object whose state goes on
+    /// and on) until the client hangs up, or 256 MiB.
+    Endless,
 }
 
 #[derive(Default)]
@@ -42,6 +46,8 @@ struct State {
     states: HashMap<String, String>,
     /// (needle, behaviour): requests whose path or body contains the needle get it.
     faults: Vec<(String, Behaviour)>,
+    /// Bytes of endless answers written before their clients hung up.
+    endless_bytes: usize,
 }
 
 pub struct LocalHomeAssistant {
@@ -91,6 +97,12 @@ impl LocalHomeAssistant {
         self.state.lock().expect("endpoint state").faults.push((needle.into(), b));
     }
 
+    /// Bytes of `Behaviour::Endless` answers written so far (what the clients took,
+    /// and what their sockets' buffers held when they hung up).
+    pub fn endless_bytes_sent(&self) -> usize {
+        self.state.lock().expect("endpoint state").endless_bytes
+    }
+
     /// What `GET /api/states/<entity_id>` answers (default "on").
     pub fn set_state(&self, entity_id: &str, state: &str) {
         self.state.lock().expect("endpoint state").states.insert(entity_id.into(), state.into());
@@ -138,6 +150,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>, expected_auth: &str) {
         fault.unwrap_or(Behaviour::Normal)
     };
     let (status, answer) = match behaviour {
+        Behaviour::Endless => {
+            let sent = endless(&stream);
+            state.lock().expect("endpoint state").endless_bytes += sent;
+            return;
+        }
         Behaviour::Normal if path.starts_with("/hook/") => (200, "{\"ok\": true}".to_string()),
         _ if authorization.as_deref() != Some(expected_auth) && !path.starts_with("/hook/") => (401, "{\"message\": \"Invalid authentication\"}".to_string()),
         Behaviour::Status(code) => (code, "{\"message\": \"error\"}".to_string()),
@@ -164,4 +181,20 @@ fn serve(stream: TcpStream, state: &Mutex<State>, expected_auth: &str) {
     };
     let mut stream = stream;
     let _ = write!(stream, "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len());
+}
+
+/// Writes an answer that does not end, until the client hangs up; returns the bytes written.
+fn endless(mut stream: &TcpStream) -> usize {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"state\": \"";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let (chunk, mut sent) = ([b'a'; 64 * 1024], head.len());
+    while sent < 256 << 20 {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    sent
 }

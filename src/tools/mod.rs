@@ -12,6 +12,7 @@
 pub mod config;
 pub mod eval;
 pub mod home_assistant;
+pub mod http;
 pub mod intents;
 pub mod local_ha;
 pub mod mqtt;
