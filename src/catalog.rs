@@ -55,11 +55,16 @@ pub struct Gates {
     pub spoken_discipline: f64,
     /// Turns of a conversation answered without repeating, forgetting or rambling.
     pub multi_turn_stability: f64,
+    /// The most answers about a device's state with no read behind them (a count,
+    /// over every home of the evaluation).
+    pub invented_states: usize,
+    /// The most calls or tool names in spoken words (a count).
+    pub leaks: usize,
 }
 
 impl Default for Gates {
     fn default() -> Gates {
-        Gates { tool_call_accuracy: 0.8, valid_output: 0.95, no_tool_precision: 0.8, spoken_discipline: 0.75, multi_turn_stability: 0.8 }
+        Gates { tool_call_accuracy: 0.8, valid_output: 0.95, no_tool_precision: 0.8, spoken_discipline: 0.75, multi_turn_stability: 0.8, invented_states: 0, leaks: 0 }
     }
 }
 

@@ -239,6 +239,7 @@ fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
         tools: config.tools,
         tool: config.tool,
         intent: config.intent,
+        home: tokio::sync::watch::channel(voxd::tools::Home::default()).1,
         audio: config.audio,
         latency_log: None,
         stage_deadline: std::time::Duration::from_secs_f32(config.service.stage_deadline_s),

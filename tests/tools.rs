@@ -381,7 +381,7 @@ fn a_tool_that_asks_first_runs_only_after_a_yes() {
     let replies: Vec<&str> = done.turns.iter().map(|t| t.reply.as_str()).collect();
     assert_eq!(
         replies,
-        vec!["Should I unlock a door: lock.front_door? Please say yes or no.", "Okay, I won't.", "Should I unlock a door: lock.front_door? Please say yes or no.", "The door is unlocked."],
+        vec!["Should I unlock a door: front door? Please say yes or no.", "Okay, I won't.", "Should I unlock a door: front door? Please say yes or no.", "The door is unlocked."],
         "transcripts: {:?}",
         done.turns.iter().map(|t| &t.transcript).collect::<Vec<_>>()
     );
@@ -392,7 +392,7 @@ fn a_tool_that_asks_first_runs_only_after_a_yes() {
 }
 
 #[test]
-fn eval_tools_scores_the_test_model_per_category() {
+fn eval_tools_scores_the_test_model_in_every_home() {
     let dir = tempdir();
     let json = dir.path().join("eval.json");
     let r = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--json", json.to_str().unwrap()]);
@@ -400,17 +400,25 @@ fn eval_tools_scores_the_test_model_per_category() {
         assert!(r.stdout.contains(category), "no {category} row:\n{}", r.stdout);
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(report["cases"].as_u64().unwrap() >= 40);
-    assert_eq!(report["grammar"], true);
-    // The grammar makes every call well-formed JSON of a known tool with typed,
-    // enumerated, integer-bounded arguments; bounds on *numbers* llama.cpp's
-    // converter cannot express ("make it warmer" → 35 °C, above the maximum 30),
-    // and the validator catches those (at run time: one repair).
-    assert!(report["valid_rate"].as_f64().unwrap() >= 0.95, "{}", r.stdout);
-    // Measured at 75 % (the lights, locks and scenes right, state questions not).
-    assert!(report["call_accuracy"].as_f64().unwrap() >= 0.5, "{}", r.stdout);
-    let free = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--no-grammar", "--json", json.to_str().unwrap()]);
-    assert!(free.stdout.contains("grammar off"), "{}", free.stdout);
+    let homes = report["homes"].as_array().unwrap();
+    let names: Vec<&str> = homes.iter().map(|h| h[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["tuned", "no-examples", "renamed", "mqtt-only", "62-entities"]);
+    for home in homes {
+        let (name, r) = (home[0].as_str().unwrap(), &home[1]);
+        assert!(r["cases"].as_u64().unwrap() >= 15, "{name}");
+        assert_eq!(r["grammar"], true);
+        // The grammar makes every call well-formed JSON of a known tool with typed,
+        // enumerated arguments; numbers out of range are the validator's (answered).
+        assert!(r["valid_rate"].as_f64().unwrap() >= 0.95, "{name}: {r}");
+    }
+    // The gates take the worst home; measured at 72 % (the 62-entity home) with this
+    // 0.5B model, 84-100 % in the others.
+    let worst = report["worst_call_accuracy"].as_f64().unwrap();
+    assert!(worst >= 0.5 && homes.iter().all(|h| h[1]["call_accuracy"].as_f64().unwrap() >= worst), "{}", r.stdout);
+    assert_eq!((report["invented_states"].as_u64(), report["leaks"].as_u64()), (Some(0), Some(0)), "{}", r.stdout);
+    let free = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--home", "mqtt-only", "--no-grammar", "--json", json.to_str().unwrap()]);
+    assert!(free.stdout.contains("grammar off") && free.stdout.contains("mqtt-only"), "{}", free.stdout);
+    run_fails_with(&["eval-tools", "--home", "castle"], &["--home \"castle\": no such home", "62-entities"]);
 }
 
 #[test]
@@ -710,7 +718,7 @@ fn a_confirmation_cannot_be_talked_around() {
         asked += 1;
         daemon.wait_for_turns(asked, Duration::from_secs(90)).pop().unwrap()
     };
-    let question = "Should I unlock a door: lock.front_door? Please say yes or no.";
+    let question = "Should I unlock a door: front door? Please say yes or no.";
     assert_eq!(ask("Please unlock the front door.").reply, question);
     // A question that starts with a yes-word is a question.
     ask("Sure, what time is it?");
@@ -739,5 +747,145 @@ fn a_confirmation_cannot_be_talked_around() {
     let requests = ha.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].path, "/api/services/lock/unlock");
+    daemon.stop();
+}
+
+/// A home written from the README's `[[tool]]` reference, with no hand-written
+/// `examples` anywhere: the four spoken commands that used to be read aloud as JSON or
+/// answered with invented states now do the right thing, against Home Assistant.
+#[test]
+fn a_home_written_from_the_readme_without_examples_does_what_is_said() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.set_state("lock.front_door", "unlocked");
+    let home = r#"
+[[tool]]
+name = "light_turn_on"
+description = "Turn a light on"
+executor = "home_assistant"
+service = "light.turn_on"
+parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
+allow = ["light.kitchen", "light.living_room"]
+reply = "Done."
+
+[[tool]]
+name = "light_turn_off"
+description = "Turn a light off"
+executor = "home_assistant"
+service = "light.turn_off"
+parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
+allow = ["light.kitchen", "light.living_room"]
+reply = "Done."
+
+[[tool]]
+name = "set_thermostat"
+description = "Set the thermostat's target temperature in degrees Celsius"
+executor = "home_assistant"
+service = "climate.set_temperature"
+parameters = { type = "object", properties = { entity_id = { type = "string" }, temperature = { type = "number", minimum = 10, maximum = 30 } }, required = ["entity_id", "temperature"] }
+allow = ["climate.living_room"]
+reply = "Thermostat set to {temperature} degrees."
+
+[[tool]]
+name = "get_state"
+description = "Read the current state of a device"
+executor = "home_assistant_state"
+parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
+allow = ["light.kitchen", "light.living_room", "lock.front_door", "cover.garage_door", "climate.living_room"]
+reply = "It is {state}."
+
+[[tool]]
+name = "garage_open"
+description = "Open the garage door"
+executor = "home_assistant"
+service = "cover.open_cover"
+parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
+allow = ["cover.garage_door"]
+confirm = true
+reply = "The garage door is opening."
+"#;
+    let config = config(&dir, Some(&ha.url()), None, &[home]);
+    let parts = [(0.5, "Turn off the living room lights."), (4.0, "Set the thermostat to twenty one degrees."), (4.0, "Is the front door locked?"), (4.0, "Open the garage door.")];
+    let (input, _) = conversation(&dir, "readme", &parts, 4.0);
+    let done = run_voxd(&dir, &config, &input, TOKEN);
+    let (turns, requests) = (&done.turns, ha.requests());
+    assert_eq!(turns.len(), 4, "{}", done.run.stderr);
+    let replies: Vec<&str> = turns.iter().map(|t| t.reply.as_str()).collect();
+    let heard: Vec<&str> = turns.iter().map(|t| t.transcript.as_str()).collect();
+    let bodies: Vec<(String, serde_json::Value)> = requests.iter().map(|r| (format!("{} {}", r.method, r.path), serde_json::from_str(&r.body).unwrap_or_default())).collect();
+    let sent = |what: &str| bodies.iter().find(|(w, _)| w == what).map(|(_, b)| b.clone());
+    // Nothing read aloud is JSON or a tool's name.
+    for t in turns {
+        assert!(!t.spoken.contains('{') && !t.spoken.contains("light_turn") && !t.spoken.contains("get_state"), "{t:?}");
+    }
+    // 1. The living room lights go off.
+    assert_eq!(sent("POST /api/services/light/turn_off"), Some(serde_json::json!({ "entity_id": "light.living_room" })), "heard {heard:?}, said {replies:?}, HA got {bodies:?}");
+    // 2. The thermostat is set to what was said.
+    let climate = sent("POST /api/services/climate/set_temperature").unwrap_or_else(|| panic!("heard {heard:?}, said {replies:?}, HA got {bodies:?}"));
+    assert_eq!((climate["entity_id"].as_str(), climate["temperature"].as_f64()), (Some("climate.living_room"), Some(21.0)), "{climate}");
+    // 3. The lock's state is read, and the reply says what was read.
+    assert!(requests.iter().any(|r| r.method == "GET" && r.path == "/api/states/lock.front_door"), "no read: heard {heard:?}, said {replies:?}, HA got {bodies:?}");
+    assert_eq!(turns[2].reply, "It is unlocked.");
+    // 4. The garage asks first: nothing is opened.
+    assert!(sent("POST /api/services/cover/open_cover").is_none(), "the garage opened without a yes");
+    assert!(turns[3].reply.starts_with("Should I open the garage door") && turns[3].reply.ends_with("Please say yes or no."), "{:?}", turns[3].reply);
+}
+
+/// `[home_assistant] expose`: the devices come from Home Assistant with their friendly
+/// names, are kept for a start while it is down, and are followed while voxd runs.
+#[test]
+fn home_assistant_devices_are_known_by_name_kept_and_followed() {
+    use crate::control::ctl_ok;
+    use crate::live::{Daemon, Pulse};
+    use std::time::Duration;
+    use voxd::tools::home_assistant;
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    ha.add_entity("light.lr_lamp_1", "off", "Reading Lamp");
+    ha.add_entity("light.kitchen", "on", "Kitchen");
+    ha.add_entity("lock.front_door", "locked", "Front Door");
+    ha.add_entity("person.anna", "home", "Anna");
+
+    // Read at start, only what `expose` names; kept for a start while HA is down.
+    let cache = dir.path().join("cache/home-assistant-states.json");
+    let mut config = voxd::config::HomeAssistantConfig { url: ha.url(), token_env: TOKEN_ENV.into(), expose: vec!["light.*".into(), "lock.front_door".into()], ..Default::default() };
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let home = home_assistant::discover(&config, &cache);
+    assert_eq!(home.entities, ["light.kitchen", "light.lr_lamp_1", "lock.front_door"]);
+    assert_eq!(home.names.get("light.lr_lamp_1").map(String::as_str), Some("Reading Lamp"));
+    config.url = format!("http://127.0.0.1:{}", free_port());
+    assert_eq!(home_assistant::discover(&config, &cache), home, "the list kept from before");
+
+    // Running: "the reading lamp" is light.lr_lamp_1 (no tool names it), and a lamp
+    // added while voxd runs is known once the list is read again.
+    let pulse = Pulse::start(&dir);
+    let socket = dir.path().join("control.sock");
+    let extra = format!(
+        "[llm]\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n[home_assistant]\nurl = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\nexpose = [\"light.*\"]\nrefresh_s = 10.0\n[service]\ncontrol_socket = {:?}\n{}",
+        ha.url(),
+        socket.to_str().unwrap(),
+        r#"
+[[tool]]
+name = "light_turn_on"
+description = "Turn a light on"
+executor = "home_assistant"
+service = "light.turn_on"
+parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
+allow = ["light.*"]
+reply = "Done."
+"#
+    );
+    let cache_dir = dir.path().join("daemon-cache");
+    let mut daemon = Daemon::start_with(&pulse, &dir, &extra, &[(TOKEN_ENV, TOKEN), ("VOXD_CACHE_DIR", cache_dir.to_str().unwrap())]);
+    let turned_on = || ha.requests().into_iter().filter(|r| r.path == "/api/services/light/turn_on").map(|r| serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["entity_id"].clone()).collect::<Vec<_>>();
+    ctl_ok(&socket, &["ask", "Turn on the reading lamp."]);
+    let first = daemon.wait_for_turns(1, Duration::from_secs(90)).pop().unwrap();
+    assert_eq!(turned_on(), ["light.lr_lamp_1"], "{first:?}");
+    assert!(cache_dir.join("home-assistant-states.json").exists());
+    ha.add_entity("light.porch_2", "off", "Porch Light");
+    daemon.wait_for_stderr("the devices changed (3 exposed, 2 before)", Duration::from_secs(60));
+    ctl_ok(&socket, &["ask", "Turn on the porch light."]);
+    let second = daemon.wait_for_turns(2, Duration::from_secs(90)).pop().unwrap();
+    assert_eq!(turned_on(), ["light.lr_lamp_1", "light.porch_2"], "{second:?}");
     daemon.stop();
 }

@@ -100,32 +100,43 @@ pub(super) fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn eval_tools(env: &Env, set: Option<&Path>, model: Option<&str>, grammar: bool, json: Option<&Path>) -> Result<()> {
+pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, model: Option<&str>, grammar: bool, json: Option<&Path>) -> Result<()> {
     use crate::tools::eval::{self, EvalSet};
-    let (text, name) = match set {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.to_path_buf()),
-        None => (eval::BUILTIN.to_string(), PathBuf::from("tests/data/tools-eval.toml")),
+    let homes: Vec<(String, EvalSet)> = match set {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            vec![(p.display().to_string(), EvalSet::parse(&text, p)?)]
+        }
+        None => {
+            let all = eval::homes()?;
+            let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+            let chosen: Vec<(String, EvalSet)> = all.into_iter().filter(|(n, _)| home.is_none_or(|h| h == n)).collect();
+            if chosen.is_empty() {
+                bail!("--home {:?}: no such home; the homes are: {}", home.unwrap_or_default(), names.join(", "));
+            }
+            chosen
+        }
     };
-    let set = EvalSet::parse(&text, &name)?;
     let llm = env.llm(model)?;
-    let preamble = crate::tools::preamble(&env.config.llm.system_prompt, &set.tools, env.config.tools.examples);
-    let compiled = if grammar { crate::tools::grammar(&set.tools)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
-    println!(
-        "voxd eval-tools: {} requests from {}, model {}, grammar {}",
-        set.cases.len(),
-        name.display(),
-        llm.model_id,
-        if grammar { "on" } else { "off" }
-    );
-    let bar = models::progress::Progress::items("evaluating", set.cases.len() as u64);
-    let report = eval::run(&llm, &preamble, &set, compiled.as_ref(), |_, r| {
-        bar.advance(1);
-        tracing::info!("{} {:?} → {} ({:.0} ms)", if r.correct { "ok " } else { "BAD" }, r.say, r.output, r.ms);
-    })?;
+    let cases: usize = homes.iter().map(|(_, s)| s.cases.len()).sum();
+    println!("voxd eval-tools: {cases} requests in {} home{}, model {}, grammar {}", homes.len(), if homes.len() == 1 { "" } else { "s" }, llm.model_id, if grammar { "on" } else { "off" });
+    let bar = models::progress::Progress::items("evaluating", cases as u64);
+    let mut reports = Vec::new();
+    for (name, set) in &homes {
+        let report = eval::run_home(&llm, &env.config.llm.system_prompt, set, grammar, |_, r| {
+            bar.advance(1);
+            tracing::info!("{name}: {} {:?} → {} ({:.0} ms)", if r.correct { "ok " } else { "BAD" }, r.say, r.output, r.ms);
+        })?;
+        reports.push((name.clone(), report));
+    }
     bar.finish();
-    print!("\n{}", report.table());
+    for (name, report) in &reports {
+        print!("\nhome {name} ({} requests)\n{}", report.cases, report.table());
+    }
+    let all = eval::Homes::new(reports);
+    print!("\n{}", all.table());
     if let Some(path) = json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&all)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -311,10 +322,10 @@ pub(super) fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repet
     let r = env.resolve_verified(Role::Llm, Some(id))?;
     let set = crate::tools::eval::EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
     let persona = &env.config.llm.system_prompt;
-    let preamble = crate::tools::preamble(persona, &set.tools, true);
+    let preamble = crate::tools::preamble(persona, &set.tools, &crate::tools::Home::default(), true);
     let speed = measure::speed(&r.path, &r.id, &env.llm_options(), &preamble, repetitions)?;
     let llm = Llm::load(&r.path, &r.id, env.llm_options())?;
-    let quality = gates::measure(&llm, persona, &set, quick)?;
+    let quality = gates::measure(&llm, persona, quick)?;
     let measured = Measured { id: r.id, speed, quality, peak_rss_mib: measure::peak_rss_mib() };
     std::fs::write(out, serde_json::to_string(&measured)?).with_context(|| format!("writing {}", out.display()))?;
     Ok(())

@@ -135,10 +135,14 @@ pub enum Command {
     /// climate, covers, locks, scenes, state questions, chit-chat, ambiguous and unsafe
     /// requests), scored per category.
     EvalTools {
-        /// Evaluation set: [[tool]]s and [[case]]s [default: the built-in one,
-        /// tests/data/tools-eval.toml].
+        /// Evaluation set of your own: [[tool]]s and [[case]]s [default: the built-in
+        /// homes, tests/data/tools-eval.toml and tests/data/homes/].
         #[arg(long, value_name = "FILE")]
         set: Option<PathBuf>,
+        /// One of the built-in homes only: tuned, no-examples, renamed, mqtt-only,
+        /// 62-entities [default: every one].
+        #[arg(long, value_name = "NAME", conflicts_with = "set")]
+        home: Option<String>,
         /// LLM id from models.toml or a GGUF path [default: from the config].
         #[arg(long)]
         model: Option<String>,
@@ -334,7 +338,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
                 Command::Select { models, quick, dry_run, report, repetitions } => select(&env, &models, quick, dry_run, report, repetitions.unwrap_or(if quick { 1 } else { 3 })),
                 Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
-                Command::EvalTools { set, model, no_grammar, json } => eval_tools(&env, set.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
+                Command::EvalTools { set, home, model, no_grammar, json } => eval_tools(&env, set.as_deref(), home.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
                 Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
@@ -490,6 +494,7 @@ impl Env {
             tools: self.config.tools.clone(),
             tool: self.config.tool.clone(),
             intent: self.config.intent.clone(),
+            home: crate::tools::home_assistant::watch(&self.config.home_assistant, &crate::paths::cache_dir().join("home-assistant-states.json")),
             audio: self.config.audio.clone(),
             latency_log: latency_log.or(configured),
             stage_deadline: std::time::Duration::from_secs_f32(self.config.service.stage_deadline_s),

@@ -57,6 +57,9 @@ pub struct Agent {
     /// What the model may call, and the commands that skip the model.
     pub tools: Vec<ToolConfig>,
     pub intents: Intents,
+    /// The home's devices, to generate the intents again when they change (None:
+    /// no generated intents).
+    pub home: Option<watch::Receiver<crate::tools::Home>>,
     /// The longest a turn may take from its start to the end of its reply (`[agent]
     /// max_reply_s`): then it is cancelled, whatever holds it up.
     pub max_reply: Duration,
@@ -90,8 +93,9 @@ const HISTORY_CHARS_PER_TOKEN: usize = 8;
 const TENTATIVE_WITHIN: Duration = Duration::from_secs(10);
 
 impl Agent {
-    pub async fn run(self, mut transcripts: mpsc::Receiver<Transcript>, mut commands: mpsc::Receiver<Command>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
-        let mut c = Conversation { agent: &self, links, history: VecDeque::new(), history_chars: 0, exchanges: 0, current: None, newest: 0, barge_at: None, pending: None };
+    pub async fn run(mut self, mut transcripts: mpsc::Receiver<Transcript>, mut commands: mpsc::Receiver<Command>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
+        let (intents, home) = (std::mem::take(&mut self.intents), self.home.take());
+        let mut c = Conversation { agent: &self, links, intents, home, history: VecDeque::new(), history_chars: 0, exchanges: 0, current: None, newest: 0, barge_at: None, pending: None };
         let (mut transcripts_open, mut voice_open, mut commands_open) = (true, true, true);
         loop {
             let busy = c.current.is_some();
@@ -205,6 +209,9 @@ struct Pending {
 struct Conversation<'a> {
     agent: &'a Agent,
     links: Links,
+    /// The agent's, made again from `home` when its devices change.
+    intents: Intents,
+    home: Option<watch::Receiver<crate::tools::Home>>,
     /// Finished exchanges, oldest first, and their characters in all.
     history: VecDeque<Arc<Exchange>>,
     history_chars: usize,
@@ -323,7 +330,10 @@ impl Conversation<'_> {
                 None => {} // Something else: the question lapses; this is a new request.
             }
         }
-        if let Some(call) = self.agent.intents.call(&t.text, &self.agent.tools) {
+        if let Some(home) = self.home.as_mut().filter(|h| h.has_changed().unwrap_or(false)) {
+            self.intents.regenerate(&self.agent.tools, &home.borrow_and_update());
+        }
+        if let Some(call) = self.intents.call(&t.text, &self.agent.tools) {
             if tentative {
                 c.held = Some(Decision::Intent(call));
             } else {
@@ -366,13 +376,7 @@ impl Conversation<'_> {
                 // Through the same schema as the model's calls: a pattern can capture a
                 // number out of range as easily as a model can say one.
                 let tool = self.agent.tools.iter().find(|t| t.name == call.name).expect("intents name configured tools");
-                if let Err(problem) = crate::tools::schema::validate(&tool.parameters, &call.arguments) {
-                    let problem = problem.to_string();
-                    tracing::info!(turn = c.turn, "intent call not valid: {problem}");
-                    self.record(c.turn, ToolCallRecord { name: call.name.clone(), arguments: call.arguments.clone(), ok: false, ms: 0.0, via: "intent".into(), error: Some(problem) });
-                    return self.say(c, say::could_not_call()).await;
-                }
-                (tool.permits(&call).map(|()| (call, tool)), "intent")
+                (tool.validate(&call).and_then(|()| tool.permits(&call)).map(|()| (call, tool)), "intent")
             }
             Decision::Model(text) => {
                 let parsed = parse_call(&text, &self.agent.tools).and_then(|(call, tool)| tool.permits(&call).map(|()| (call, tool)));
@@ -400,7 +404,18 @@ impl Conversation<'_> {
                 remember_call(c, &call, &format!("refused, not allowed to touch {target}"));
                 return self.say(c, say::not_allowed(&t, &target)).await;
             }
-            Err(Rejected::Invalid(_)) => unreachable!("handled above"),
+            Err(Rejected::OutOfRange { tool, parameter, allowed, call }) => {
+                // What the user asked for, and not possible: say what is, do nothing.
+                tracing::info!(turn = c.turn, "{tool}: {parameter} must be {allowed}: {}", call.arguments);
+                self.record(c.turn, ToolCallRecord { name: tool, arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some(format!("out of range: {parameter} must be {allowed}")) });
+                remember_call(c, &call, &format!("not done: {parameter} must be {allowed}"));
+                return self.say(c, say::out_of_range(&parameter, &allowed)).await;
+            }
+            // (The model's invalid calls were repaired or refused above.)
+            Err(Rejected::Invalid(problem)) => {
+                tracing::info!(turn = c.turn, "intent call not valid: {problem}");
+                return self.say(c, say::could_not_call()).await;
+            }
         };
         if tool.confirm {
             let question = tool.confirm_question(&call);

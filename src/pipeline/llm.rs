@@ -7,11 +7,14 @@
 //! earlier turns are evaluated once, and each new prompt only evaluates what is new.
 //! Tokens go through the sentence splitter, and each finished clause goes to tts at
 //! once — unless the reply is a tool call (it starts with '{'): a call is collected
-//! whole, never spoken, and handed to the agent.
+//! whole, never spoken, and handed to the agent. Nothing from a '{' on is ever
+//! spoken: a model without the grammar may put a call (or code) inside a sentence;
+//! a call found there is made, anything else dropped. Markup the voice would spell
+//! out (`*`, `#`, backticks, ...) is taken out of what is spoken.
 
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::health::Pulse;
 use super::splitter::Splitter;
@@ -88,6 +91,13 @@ pub struct LlmStage {
     pub tools_grammar: Option<String>,
     /// GBNF: a spoken answer only, for phrasing a tool's result.
     pub answer_grammar: Option<String>,
+    /// The tools, to recognise a call a reply carries inside its words.
+    pub tools: Vec<crate::tools::ToolConfig>,
+    /// What the preamble is made of besides the tools, to make it again when the
+    /// home's devices change (`[home_assistant] refresh_s`).
+    pub persona: String,
+    pub examples: bool,
+    pub home: watch::Receiver<crate::tools::Home>,
 }
 
 /// Where a reply is going.
@@ -105,6 +115,7 @@ struct Output<'a> {
 
 impl Output<'_> {
     fn send(&mut self, text: String, last: bool) {
+        let text = crate::tools::say::voice_text(&text);
         if self.index == 0 && !text.is_empty() {
             self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now() });
         }
@@ -119,7 +130,7 @@ impl Output<'_> {
 
 impl LlmStage {
     pub fn run(
-        self,
+        mut self,
         llm: Llm,
         mut rx: mpsc::Receiver<Request>,
         tx: mpsc::Sender<Sentence>,
@@ -134,7 +145,7 @@ impl LlmStage {
         // Warm-up: the preamble sits in the KV cache before anyone speaks.
         let mut warm = self.preamble.clone();
         warm.push(Message { role: Role::User, content: String::new() });
-        let preamble_tokens = session.prefill(&warm)?;
+        let mut preamble_tokens = session.prefill(&warm)?;
         let (context_tokens, max_reply_tokens) = (llm.options().context_tokens as usize, llm.options().max_reply_tokens as usize);
         // The room every turn needs besides the history: checked once, here, so a
         // configuration that cannot answer is an error at start, not "too long"
@@ -166,6 +177,9 @@ impl LlmStage {
                 }
                 Job::Answer { tools } => tools,
             };
+            if self.home.has_changed().unwrap_or(false) {
+                preamble_tokens = self.new_home(&llm, &mut session, preamble_tokens);
+            }
             let room = context_tokens.saturating_sub(preamble_tokens + max_reply_tokens + llm.count_message_tokens(&messages));
             let history = lengths.newest_that_fit(&history, self.history_tokens.min(room), |e| llm.count_message_tokens(&e.messages));
             let history_turns = history.len();
@@ -178,6 +192,8 @@ impl LlmStage {
             let mut first_token = true;
             // None until the first visible text says whether this is a call.
             let mut is_call: Option<bool> = None;
+            // A '{' after the reply began in words: from there on nothing is spoken.
+            let mut braced = false;
             let result = session.generate(&prompt, grammar, |piece| {
                 pulse.step();
                 if first_token {
@@ -187,16 +203,21 @@ impl LlmStage {
                 if is_call.is_none() && !piece.trim().is_empty() {
                     is_call = Some(tools && crate::tools::looks_like_call(piece));
                 }
-                if is_call == Some(true) || !self.stream_sentences {
-                    splitter.hold(piece);
-                } else {
-                    for sentence in splitter.push(piece) {
-                        out.send(sentence, false);
-                        if out.index == 1 {
-                            wait_for_first_audio(&counters, turn, &cancel);
-                        }
+                let (words, held) = match piece.find('{') {
+                    _ if is_call == Some(true) || !self.stream_sentences || braced => ("", piece),
+                    Some(at) => {
+                        braced = true;
+                        piece.split_at(at)
+                    }
+                    None => (piece, ""),
+                };
+                for sentence in splitter.push(words) {
+                    out.send(sentence, false);
+                    if out.index == 1 {
+                        wait_for_first_audio(&counters, turn, &cancel);
                     }
                 }
+                splitter.hold(held);
                 !cancel.is_cancelled() && !out.closed
             });
             let g = match result {
@@ -217,9 +238,18 @@ impl LlmStage {
                     continue;
                 }
             };
-            let call = (is_call == Some(true)).then(|| g.text.trim().to_string());
+            // (Not streaming, everything was held: a brace anywhere counts.)
+            let braced = braced || (is_call != Some(true) && g.text.contains('{'));
+            let call = match is_call {
+                Some(true) => Some(g.text.trim().to_string()),
+                _ if braced => crate::tools::call_in(&g.text, &self.tools),
+                _ => None,
+            };
             if call.is_none() && !cancel.is_cancelled() {
-                out.send(splitter.finish().unwrap_or_default(), true);
+                // Words held back after a '{' that was no call: the part before it.
+                let rest = splitter.finish().unwrap_or_default();
+                let rest = if braced { rest.split('{').next().unwrap_or("").trim().to_string() } else { rest };
+                out.send(rest, true);
             }
             let stats = LlmStats {
                 prompt_tokens: g.prompt_tokens,
@@ -307,6 +337,34 @@ impl ExchangeLengths {
 }
 
 /// Fixed words as the turn's reply, sentence by sentence.
+impl LlmStage {
+    /// The home's devices changed: the preamble is made again with them and warmed
+    /// (only what changed is evaluated), unless it no longer leaves room to answer —
+    /// then the old one stays, said so. Returns the preamble's length in tokens.
+    fn new_home(&mut self, llm: &Llm, session: &mut crate::engine::llm::Session<'_>, tokens_before: usize) -> usize {
+        let home = self.home.borrow_and_update().clone();
+        let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, self.examples);
+        let mut warm = preamble.clone();
+        warm.push(Message { role: Role::User, content: String::new() });
+        let room = (llm.options().context_tokens as usize).saturating_sub(llm.options().max_reply_tokens as usize + QUESTION_ROOM);
+        match session.prefill(&warm) {
+            Ok(tokens) if tokens <= room => {
+                tracing::info!("llm: the prompt now names {} devices ({tokens} tokens)", home.entities.len());
+                self.preamble = preamble;
+                tokens
+            }
+            Ok(tokens) => {
+                tracing::warn!("llm: Home Assistant's devices changed, but with them the prompt takes {tokens} tokens, more than [llm] context_tokens leaves ({room}): the devices from before stay (raise context_tokens, or expose fewer)");
+                tokens_before
+            }
+            Err(e) => {
+                tracing::warn!("llm: Home Assistant's devices changed, but the prompt with them failed ({e}): the devices from before stay");
+                tokens_before
+            }
+        }
+    }
+}
+
 fn speak(text: &str, out: &mut Output<'_>) {
     let mut splitter = Splitter::default();
     for sentence in splitter.push(text) {

@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub tools: ToolsConfig,
     pub tool: Vec<ToolConfig>,
     pub intent: Vec<IntentConfig>,
+    /// The home's devices as Home Assistant lists them (names for the prompt and the
+    /// generated intents), as they change.
+    pub home: watch::Receiver<crate::tools::Home>,
     /// Live devices: half-duplex and its echo tail.
     pub audio: AudioConfig,
     pub latency_log: Option<PathBuf>,
@@ -140,11 +143,15 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     // The tools sit in the system prompt (the cached prefix) and shape the grammar.
     let constrained = options.tools.grammar && !options.tool.is_empty();
     let llm_stage = LlmStage {
-        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, options.tools.examples),
+        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, &options.home.borrow(), options.tools.examples),
+        persona: options.llm.system_prompt.clone(),
+        examples: options.tools.examples,
+        home: options.home.clone(),
         history_tokens: options.agent.history_tokens as usize,
         stream_sentences: options.llm.stream_sentences,
         tools_grammar: if constrained { crate::tools::grammar(&options.tool)? } else { None },
         answer_grammar: constrained.then(crate::tools::answer_grammar),
+        tools: options.tool.clone(),
     };
     {
         let (notes, counters, llm, pulse) = (notes.clone(), counters.clone(), engines.llm, health.pulse("llm"));
@@ -215,7 +222,11 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         multi_turn: options.multi_turn,
         history_tokens: options.agent.history_tokens as usize,
         models: engines.models,
-        intents: Intents::new(&options.intent)?,
+        intents: {
+            let configured = Intents::new(&options.intent)?;
+            if options.tools.generated_intents { configured.with_generated(&options.tool, &options.home.borrow()) } else { configured }
+        },
+        home: options.tools.generated_intents.then(|| options.home.clone()),
         tools: options.tool,
         max_reply: Duration::from_secs_f32(options.agent.max_reply_s),
         confirm_within: Duration::from_secs_f32(options.tools.confirm_within_s),

@@ -1,17 +1,28 @@
-//! The quality gates a candidate must pass to be selected: tool calls (the evaluation
-//! set), spoken-answer discipline, and multi-turn stability. Each is a score in 0..=1
-//! with the evidence for it, so a report can say why a candidate failed.
+//! The quality gates a candidate must pass to be selected: tool calls (every home of
+//! the evaluation, scored by the worst), spoken-answer discipline, and multi-turn
+//! stability. Each is a score in 0..=1 with the evidence for it, so a report can say
+//! why a candidate failed.
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::llm::{Grammar, Llm, Message, Role};
+use crate::engine::llm::{Llm, Message, Role};
 use crate::tools::eval::{self, EvalSet};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
+    /// The tool figures are the worst over the evaluation's homes.
     pub tool_call_accuracy: f64,
     pub valid_output: f64,
     pub no_tool_precision: f64,
+    /// Device states answered with no read behind them, and calls or tool names in
+    /// spoken words, over every home (a gate allows none).
+    #[serde(default)]
+    pub invented_states: usize,
+    #[serde(default)]
+    pub leaks: usize,
+    /// Each home's tool-call accuracy, for the report.
+    #[serde(default)]
+    pub homes: Vec<(String, f64)>,
     pub spoken_discipline: f64,
     pub multi_turn_stability: f64,
     /// The answers and why each failed, for the report.
@@ -42,19 +53,26 @@ const CONVERSATION: [&str; 6] = [
 ];
 
 /// Runs every gate (`quick`: a subset of each, for tests).
-pub fn measure(llm: &Llm, persona: &str, set: &EvalSet, quick: bool) -> anyhow::Result<Quality> {
+pub fn measure(llm: &Llm, persona: &str, quick: bool) -> anyhow::Result<Quality> {
     let mut evidence = Vec::new();
-    // Tool calls: the evaluation set, as voxd runs it (grammar on).
-    let subset = EvalSet { tools: set.tools.clone(), intents: Vec::new(), cases: set.cases.iter().enumerate().filter(|(i, _)| !quick || i % 3 == 0).map(|(_, c)| c.clone()).collect() };
-    let preamble = crate::tools::preamble(persona, &subset.tools, true);
-    let grammar: Option<Grammar> = crate::tools::grammar(&subset.tools)?.map(|g| llm.grammar(&g)).transpose()?;
-    let report = eval::run(llm, &preamble, &subset, grammar.as_ref(), |_, r| {
-        if !r.correct {
-            tracing::debug!("eval: {:?} → {}", r.say, r.output);
+    // Tool calls: every home, as voxd runs it (grammar on, examples derived where
+    // none are written); the gates take the worst home.
+    let mut worst = (1.0f64, 1.0f64, 1.0f64);
+    let (mut invented_states, mut leaks, mut homes) = (0, 0, Vec::new());
+    for (name, set) in eval::homes()? {
+        let subset = EvalSet { cases: set.cases.iter().enumerate().filter(|(i, _)| !quick || i % 3 == 0).map(|(_, c)| c.clone()).collect(), ..set };
+        let report = eval::run_home(llm, persona, &subset, true, |_, r| {
+            if !r.correct {
+                tracing::debug!("eval {name}: {:?} → {}", r.say, r.output);
+            }
+        })?;
+        worst = (worst.0.min(report.call_accuracy), worst.1.min(report.valid_rate), worst.2.min(report.no_tool_precision));
+        invented_states += report.invented_states;
+        leaks += report.leaks;
+        homes.push((name.clone(), report.call_accuracy));
+        for r in report.results.iter().filter(|r| !r.correct).take(3) {
+            evidence.push(format!("tools ({name}): {:?} → {}", r.say, short(&r.output)));
         }
-    })?;
-    for r in report.results.iter().filter(|r| !r.correct).take(6) {
-        evidence.push(format!("tools: {:?} → {}", r.say, short(&r.output)));
     }
 
     // Spoken answers: short, plain, no thinking aloud (the persona alone, no tools).
@@ -95,9 +113,12 @@ pub fn measure(llm: &Llm, persona: &str, set: &EvalSet, quick: bool) -> anyhow::
         replies.push(reply);
     }
     Ok(Quality {
-        tool_call_accuracy: report.call_accuracy,
-        valid_output: report.valid_rate,
-        no_tool_precision: report.no_tool_precision,
+        tool_call_accuracy: worst.0,
+        valid_output: worst.1,
+        no_tool_precision: worst.2,
+        invented_states,
+        leaks,
+        homes,
         spoken_discipline,
         multi_turn_stability: stable as f64 / turns.len() as f64,
         evidence,

@@ -91,6 +91,8 @@ impl Gates {
         .into_iter()
         .filter(|(_, got, min)| got < min)
         .map(|(name, got, min)| format!("{name} {} < {}", pct(got), pct(min)))
+        .chain((m.invented_states > self.invented_states).then(|| format!("{} device states answered with no read (at most {})", m.invented_states, self.invented_states)))
+        .chain((m.leaks > self.leaks).then(|| format!("{} calls or tool names in spoken words (at most {})", m.leaks, self.leaks)))
         .collect()
     }
 }
@@ -241,7 +243,7 @@ mod tests {
             measured: Measured {
                 id: id.into(),
                 speed: measure::Speed { first_sentence_ms, ..Default::default() },
-                quality: gates::Quality { tool_call_accuracy: tools, valid_output: 1.0, no_tool_precision: 1.0, spoken_discipline: 1.0, multi_turn_stability: 1.0, evidence: vec![] },
+                quality: gates::Quality { tool_call_accuracy: tools, valid_output: 1.0, no_tool_precision: 1.0, spoken_discipline: 1.0, multi_turn_stability: 1.0, invented_states: 0, leaks: 0, homes: vec![], evidence: vec![] },
                 peak_rss_mib: None,
             },
             failed: failed.iter().map(|s| s.to_string()).collect(),
@@ -264,7 +266,7 @@ mod tests {
     #[test]
     fn gates_name_what_failed() {
         let g = Gates::default();
-        let q = gates::Quality { tool_call_accuracy: 0.03, valid_output: 1.0, no_tool_precision: 0.5, spoken_discipline: 1.0, multi_turn_stability: 0.2, evidence: vec![] };
-        assert_eq!(g.failures(&q), vec!["tool-call accuracy 3 % < 80 %", "\"no tool\" precision 50 % < 80 %", "multi-turn stability 20 % < 80 %"]);
+        let q = gates::Quality { tool_call_accuracy: 0.03, valid_output: 1.0, no_tool_precision: 0.5, spoken_discipline: 1.0, multi_turn_stability: 0.2, invented_states: 2, leaks: 0, homes: vec![], evidence: vec![] };
+        assert_eq!(g.failures(&q), vec!["tool-call accuracy 3 % < 80 %", "\"no tool\" precision 50 % < 80 %", "multi-turn stability 20 % < 80 %", "2 device states answered with no read (at most 0)"]);
     }
 }

@@ -20,6 +20,11 @@ section! {
         /// Few-shot examples of calls and plain answers in the (cached) system prompt:
         /// small models need them to tell a command from a question.
         examples: bool = true;
+        /// Everyday commands for the home's own devices — "turn off the {name}", "set
+        /// the {name} to {n} degrees", "is the {name} locked" — made from the Home
+        /// Assistant tools and run without asking the model (fast, deterministic);
+        /// false: only the [[intent]]s do.
+        generated_intents: bool = true;
         /// A tool with `confirm = true` runs only after a yes said within this many
         /// seconds of its question (heard in full), as a short answer on its own.
         confirm_within_s: f32 = 10.0, check(|x: &f32| (2.0..=120.0).contains(x), "2.0 to 120.0");
@@ -36,6 +41,17 @@ section! {
         token_env: String = "HASS_TOKEN".into();
         /// Or a file holding the token (readable by voxd only); used when set.
         token_file: String = String::new();
+        /// The devices voxd may know by name: entity ids or patterns ("light.*",
+        /// "lock.front_door"). At start voxd reads them from Home Assistant's
+        /// `/api/states`, with their friendly names, so "the living room lights" finds
+        /// `light.living_room` without listing every device in the tools (allow-lists
+        /// still decide what each tool may touch); the list is kept for starts while
+        /// Home Assistant is down. Empty: only the devices the tools name.
+        expose: Vec<String> = Vec::new();
+        /// Seconds between reads of that list while voxd runs: a device added, renamed
+        /// or removed in Home Assistant is known by the next turn after it. 0: at start
+        /// only.
+        refresh_s: f32 = 300.0, check(|x: &f32| *x == 0.0 || (10.0..=86400.0).contains(x), "0 (at start only) or 10.0 to 86400.0");
         /// Or the systemd credential holding it (`LoadCredential=hass_token` in the
         /// unit): read from `$CREDENTIALS_DIRECTORY` when neither `token_file` nor the
         /// environment variable gives a token.

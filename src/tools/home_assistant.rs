@@ -45,6 +45,15 @@ impl HomeAssistant {
         Ok(http::read_body(NAME, response)?.chars().take(200).collect())
     }
 
+    /// Every entity Home Assistant has, with its friendly name (`GET /api/states`).
+    pub fn entities(&self, timeout: Duration) -> Result<Vec<(String, Option<String>)>, Failure> {
+        const MAX_STATES: usize = 8 << 20;
+        let url = format!("{}/api/states", self.base);
+        let response = http::agent(timeout).get(&url).set("Authorization", &format!("Bearer {}", self.token)).call().map_err(|e| http_failure(NAME, e))?;
+        let body: Value = serde_json::from_str(&http::read_body_up_to(NAME, response, MAX_STATES)?).map_err(|_| Failure(format!("{NAME} sent a list of states I could not read")))?;
+        Ok(entities_in(&body))
+    }
+
     /// The state of `entity_id` ("on", "21.5").
     pub fn state(&self, entity_id: &str, timeout: Duration) -> Result<String, Failure> {
         let url = format!("{}/api/states/{entity_id}", self.base);
@@ -75,6 +84,116 @@ fn token(c: &HomeAssistantConfig, env: Option<String>, credentials: Option<&Path
         c.token_credential,
         c.token_credential
     )
+}
+
+/// Entity ids and friendly names out of an `/api/states` answer (a dump of one).
+pub fn entities_in(states: &Value) -> Vec<(String, Option<String>)> {
+    states
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let id = s.get("entity_id")?.as_str()?;
+            super::is_entity_id(id).then(|| (id.to_string(), s.pointer("/attributes/friendly_name").and_then(Value::as_str).map(str::to_string)))
+        })
+        .collect()
+}
+
+/// The devices of the home voxd may know about: those of Home Assistant's entities
+/// that `[home_assistant] expose` names (patterns as in allow-lists), fetched now and
+/// kept in `cache` — from where they come when Home Assistant cannot be reached, so
+/// a voxd started while it is down still knows the home. Nothing to expose, nothing
+/// fetched.
+pub fn discover(config: &HomeAssistantConfig, cache: &Path) -> super::Home {
+    if config.expose.is_empty() || config.url.is_empty() {
+        return super::Home::default();
+    }
+    let fetched = fetch(config).inspect(|all| keep(all, cache)).map(|all| exposed(all, &config.expose));
+    let home = fetched.unwrap_or_else(|why| match std::fs::read_to_string(cache).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        Some(snapshot) => {
+            tracing::warn!("Home Assistant's devices: {why}; using the list kept in {}", cache.display());
+            exposed(entities_in(&snapshot), &config.expose)
+        }
+        None => {
+            tracing::warn!("Home Assistant's devices: {why}, and no list kept from before: only the devices the tools name are known");
+            super::Home::default()
+        }
+    });
+    tracing::info!("Home Assistant: {} devices exposed to voxd", home.entities.len());
+    home
+}
+
+/// `discover` now, and with `[home_assistant] refresh_s` again every so often on a
+/// thread of its own, for as long as anyone watches: a device added, renamed or
+/// removed in Home Assistant reaches the receivers as a change.
+pub fn watch(config: &HomeAssistantConfig, cache: &Path) -> tokio::sync::watch::Receiver<super::Home> {
+    let (tx, rx) = tokio::sync::watch::channel(discover(config, cache));
+    if config.refresh_s == 0.0 || config.expose.is_empty() || config.url.is_empty() {
+        return rx;
+    }
+    let (config, cache, every) = (config.clone(), cache.to_path_buf(), Duration::from_secs_f32(config.refresh_s));
+    let refresh = move || {
+        let mut failing = false;
+        loop {
+            // Short naps, so the thread ends soon after the run that watched it.
+            let until = std::time::Instant::now() + every;
+            while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+                if tx.is_closed() {
+                    return;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(250)));
+            }
+            match fetch(&config) {
+                Ok(all) => {
+                    failing = false;
+                    let (home, mut before) = (exposed(all.clone(), &config.expose), 0);
+                    let changed = tx.send_if_modified(|known| {
+                        before = known.entities.len();
+                        let changed = *known != home;
+                        if changed {
+                            *known = home;
+                        }
+                        changed
+                    });
+                    if changed {
+                        keep(&all, &cache);
+                        tracing::info!("Home Assistant: the devices changed ({} exposed, {before} before)", tx.borrow().entities.len());
+                    }
+                }
+                // Once an outage: the list from before stays.
+                Err(why) if !failing => {
+                    failing = true;
+                    tracing::warn!("Home Assistant's devices: {why}; keeping the list from before");
+                }
+                Err(_) => {}
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("voxd-ha-devices".into()).spawn(refresh) {
+        tracing::warn!("cannot start reading Home Assistant's devices again and again ({e}): the list from start stays");
+    }
+    rx
+}
+
+/// Every entity Home Assistant has now, with its friendly name.
+fn fetch(config: &HomeAssistantConfig) -> Result<Vec<(String, Option<String>)>, String> {
+    HomeAssistant::from_config(config).map_err(|e| format!("{e:#}")).and_then(|ha| ha.expect("url set").entities(Duration::from_secs(5)).map_err(|e| e.0))
+}
+
+/// Keeps `all` in `cache` (as `/api/states` would list them), for starts while Home
+/// Assistant is down.
+fn keep(all: &[(String, Option<String>)], cache: &Path) {
+    let snapshot = serde_json::json!(all.iter().map(|(id, name)| serde_json::json!({ "entity_id": id, "attributes": { "friendly_name": name } })).collect::<Vec<_>>());
+    if let Err(e) = std::fs::create_dir_all(cache.parent().unwrap_or(Path::new("."))).and_then(|()| std::fs::write(cache, snapshot.to_string())) {
+        tracing::warn!("cannot keep Home Assistant's device list in {}: {e}", cache.display());
+    }
+}
+
+/// The entities of `all` that `expose` names (patterns as in allow-lists), with their
+/// friendly names.
+pub fn exposed(all: Vec<(String, Option<String>)>, expose: &[String]) -> super::Home {
+    let kept: Vec<(String, Option<String>)> = all.into_iter().filter(|(id, _)| expose.iter().any(|p| super::allowed_by(p, id, super::Target::Entity))).collect();
+    super::Home { names: kept.iter().filter_map(|(id, name)| Some((id.clone(), name.clone()?))).collect(), entities: kept.into_iter().map(|(id, _)| id).collect() }
 }
 
 fn read_token_file(path: &Path) -> anyhow::Result<String> {

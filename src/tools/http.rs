@@ -24,9 +24,15 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
 
 /// Reads the body of `response` from `service`, refusing one over [`MAX_BODY`].
 pub fn read_body(service: &str, response: ureq::Response) -> Result<String, Failure> {
+    read_body_up_to(service, response, MAX_BODY)
+}
+
+/// Reads the body of `response`, refusing one over `max` bytes (a list of a whole
+/// home's devices is larger than any one answer).
+pub fn read_body_up_to(service: &str, response: ureq::Response, max: usize) -> Result<String, Failure> {
     let mut body = Vec::new();
-    match response.into_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body) {
-        Ok(_) if body.len() > MAX_BODY => Err(Failure(format!("{service} sent an answer over {} kilobytes, too long to read", MAX_BODY / 1024))),
+    match response.into_reader().take(max as u64 + 1).read_to_end(&mut body) {
+        Ok(_) if body.len() > max => Err(Failure(format!("{service} sent an answer over {} kilobytes, too long to read", max / 1024))),
         Ok(_) => Ok(String::from_utf8_lossy(&body).into_owned()),
         Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => Err(Failure(format!("{service} did not answer in time"))),
         Err(_) => Err(Failure(format!("{service}'s answer broke off"))),

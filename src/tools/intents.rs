@@ -1,15 +1,37 @@
 //! The fast path: commands common enough to be matched by a pattern instead of asked
 //! of the model. A match becomes a tool call at once (no prompt, no generation), and
 //! goes through the same validation and allow-list as the model's calls.
+//!
+//! Two kinds: the `[[intent]]`s of the config (a pattern and argument templates),
+//! and intents generated from the home itself — for each Home Assistant tool and
+//! the devices it may touch, the everyday ways of saying its action ("turn off the
+//! {name}", "set the {name} to {n} degrees", "is the {name} locked"), in the words
+//! of `phrases`. Configured intents come first.
+
+use std::collections::BTreeMap;
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::{ToolCall, ToolConfig};
+use super::phrases;
+use super::{Home, ToolCall, ToolConfig};
 use crate::config::IntentConfig;
 
+#[derive(Default)]
 pub struct Intents {
     list: Vec<(Regex, IntentConfig)>,
+    generated: Vec<Generated>,
+}
+
+/// An intent made from a tool: its phrasing, with the device's spoken names in a
+/// group `name` (and a number in `n`).
+struct Generated {
+    pattern: Regex,
+    tool: String,
+    /// Spoken name → entity id.
+    entities: BTreeMap<String, String>,
+    /// The parameter a spoken number fills.
+    number: Option<String>,
 }
 
 impl Intents {
@@ -20,15 +42,46 @@ impl Intents {
             .iter()
             .map(|c| Ok((Regex::new(&format!("^(?:{})$", c.pattern))?, c.clone())))
             .collect::<Result<_, regex::Error>>()?;
-        Ok(Intents { list })
+        Ok(Intents { list, generated: Vec::new() })
+    }
+
+    /// Adds the intents generated from `tools` and the devices of `home`.
+    pub fn with_generated(mut self, tools: &[ToolConfig], home: &Home) -> Intents {
+        self.regenerate(tools, home);
+        self
+    }
+
+    /// Makes the generated intents again, for the devices `home` has now.
+    pub fn regenerate(&mut self, tools: &[ToolConfig], home: &Home) {
+        self.generated = tools.iter().flat_map(|t| generate(t, home)).collect();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.is_empty() && self.generated.is_empty()
     }
 
     /// The call the first matching intent makes of `transcript`, if any.
     pub fn call(&self, transcript: &str, tools: &[ToolConfig]) -> Option<ToolCall> {
+        self.configured(transcript, tools).or_else(|| self.generated_call(transcript))
+    }
+
+    fn generated_call(&self, transcript: &str) -> Option<ToolCall> {
+        let text = normalize(transcript);
+        self.generated.iter().find_map(|g| {
+            let caps = g.pattern.captures(&text)?;
+            let said = caps.name("name")?.as_str();
+            let entity = g.entities.get(said).or_else(|| g.entities.get(said.strip_suffix('s')?))?;
+            let mut arguments = Map::new();
+            arguments.insert("entity_id".into(), Value::String(entity.clone()));
+            if let (Some(param), Some(n)) = (&g.number, caps.name("n")) {
+                let n: f64 = n.as_str().parse().ok()?;
+                arguments.insert(param.clone(), if n.fract() == 0.0 { Value::from(n as i64) } else { Value::from(n) });
+            }
+            Some(ToolCall { name: g.tool.clone(), arguments: Value::Object(arguments) })
+        })
+    }
+
+    fn configured(&self, transcript: &str, tools: &[ToolConfig]) -> Option<ToolCall> {
         let text = normalize(transcript);
         self.list.iter().find_map(|(re, intent)| {
             let caps = re.captures(&text)?;
@@ -55,6 +108,76 @@ impl Intents {
             Some(ToolCall { name: tool.name.clone(), arguments: Value::Object(arguments) })
         })
     }
+}
+
+/// The ways of saying a tool's action, with `{name}` for the device and `{n}` for a
+/// number; empty for a tool that is not a Home Assistant one (its words are its own).
+fn phrasings(tool: &ToolConfig, entity: &str) -> &'static [&'static str] {
+    if tool.executor == "home_assistant_state" {
+        return match entity.split('.').next().unwrap_or("") {
+            // "lock": how Whisper's small models often hear "locked" at the end.
+            "lock" => &["is the {name} (?:locked|unlocked|lock)", "did i lock the {name}"],
+            "cover" => &["is the {name} (?:open|closed|shut)"],
+            "light" | "switch" | "fan" | "media_player" => &["(?:is|are) the {name} (?:on|off)"],
+            "climate" => &["what is the {name} set to", "what temperature is the {name} set to"],
+            "sensor" => &["what is the {name}", "what does the {name} say"],
+            _ => &[],
+        };
+    }
+    if tool.executor != "home_assistant" {
+        return &[];
+    }
+    match tool.service.as_str() {
+        s if s.ends_with(".turn_on") && !s.starts_with("scene.") && !s.starts_with("script.") => &["(?:turn|switch) on the {name}", "(?:turn|switch) the {name} on"],
+        s if s.ends_with(".turn_off") => &["(?:turn|switch) off the {name}", "(?:turn|switch) the {name} off"],
+        "scene.turn_on" | "script.turn_on" => &["(?:start|activate|run|turn on) (?:the )?{name}(?: scene)?"],
+        "climate.set_temperature" => &["set the {name} to {n}(?: degrees)?(?: celsius)?", "set the temperature (?:of|in) the {name} to {n}(?: degrees)?"],
+        "cover.open_cover" => &["open(?: up)? the {name}"],
+        "cover.close_cover" => &["close the {name}", "shut the {name}"],
+        "lock.lock" => &["lock the {name}"],
+        "lock.unlock" => &["unlock the {name}"],
+        _ => &[],
+    }
+}
+
+/// The intents of one tool: one pattern per phrasing, over the spoken names of the
+/// devices it may touch (each also in the plural: "the kitchen lights").
+fn generate(tool: &ToolConfig, home: &Home) -> Vec<Generated> {
+    let props = tool.parameters.get("properties").and_then(Value::as_object);
+    if !props.is_some_and(|p| p.contains_key("entity_id")) {
+        return Vec::new();
+    }
+    let number = props.and_then(|p| p.iter().find(|(k, v)| *k != "entity_id" && matches!(v.get("type").and_then(Value::as_str), Some("number" | "integer"))).map(|(k, _)| k.clone()));
+    let required_other = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).any(|r| r != "entity_id" && Some(r) != number.as_deref());
+    if required_other {
+        return Vec::new();
+    }
+    // Devices by domain: a state tool says "locked" of locks and "on" of lights.
+    let mut by_phrasing: BTreeMap<&'static [&'static str], BTreeMap<String, String>> = BTreeMap::new();
+    for id in phrases::entities_of(tool, &home.entities) {
+        let name = normalize(&phrases::spoken_name(&id, &home.names));
+        by_phrasing.entry(phrasings(tool, &id)).or_default().insert(name, id);
+    }
+    let mut out = Vec::new();
+    for (phrasings, entities) in by_phrasing {
+        if phrasings.is_empty() || entities.is_empty() {
+            continue;
+        }
+        let mut names: Vec<&String> = entities.keys().collect();
+        names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        let alternatives = names.iter().map(|n| regex::escape(n)).collect::<Vec<_>>().join("|");
+        for phrasing in phrasings {
+            if phrasing.contains("{n}") && number.is_none() {
+                continue;
+            }
+            let body = phrasing.replace("{name}", &format!("(?P<name>(?:{alternatives})s?)")).replace("{n}", r"(?P<n>\d+(?:\.\d+)?)");
+            let pattern = format!("^(?:please |could you |can you )?{body}(?: please)?$");
+            if let Ok(pattern) = Regex::new(&pattern) {
+                out.push(Generated { pattern, tool: tool.name.clone(), entities: entities.clone(), number: number.clone() });
+            }
+        }
+    }
+    out
 }
 
 /// Lowercase words, punctuation gone (a decimal point between digits stays):
@@ -163,6 +286,39 @@ mod tests {
         assert_eq!(yes_or_no("Yes, and turn on the lights."), None);
         assert_eq!(yes_or_no("Okay, open the garage door."), None);
         assert_eq!(yes_or_no("Please."), None);
+    }
+
+    #[test]
+    fn the_home_generates_its_everyday_commands() {
+        let ha = |name: &str, executor: &str, service: &str, allow: &[&str]| ToolConfig {
+            name: name.into(),
+            executor: executor.into(),
+            service: service.into(),
+            parameters: json!({ "type": "object", "properties": { "entity_id": { "type": "string" } }, "required": ["entity_id"] }),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            ..ToolConfig::default()
+        };
+        let mut climate = ha("set_temp", "home_assistant", "climate.set_temperature", &["climate.living_room"]);
+        climate.parameters = json!({ "type": "object", "properties": { "entity_id": { "type": "string" }, "temperature": { "type": "number", "minimum": 10, "maximum": 30 } }, "required": ["entity_id", "temperature"] });
+        let tools = [
+            ha("light_off", "home_assistant", "light.turn_off", &["light.*"]),
+            ha("unlock", "home_assistant", "lock.unlock", &["lock.front_door"]),
+            ha("get_state", "home_assistant_state", "", &["lock.front_door", "light.*"]),
+            climate,
+        ];
+        let home = Home { entities: vec!["light.living_room".into(), "light.kitchen".into()], names: Default::default() };
+        let intents = Intents::new(&[]).unwrap().with_generated(&tools, &home);
+        let call = |text: &str| intents.call(text, &tools).map(|c| (c.name, c.arguments));
+        assert_eq!(call("Turn off the living room lights."), Some(("light_off".into(), json!({ "entity_id": "light.living_room" }))));
+        assert_eq!(call("Switch the kitchen light off, please."), Some(("light_off".into(), json!({ "entity_id": "light.kitchen" }))));
+        assert_eq!(call("Is the front door locked?"), Some(("get_state".into(), json!({ "entity_id": "lock.front_door" }))));
+        assert_eq!(call("Are the kitchen lights on?"), Some(("get_state".into(), json!({ "entity_id": "light.kitchen" }))));
+        assert_eq!(call("Set the living room thermostat to 21.5 degrees."), Some(("set_temp".into(), json!({ "entity_id": "climate.living_room", "temperature": 21.5 }))));
+        // A value out of range is passed on as said: the schema refuses it aloud.
+        assert_eq!(call("Set the living room thermostat to 95 degrees.").unwrap().1["temperature"], 95);
+        assert_eq!(call("Unlock the front door."), Some(("unlock".into(), json!({ "entity_id": "lock.front_door" }))));
+        assert_eq!(call("Turn off the garage light."), None, "not a device of this home: the model answers");
+        assert_eq!(call("Turn off the living room lights and lock the door."), None, "the whole transcript must match");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A Home Assistant REST endpoint on 127.0.0.1, for voxd's tests and `voxd
 //! bench-tools` (Home Assistant itself does not install everywhere): it answers
-//! `POST /api/services/<domain>/<service>` and `GET /api/states/<entity_id>` as
-//! Home Assistant does, checks the bearer token as Home Assistant does (401
+//! `POST /api/services/<domain>/<service>`, `GET /api/states/<entity_id>` and the
+//! list of every state, `GET /api/states`, as Home Assistant does, checks the bearer token as Home Assistant does (401
 //! otherwise), records every request, and can be told to misbehave — answer with an
 //! error status, too slowly, with a body of the test's choosing or one without end,
 //! or not at all. It also takes webhooks: any request under `/hook/`
@@ -44,6 +44,8 @@ pub enum Behaviour {
 struct State {
     requests: Vec<Recorded>,
     states: HashMap<String, String>,
+    /// Friendly names, by entity id.
+    names: HashMap<String, String>,
     /// (needle, behaviour): requests whose path or body contains the needle get it.
     faults: Vec<(String, Behaviour)>,
     /// Bytes of endless answers written before their clients hung up.
@@ -107,6 +109,13 @@ impl LocalHomeAssistant {
     pub fn set_state(&self, entity_id: &str, state: &str) {
         self.state.lock().expect("endpoint state").states.insert(entity_id.into(), state.into());
     }
+
+    /// An entity of the home, with its friendly name (listed by `GET /api/states`).
+    pub fn add_entity(&self, entity_id: &str, state: &str, friendly_name: &str) {
+        let mut s = self.state.lock().expect("endpoint state");
+        s.states.insert(entity_id.into(), state.into());
+        s.names.insert(entity_id.into(), friendly_name.into());
+    }
 }
 
 impl Drop for LocalHomeAssistant {
@@ -168,6 +177,13 @@ fn serve(stream: TcpStream, state: &Mutex<State>, expected_auth: &str) {
             ("GET", Some(entity)) => {
                 let value = state.lock().expect("endpoint state").states.get(entity).cloned().unwrap_or_else(|| "on".into());
                 (200, serde_json::json!({ "entity_id": entity, "state": value, "attributes": {} }).to_string())
+            }
+            ("GET", None) if path == "/api/states" => {
+                let s = state.lock().expect("endpoint state");
+                let mut ids: Vec<&String> = s.states.keys().collect();
+                ids.sort();
+                let list: Vec<serde_json::Value> = ids.into_iter().map(|id| serde_json::json!({ "entity_id": id, "state": s.states[id], "attributes": { "friendly_name": s.names.get(id) } })).collect();
+                (200, serde_json::Value::Array(list).to_string())
             }
             ("POST", _) if path.starts_with("/api/services/") => (200, "[]".to_string()),
             _ => (404, "{\"message\": \"not found\"}".to_string()),

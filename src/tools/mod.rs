@@ -16,6 +16,7 @@ pub mod http;
 pub mod intents;
 pub mod local_ha;
 pub mod mqtt;
+pub mod phrases;
 pub mod schema;
 pub mod webhook;
 
@@ -86,6 +87,10 @@ pub enum Rejected {
     /// A valid call the allow-list does not permit (never repaired: refused).
     #[error("{tool} may not touch {target}")]
     NotAllowed { tool: String, target: String, call: ToolCall },
+    /// A value outside what its parameter allows: what the user asked for, so it is
+    /// answered with what is possible, never repaired into another value.
+    #[error("{tool}: {parameter} must be {allowed}")]
+    OutOfRange { tool: String, parameter: String, allowed: String, call: ToolCall },
 }
 
 /// A value as it reads in speech and templates: strings without quotes.
@@ -281,6 +286,15 @@ impl ToolConfig {
         }
     }
 
+    /// A call's arguments against the tool's schema: a value out of its bounds or enum
+    /// is `OutOfRange`, anything else `Invalid`.
+    pub fn validate(&self, call: &ToolCall) -> Result<(), Rejected> {
+        schema::validate(&self.parameters, &call.arguments).map_err(|e| match e.allowed.clone() {
+            Some(allowed) => Rejected::OutOfRange { tool: self.name.clone(), parameter: e.parameter().to_string(), allowed, call: call.clone() },
+            None => Rejected::Invalid(e.to_string()),
+        })
+    }
+
     /// The allow-list check: every target must match a pattern (for MQTT and webhooks
     /// with a fixed target and no list, that target itself).
     pub fn permits(&self, call: &ToolCall) -> Result<(), Rejected> {
@@ -325,10 +339,23 @@ impl ToolConfig {
     }
 
     /// The question asked before a `confirm` tool runs.
+    /// (Devices by their spoken names, and not twice: "Should I open the garage door?"
+    /// rather than "…: cover.garage_door?".)
     pub fn confirm_question(&self, call: &ToolCall) -> String {
         if self.confirm_prompt.is_empty() {
             let what = self.description.trim_end_matches('.').to_lowercase();
-            format!("Should I {what}: {}? Please say yes or no.", call.arguments_text())
+            let named: Vec<String> = call
+                .arguments
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| if k == "entity_id" { phrases::spoken_name(&plain(v), &Default::default()) } else { plain(v) })
+                .filter(|said| !what.contains(said.as_str()))
+                .collect();
+            match named.is_empty() {
+                true => format!("Should I {what}? Please say yes or no."),
+                false => format!("Should I {what}: {}? Please say yes or no.", named.join(", ")),
+            }
         } else {
             render(&self.confirm_prompt, &call.arguments, None)
         }
@@ -385,7 +412,7 @@ pub fn parse_call<'t>(text: &str, tools: &'t [ToolConfig]) -> Result<(ToolCall, 
         let known: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
         Rejected::Invalid(format!("there is no tool {:?}; the tools are: {}", call.name, known.join(", ")))
     })?;
-    schema::validate(&tool.parameters, &call.arguments).map_err(|e| Rejected::Invalid(e.to_string()))?;
+    tool.validate(&call)?;
     Ok((call, tool))
 }
 
@@ -394,12 +421,22 @@ pub fn looks_like_call(text: &str) -> bool {
     text.trim_start().starts_with('{')
 }
 
+/// The devices a home is known to have beyond what its allow-lists name: entity ids
+/// and friendly names, as Home Assistant lists them (`[home_assistant] expose`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Home {
+    pub entities: Vec<String>,
+    pub names: phrases::FriendlyNames,
+}
+
 /// The fixed start of every conversation: the system message (the persona, then the
-/// tools as compact signatures and the rules for calling them), and with `examples`
-/// a few exchanges showing calls and plain answers — as real turns, which small
-/// models follow far better than examples described in the system text. It is the
-/// same for every turn, so it stays in the KV cache: its length costs one prefill.
-pub fn preamble(persona: &str, tools: &[ToolConfig], examples: bool) -> Vec<Message> {
+/// tools as compact signatures with the devices each may touch, and the rules for
+/// calling them), and with `examples` a few exchanges showing calls and plain answers
+/// — as real turns, which small models follow far better than examples described in
+/// the system text. Each tool's example is derived from the tool itself (see
+/// `phrases`) unless the config gives its own. It is the same for every turn, so it
+/// stays in the KV cache: its length costs one prefill.
+pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool) -> Vec<Message> {
     use std::fmt::Write;
     let mut system = persona.to_string();
     if tools.is_empty() {
@@ -414,8 +451,11 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], examples: bool) -> Vec<Mess
     );
     for t in tools {
         let _ = write!(system, "\n- {}({}): {}.", t.name, signature(t), t.description.trim_end_matches('.'));
-        if t.executor.starts_with("home_assistant") && !t.allow.is_empty() {
-            let _ = write!(system, " Entities: {}.", t.allow.join(", "));
+        if t.executor.starts_with("home_assistant") {
+            let entities: Vec<String> = phrases::entities_of(t, &home.entities).iter().map(|id| format!("{id} ({})", phrases::spoken_name(id, &home.names))).collect();
+            if !entities.is_empty() {
+                let _ = write!(system, " Entities: {}.", entities.join(", "));
+            }
         }
     }
     let mut out = vec![Message { role: Role::System, content: system }];
@@ -429,10 +469,18 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], examples: bool) -> Vec<Mess
         turn("What is the capital of France?", "The capital of France is Paris.".into());
         turn("Turn on the light in the shed.", "Sorry, there is no shed light I can control.".into());
         turn("Switch it off.", "Which device do you mean?".into());
-        for t in tools {
+        let (written, derived): (Vec<&ToolConfig>, Vec<ToolConfig>) = (tools.iter().filter(|t| t.examples.as_array().is_some_and(|e| !e.is_empty())).collect(), tools.iter().filter(|t| !t.examples.as_array().is_some_and(|e| !e.is_empty())).cloned().collect());
+        let (unread, calls): (Vec<(String, String)>, Vec<(String, String)>) = phrases::examples(&derived, &home.entities, &home.names).into_iter().partition(|(_, a)| !looks_like_call(a));
+        for (say, answer) in unread {
+            turn(&say, answer);
+        }
+        for t in written {
             for e in t.examples.as_array().into_iter().flatten() {
                 turn(&plain(&e["say"]), serde_json::json!({ "name": t.name, "arguments": e["arguments"] }).to_string());
             }
+        }
+        for (say, call) in calls {
+            turn(&say, call);
         }
     }
     out
@@ -463,9 +511,27 @@ fn signature(tool: &ToolConfig) -> String {
         .join(", ")
 }
 
-/// The answer branch: text that does not start like a call. Bounded, because an
-/// unbounded "any text" rule lets a confused model ramble until the token limit.
-const ANSWER_RULE: &str = "voxd-answer ::= [^{ \\t\\r\\n] [^\\x00]{0,2000}";
+/// The answer branch: words to be spoken, and nothing that is not — no braces (a
+/// call or its JSON read aloud), no brackets, backticks or markup (`*`, `#`, `|`,
+/// `<`, `>`, `_`, `\`: code and formatting the voice would spell out). Bounded,
+/// because an unbounded "any text" rule lets a confused model ramble until the token
+/// limit.
+const ANSWER_RULE: &str = "voxd-answer ::= [^{}\\[\\]<>`*#|_\\\\ \\t\\r\\n\\x00] [^{}\\[\\]<>`*#|_\\\\\\x00]{0,2000}";
+
+/// Characters a spoken answer never holds (what `ANSWER_RULE` keeps out).
+pub const NOT_SPOKEN: &[char] = &['{', '}', '[', ']', '<', '>', '`', '*', '#', '|', '_', '\\'];
+
+/// The first JSON object in `text` that reads as a call of one of `tools` (a model
+/// without the grammar may put a call inside a sentence: "you can use the command
+/// {...}"): the call, to be made rather than read aloud.
+pub fn call_in(text: &str, tools: &[ToolConfig]) -> Option<String> {
+    text.match_indices('{').find_map(|(at, _)| {
+        let mut objects = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>();
+        let object = objects.next()?.ok()?;
+        let name = object.get("name")?.as_str()?;
+        (tools.iter().any(|t| t.name == name) && object.get("arguments").is_some()).then(|| object.to_string())
+    })
+}
 
 /// A GBNF grammar whose sentences are exactly: one valid call of one of `tools`, or a
 /// spoken answer (anything that does not start with '{'). `None` with no tools.
@@ -502,6 +568,12 @@ pub mod say {
         "Sorry, I couldn't work out how to do that.".to_string()
     }
 
+    /// "Sorry, I can only set the temperature between 10 and 30." — said instead of
+    /// acting on a value the tool does not take.
+    pub fn out_of_range(parameter: &str, allowed: &str) -> String {
+        format!("Sorry, I can only set the {} {allowed}.", speakable(parameter))
+    }
+
     pub fn declined() -> String {
         "Okay, I won't.".to_string()
     }
@@ -512,6 +584,17 @@ pub mod say {
 
     pub fn done() -> String {
         "Done.".to_string()
+    }
+
+    /// Text as the voice should get it: markup it would spell out taken away
+    /// ("**Paris**" → "Paris", "living_room" → "living room").
+    pub fn voice_text(text: &str) -> String {
+        let plain: String = text.chars().map(|c| if c == '_' { ' ' } else { c }).filter(|c| !NOT_SPOKEN.contains(c)).collect();
+        // Only where something was taken out: the splitter's spacing stays as it was.
+        if plain.len() == text.len() {
+            return plain;
+        }
+        plain.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
     /// "light.kitchen" → "light kitchen"; "home/kitchen/light/set" → "home kitchen light set".
@@ -634,7 +717,19 @@ mod tests {
         let err = |t: &str| parse_call(t, &tools).unwrap_err().to_string();
         assert!(err("{\"name\": \"light_turn_on\"").starts_with("not valid JSON"));
         assert_eq!(err(r#"{"name": "fly", "arguments": {}}"#), "there is no tool \"fly\"; the tools are: light_turn_on");
-        assert_eq!(err(r#"{"name": "light_turn_on", "arguments": {"entity_id": "light.kitchen", "brightness_pct": 0}}"#), "arguments.brightness_pct: 0 is below the minimum 1");
+        // A value out of bounds is what was asked: answered, not sent back for repair.
+        assert!(matches!(parse_call(r#"{"name": "light_turn_on", "arguments": {"entity_id": "light.kitchen", "brightness_pct": 0}}"#, &tools), Err(Rejected::OutOfRange { parameter, allowed, .. }) if parameter == "brightness_pct" && allowed == "between 1 and 100"));
+    }
+
+    #[test]
+    fn a_call_inside_words_is_found_and_markup_is_not_spoken() {
+        let tools = [light_tool()];
+        let said = r#"To turn it on, you can use the command {"name": "light_turn_on", "arguments": {"entity_id": "light.kitchen"}}."#;
+        assert_eq!(call_in(said, &tools).as_deref(), Some(r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#));
+        assert_eq!(call_in("Use {braces} like {\"name\": \"fly\", \"arguments\": {}}.", &tools), None, "not a call of a known tool");
+        assert_eq!(say::voice_text("**Paris** is the `capital` of #France."), "Paris is the capital of France.");
+        assert_eq!(say::voice_text("the living_room light"), "the living room light");
+        assert_eq!(say::voice_text("Plain words, kept as they are."), "Plain words, kept as they are.");
     }
 
     #[test]
@@ -646,20 +741,28 @@ mod tests {
 
     #[test]
     fn the_prompt_lists_tools_compactly() {
-        let p = &preamble("You are voxd.", &[light_tool()], false)[0].content;
+        let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), false)[0].content;
         assert!(p.starts_with("You are voxd."), "{p}");
-        assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen, light.living_*."), "{p}");
+        assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen (kitchen light)."), "{p}");
+        // A pattern's devices come from what Home Assistant lists, with their names.
+        let home = Home { entities: vec!["light.living_room".into(), "lock.front_door".into()], names: [("light.living_room".to_string(), "Sofa Lamp".to_string())].into() };
+        let p = &preamble("You are voxd.", &[light_tool()], &home, false)[0].content;
+        assert!(p.contains("Entities: light.kitchen (kitchen light), light.living_room (sofa lamp)."), "{p}");
     }
 
     #[test]
     fn examples_are_real_turns() {
         let mut t = light_tool();
         t.examples = json!([{ "say": "kitchen light on", "arguments": { "entity_id": "light.kitchen" } }]);
-        let p = preamble("You are voxd.", &[t], true);
+        let p = preamble("You are voxd.", &[t], &Home::default(), true);
         let n = p.len();
         assert_eq!(p[n - 2].role, Role::User);
         assert_eq!(p[n - 2].content, "kitchen light on");
         assert_eq!(p[n - 1].content, r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#, "the tool's example comes last");
-        assert_eq!(preamble("You are voxd.", &[], true).len(), 1, "no tools: the persona alone");
+        assert_eq!(preamble("You are voxd.", &[], &Home::default(), true).len(), 1, "no tools: the persona alone");
+        // Without hand-written examples, one is derived from the tool.
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), true);
+        let n = p.len();
+        assert_eq!((p[n - 2].content.as_str(), p[n - 1].content.as_str()), ("Turn on the kitchen light", r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#));
     }
 }

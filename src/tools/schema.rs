@@ -13,10 +13,31 @@ use serde_json::{Map, Value};
 pub struct Invalid {
     pub path: String,
     pub message: String,
+    /// A value outside what its parameter allows (a bound, an enum): what would be
+    /// right, in words ("between 10 and 30", "low or high"). Such a value is what the
+    /// user asked for, so it is answered, never repaired into another value.
+    pub allowed: Option<String>,
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> Invalid {
-    Invalid { path: path.to_string(), message: message.into() }
+    Invalid { path: path.to_string(), message: message.into(), allowed: None }
+}
+
+impl Invalid {
+    /// The parameter a value problem is about ("temperature" for
+    /// "arguments.temperature").
+    pub fn parameter(&self) -> &str {
+        self.path.strip_prefix("arguments.").unwrap_or(&self.path)
+    }
+}
+
+/// Values as a list said aloud: "low, medium or high".
+fn spoken_list(values: &[Value]) -> String {
+    let words: Vec<String> = values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect();
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => words.concat(),
+    }
 }
 
 const TYPES: [&str; 5] = ["object", "string", "number", "integer", "boolean"];
@@ -148,15 +169,22 @@ pub fn validate(schema: &Value, arguments: &Value) -> Result<(), Invalid> {
         if let Some(allowed) = prop.get("enum").and_then(Value::as_array) {
             if !allowed.contains(value) {
                 let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                return Err(invalid(&path, format!("{value} is not one of {}", list.join(", "))));
+                return Err(Invalid { allowed: Some(spoken_list(allowed)), ..invalid(&path, format!("{value} is not one of {}", list.join(", "))) });
             }
         }
         if let Some(x) = value.as_f64() {
-            if let Some(min) = prop.get("minimum").and_then(Value::as_f64).filter(|m| x < *m) {
-                return Err(invalid(&path, format!("{value} is below the minimum {min}")));
+            let (min, max) = (prop.get("minimum").and_then(Value::as_f64), prop.get("maximum").and_then(Value::as_f64));
+            let range = match (min, max) {
+                (Some(a), Some(b)) => format!("between {a} and {b}"),
+                (Some(a), None) => format!("{a} or more"),
+                (None, Some(b)) => format!("{b} or less"),
+                (None, None) => String::new(),
+            };
+            if let Some(min) = min.filter(|m| x < *m) {
+                return Err(Invalid { allowed: Some(range), ..invalid(&path, format!("{value} is below the minimum {min}")) });
             }
-            if let Some(max) = prop.get("maximum").and_then(Value::as_f64).filter(|m| x > *m) {
-                return Err(invalid(&path, format!("{value} is above the maximum {max}")));
+            if let Some(max) = max.filter(|m| x > *m) {
+                return Err(Invalid { allowed: Some(range), ..invalid(&path, format!("{value} is above the maximum {max}")) });
             }
         }
     }
@@ -164,7 +192,10 @@ pub fn validate(schema: &Value, arguments: &Value) -> Result<(), Invalid> {
 }
 
 /// The schema of a whole call `{"name": NAME, "arguments": {...}}` for one tool, in the
-/// form llama.cpp's JSON-schema-to-grammar converter takes.
+/// form llama.cpp's JSON-schema-to-grammar converter takes. Numbers are left free of
+/// their bounds: a grammar that knows the thermostat stops at 30 turns "95 degrees"
+/// into some number it allows, and the thermostat is set to what nobody asked for.
+/// The bounds are checked on the call instead, and a value outside them answered.
 pub fn call_schema(name: &str, parameters: &Value) -> Value {
     let mut arguments = parameters.clone();
     if let Some(obj) = arguments.as_object_mut() {
@@ -172,6 +203,12 @@ pub fn call_schema(name: &str, parameters: &Value) -> Value {
         obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
         // Descriptions steer the model through the prompt; the grammar needs none.
         strip_descriptions(obj);
+        if let Some(Value::Object(props)) = obj.get_mut("properties") {
+            for p in props.values_mut().filter_map(Value::as_object_mut) {
+                p.remove("minimum");
+                p.remove("maximum");
+            }
+        }
     }
     serde_json::json!({
         "type": "object",
@@ -253,5 +290,16 @@ mod tests {
         assert_eq!(c["properties"]["name"]["const"], "light_turn_on");
         assert_eq!(c["properties"]["arguments"]["additionalProperties"], false);
         assert!(c["properties"]["arguments"]["properties"]["entity_id"].get("description").is_none());
+        assert!(c["properties"]["arguments"]["properties"]["brightness_pct"].get("maximum").is_none(), "the grammar must not pick another number for the user");
+    }
+
+    #[test]
+    fn a_value_out_of_bounds_says_what_is_allowed() {
+        let s = light();
+        let e = validate(&s, &json!({ "entity_id": "l", "brightness_pct": 150 })).unwrap_err();
+        assert_eq!((e.parameter(), e.allowed.as_deref()), ("brightness_pct", Some("between 1 and 100")));
+        let e = validate(&s, &json!({ "entity_id": "l", "mode": "hot" })).unwrap_err();
+        assert_eq!(e.allowed.as_deref(), Some("warm or cold"));
+        assert_eq!(validate(&s, &json!({})).unwrap_err().allowed, None, "a missing argument is the model's to fix");
     }
 }
