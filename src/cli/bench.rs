@@ -194,6 +194,9 @@ pub(super) fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Resul
             config.tool.iter_mut().for_each(|t| t.reply = "Done.".into());
         }
         config.intent = if intents { set.intents.clone() } else { Vec::new() };
+        config.tools.generated_intents = intents;
+        // The endpoint's devices are not the user's: nothing read from it, nothing kept.
+        config.home_assistant.expose = Vec::new();
         config.home_assistant.url = ha.url();
         config.home_assistant.token_file = token_file.display().to_string();
         let variant = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };

@@ -376,7 +376,13 @@ impl Conversation<'_> {
                 // Through the same schema as the model's calls: a pattern can capture a
                 // number out of range as easily as a model can say one.
                 let tool = self.agent.tools.iter().find(|t| t.name == call.name).expect("intents name configured tools");
-                (tool.validate(&call).and_then(|()| tool.permits(&call)).map(|()| (call, tool)), "intent")
+                let checked = tool.validate(&call).and_then(|()| tool.permits(&call));
+                if let Err(Rejected::Invalid(problem)) = checked {
+                    tracing::info!(turn = c.turn, "intent call not valid: {problem}");
+                    self.record(c.turn, ToolCallRecord { name: call.name.clone(), arguments: call.arguments.clone(), ok: false, ms: 0.0, via: "intent".into(), error: Some(problem) });
+                    return self.say(c, say::could_not_call()).await;
+                }
+                (checked.map(|()| (call, tool)), "intent")
             }
             Decision::Model(text) => {
                 let parsed = parse_call(&text, &self.agent.tools).and_then(|(call, tool)| tool.permits(&call).map(|()| (call, tool)));
@@ -411,11 +417,8 @@ impl Conversation<'_> {
                 remember_call(c, &call, &format!("not done: {parameter} must be {allowed}"));
                 return self.say(c, say::out_of_range(&parameter, &allowed)).await;
             }
-            // (The model's invalid calls were repaired or refused above.)
-            Err(Rejected::Invalid(problem)) => {
-                tracing::info!(turn = c.turn, "intent call not valid: {problem}");
-                return self.say(c, say::could_not_call()).await;
-            }
+            // (Invalid calls, the model's and the intents', were dealt with above.)
+            Err(Rejected::Invalid(_)) => return self.say(c, say::could_not_call()).await,
         };
         if tool.confirm {
             let question = tool.confirm_question(&call);

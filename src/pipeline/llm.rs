@@ -242,7 +242,7 @@ impl LlmStage {
             let braced = braced || (is_call != Some(true) && g.text.contains('{'));
             let call = match is_call {
                 Some(true) => Some(g.text.trim().to_string()),
-                _ if braced => crate::tools::call_in(&g.text, &self.tools),
+                _ if braced && tools => crate::tools::call_in(&g.text, &self.tools),
                 _ => None,
             };
             if call.is_none() && !cancel.is_cancelled() {

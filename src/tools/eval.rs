@@ -223,12 +223,16 @@ fn scores(expect: &Expect, parsed: Option<&(super::ToolCall, &ToolConfig, bool)>
 pub fn invents_state(answer: &str) -> bool {
     let a = super::intents::normalize(answer);
     let words: Vec<&str> = a.split_whitespace().collect();
+    // Whole words and phrases: "I checked: it's locked" is no "can't check".
+    let padded = format!(" {a} ");
     let unsure = ["can't", "cannot", "can not", "unable", "not able", "don't know", "do not know", "no way to", "not sure", "check", "which"];
-    if unsure.iter().any(|u| a.contains(u)) {
+    if unsure.iter().any(|u| padded.contains(&format!(" {u} "))) {
         return false;
     }
     const STATES: [&str; 14] = ["on", "off", "open", "closed", "locked", "unlocked", "running", "finished", "done", "idle", "degrees", "percent", "humid", "shut"];
-    words.iter().any(|w| STATES.contains(w)) || words.iter().any(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    // "Yes, it is." to "is the light on?" says how the light is as much as "it's on".
+    const ANSWERS: [&str; 6] = ["yes", "yeah", "yep", "no", "nope", "nah"];
+    words.first().is_some_and(|w| ANSWERS.contains(w)) || words.iter().any(|w| STATES.contains(w)) || words.iter().any(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
 }
 
 /// Do the words that would be spoken carry a call or a tool's name?
@@ -400,6 +404,9 @@ mod tests {
         assert!(!invents_state("Sorry, I can't check that."));
         assert!(!invents_state("I don't know whether it is locked."));
         assert!(!invents_state("Which light do you mean?"));
+        assert!(invents_state("Yes, it is."));
+        assert!(invents_state("I checked: it's locked."));
+        assert!(!invents_state("No, I can't check that."));
         let tools = [ToolConfig { name: "light_turn_on".into(), ..ToolConfig::default() }];
         assert!(leaks("To do it, use light_turn_on with the kitchen", &tools));
         assert!(!leaks("The kitchen light is on now.", &tools));

@@ -192,7 +192,9 @@ fn keep(all: &[(String, Option<String>)], cache: &Path) {
 /// The entities of `all` that `expose` names (patterns as in allow-lists), with their
 /// friendly names.
 pub fn exposed(all: Vec<(String, Option<String>)>, expose: &[String]) -> super::Home {
-    let kept: Vec<(String, Option<String>)> = all.into_iter().filter(|(id, _)| expose.iter().any(|p| super::allowed_by(p, id, super::Target::Entity))).collect();
+    let mut kept: Vec<(String, Option<String>)> = all.into_iter().filter(|(id, _)| expose.iter().any(|p| super::allowed_by(p, id, super::Target::Entity))).collect();
+    // In a stable order: Home Assistant listing the same devices otherwise is no change.
+    kept.sort();
     super::Home { names: kept.iter().filter_map(|(id, name)| Some((id.clone(), name.clone()?))).collect(), entities: kept.into_iter().map(|(id, _)| id).collect() }
 }
 

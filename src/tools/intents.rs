@@ -148,15 +148,20 @@ fn generate(tool: &ToolConfig, home: &Home) -> Vec<Generated> {
         return Vec::new();
     }
     let number = props.and_then(|p| p.iter().find(|(k, v)| *k != "entity_id" && matches!(v.get("type").and_then(Value::as_str), Some("number" | "integer"))).map(|(k, _)| k.clone()));
-    let required_other = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).any(|r| r != "entity_id" && Some(r) != number.as_deref());
-    if required_other {
+    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    if required.iter().any(|r| *r != "entity_id" && Some(*r) != number.as_deref()) {
         return Vec::new();
     }
+    // A number the tool requires must be said: no phrasing without one.
+    let number_required = number.as_deref().is_some_and(|n| required.contains(&n));
+    // Two devices one name ("Ceiling Light" twice): neither is taken on a guess; the
+    // model asks which one.
+    let named: Vec<(String, String)> = phrases::entities_of(tool, &home.entities).into_iter().map(|id| (normalize(&phrases::spoken_name(&id, &home.names)), id)).collect();
+    let ambiguous = |name: &str| named.iter().filter(|(n, _)| n == name).count() > 1;
     // Devices by domain: a state tool says "locked" of locks and "on" of lights.
     let mut by_phrasing: BTreeMap<&'static [&'static str], BTreeMap<String, String>> = BTreeMap::new();
-    for id in phrases::entities_of(tool, &home.entities) {
-        let name = normalize(&phrases::spoken_name(&id, &home.names));
-        by_phrasing.entry(phrasings(tool, &id)).or_default().insert(name, id);
+    for (name, id) in named.iter().filter(|(n, _)| !ambiguous(n)) {
+        by_phrasing.entry(phrasings(tool, id)).or_default().insert(name.clone(), id.clone());
     }
     let mut out = Vec::new();
     for (phrasings, entities) in by_phrasing {
@@ -167,10 +172,13 @@ fn generate(tool: &ToolConfig, home: &Home) -> Vec<Generated> {
         names.sort_by_key(|n| std::cmp::Reverse(n.len()));
         let alternatives = names.iter().map(|n| regex::escape(n)).collect::<Vec<_>>().join("|");
         for phrasing in phrasings {
-            if phrasing.contains("{n}") && number.is_none() {
+            // A phrasing with a number needs a parameter for it; a required number, a
+            // phrasing that says it.
+            let says_number = phrasing.contains("{n}");
+            if (says_number && number.is_none()) || (!says_number && number_required) {
                 continue;
             }
-            let body = phrasing.replace("{name}", &format!("(?P<name>(?:{alternatives})s?)")).replace("{n}", r"(?P<n>\d+(?:\.\d+)?)");
+            let body = phrasing.replace("{name}", &format!("(?P<name>(?:{alternatives})s?)")).replace("{n}", r"(?P<n>-?\d+(?:\.\d+)?)");
             let pattern = format!("^(?:please |could you |can you )?{body}(?: please)?$");
             if let Ok(pattern) = Regex::new(&pattern) {
                 out.push(Generated { pattern, tool: tool.name.clone(), entities: entities.clone(), number: number.clone() });
@@ -187,7 +195,9 @@ pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(chars.len());
     for (i, &c) in chars.iter().enumerate() {
         let decimal = c == '.' && i > 0 && chars[i - 1].is_ascii_digit() && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if c.is_alphanumeric() || c == '\'' || c == '%' || decimal {
+        // "-18": a minus sign, not a dash ("set the freezer to -18" is not 18).
+        let minus = c == '-' && (i == 0 || !chars[i - 1].is_alphanumeric()) && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_alphanumeric() || c == '\'' || c == '%' || decimal || minus {
             out.push(c);
         } else if !out.ends_with(' ') {
             out.push(' ');
@@ -319,11 +329,38 @@ mod tests {
         assert_eq!(call("Unlock the front door."), Some(("unlock".into(), json!({ "entity_id": "lock.front_door" }))));
         assert_eq!(call("Turn off the garage light."), None, "not a device of this home: the model answers");
         assert_eq!(call("Turn off the living room lights and lock the door."), None, "the whole transcript must match");
+        assert_eq!(call("is the front door lock"), Some(("get_state".into(), json!({ "entity_id": "lock.front_door" }))), "as tiny.en hears it");
+        assert_eq!(call("Set the living room thermostat to -5 degrees.").unwrap().1["temperature"], -5, "never 5");
+    }
+
+    #[test]
+    fn generated_intents_never_guess() {
+        let mut on = ToolConfig {
+            name: "light_on".into(),
+            executor: "home_assistant".into(),
+            service: "light.turn_on".into(),
+            parameters: json!({ "type": "object", "properties": { "entity_id": { "type": "string" } }, "required": ["entity_id"] }),
+            allow: vec!["light.*".into()],
+            ..ToolConfig::default()
+        };
+        // Two lights one name: neither is switched on a guess (the model asks which).
+        let names = [("light.hall_1", "Ceiling Light"), ("light.bedroom_2", "Ceiling Light"), ("light.desk", "Desk Lamp")];
+        let home = Home { entities: names.iter().map(|(id, _)| id.to_string()).collect(), names: names.iter().map(|(id, n)| (id.to_string(), n.to_string())).collect() };
+        let tools = [on.clone()];
+        let intents = Intents::new(&[]).unwrap().with_generated(&tools, &home);
+        assert_eq!(intents.call("Turn on the ceiling light.", &tools), None);
+        assert_eq!(intents.call("Turn on the desk lamp.", &tools).map(|c| c.arguments), Some(json!({ "entity_id": "light.desk" })));
+        // A number the tool requires must be said: "turn on the desk lamp" is the model's.
+        on.parameters = json!({ "type": "object", "properties": { "entity_id": { "type": "string" }, "brightness_pct": { "type": "integer" } }, "required": ["entity_id", "brightness_pct"] });
+        let tools = [on];
+        let intents = Intents::new(&[]).unwrap().with_generated(&tools, &home);
+        assert_eq!(intents.call("Turn on the desk lamp.", &tools), None);
     }
 
     #[test]
     fn transcripts_are_normalized_before_matching() {
         assert_eq!(normalize("Set it to 21.5 degrees, please!"), "set it to 21.5 degrees please");
         assert_eq!(normalize("  Lights... ON?"), "lights on");
+        assert_eq!(normalize("Set the freezer to -18, the well-lit hall - now"), "set the freezer to -18 the well lit hall now");
     }
 }

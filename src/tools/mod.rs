@@ -340,17 +340,22 @@ impl ToolConfig {
 
     /// The question asked before a `confirm` tool runs.
     /// (Devices by their spoken names, and not twice: "Should I open the garage door?"
-    /// rather than "…: cover.garage_door?".)
+    /// rather than "…: cover.garage_door?" — but a device is always named unless it is
+    /// the only one the tool may touch, so a yes is never to a guess.)
     pub fn confirm_question(&self, call: &ToolCall) -> String {
         if self.confirm_prompt.is_empty() {
             let what = self.description.trim_end_matches('.').to_lowercase();
+            let says = |said: &str| format!(" {} ", intents::normalize(&what)).contains(&format!(" {} ", intents::normalize(said)));
+            let only_device = self.allow.len() == 1 && !self.allow[0].contains('*');
             let named: Vec<String> = call
                 .arguments
                 .as_object()
                 .into_iter()
                 .flatten()
-                .map(|(k, v)| if k == "entity_id" { phrases::spoken_name(&plain(v), &Default::default()) } else { plain(v) })
-                .filter(|said| !what.contains(said.as_str()))
+                .filter_map(|(k, v)| match k.as_str() {
+                    "entity_id" => Some(phrases::spoken_name(&plain(v), &Default::default())).filter(|name| !(only_device && says(name))),
+                    _ => Some(plain(v)).filter(|value| !says(value)),
+                })
                 .collect();
             match named.is_empty() {
                 true => format!("Should I {what}? Please say yes or no."),
@@ -452,7 +457,10 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool
     for t in tools {
         let _ = write!(system, "\n- {}({}): {}.", t.name, signature(t), t.description.trim_end_matches('.'));
         if t.executor.starts_with("home_assistant") {
-            let entities: Vec<String> = phrases::entities_of(t, &home.entities).iter().map(|id| format!("{id} ({})", phrases::spoken_name(id, &home.names))).collect();
+            let known = phrases::entities_of(t, &home.entities);
+            let mut entities: Vec<String> = known.iter().map(|id| format!("{id} ({})", phrases::spoken_name(id, &home.names))).collect();
+            // A pattern no known device matched still says what may be named.
+            entities.extend(t.allow.iter().filter(|p| p.contains('*') && !known.iter().any(|id| allowed_by(p, id, Target::Entity))).cloned());
             if !entities.is_empty() {
                 let _ = write!(system, " Entities: {}.", entities.join(", "));
             }
@@ -470,7 +478,7 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool
         turn("Turn on the light in the shed.", "Sorry, there is no shed light I can control.".into());
         turn("Switch it off.", "Which device do you mean?".into());
         let (written, derived): (Vec<&ToolConfig>, Vec<ToolConfig>) = (tools.iter().filter(|t| t.examples.as_array().is_some_and(|e| !e.is_empty())).collect(), tools.iter().filter(|t| !t.examples.as_array().is_some_and(|e| !e.is_empty())).cloned().collect());
-        let (unread, calls): (Vec<(String, String)>, Vec<(String, String)>) = phrases::examples(&derived, &home.entities, &home.names).into_iter().partition(|(_, a)| !looks_like_call(a));
+        let (unread, calls): (Vec<(String, String)>, Vec<(String, String)>) = phrases::examples(&derived, tools.iter().any(|t| t.executor.ends_with("_state")), &home.entities, &home.names).into_iter().partition(|(_, a)| !looks_like_call(a));
         for (say, answer) in unread {
             turn(&say, answer);
         }
@@ -743,11 +751,30 @@ mod tests {
     fn the_prompt_lists_tools_compactly() {
         let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), false)[0].content;
         assert!(p.starts_with("You are voxd."), "{p}");
-        assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen (kitchen light)."), "{p}");
+        assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen (kitchen light), light.living_*."), "{p}");
         // A pattern's devices come from what Home Assistant lists, with their names.
         let home = Home { entities: vec!["light.living_room".into(), "lock.front_door".into()], names: [("light.living_room".to_string(), "Sofa Lamp".to_string())].into() };
         let p = &preamble("You are voxd.", &[light_tool()], &home, false)[0].content;
         assert!(p.contains("Entities: light.kitchen (kitchen light), light.living_room (sofa lamp)."), "{p}");
+        // A pattern no listed device matches still says what may be named.
+        let mut t = light_tool();
+        t.allow = vec!["light.*".into()];
+        let p = &preamble("You are voxd.", &[t], &Home::default(), false)[0].content;
+        assert!(p.contains("Entities: light.*."), "{p}");
+    }
+
+    #[test]
+    fn a_confirmation_names_the_device_unless_the_tool_has_one() {
+        let mut t = ToolConfig { name: "open_cover".into(), description: "Open blinds, curtains or the garage door".into(), confirm: true, allow: vec!["cover.garage_door".into(), "cover.blinds".into()], ..ToolConfig::default() };
+        let call = ToolCall { name: "open_cover".into(), arguments: json!({ "entity_id": "cover.garage_door" }) };
+        assert_eq!(t.confirm_question(&call), "Should I open blinds, curtains or the garage door: garage door? Please say yes or no.");
+        t.allow = vec!["cover.garage_door".into()];
+        t.description = "Open the garage door".into();
+        assert_eq!(t.confirm_question(&call), "Should I open the garage door? Please say yes or no.");
+        // Values other than the device: left out only when the description says them as words.
+        let call = ToolCall { name: "open_cover".into(), arguments: json!({ "entity_id": "cover.garage_door", "position": "on" }) };
+        t.description = "Open the garage door to a position".into();
+        assert_eq!(t.confirm_question(&call), "Should I open the garage door to a position: on? Please say yes or no.");
     }
 
     #[test]

@@ -98,13 +98,13 @@ fn question_phrase(entity_id: &str) -> &'static str {
 fn middle(prop: &Value) -> Value {
     let (min, max) = (prop.get("minimum").and_then(Value::as_f64), prop.get("maximum").and_then(Value::as_f64));
     let x = match (min, max) {
-        (Some(a), Some(b)) => ((a + b) / 2.0).round(),
+        (Some(a), Some(b)) => (a + b) / 2.0,
         (Some(a), None) => a,
         (None, Some(b)) => b,
         (None, None) => 1.0,
     };
     if prop.get("type").and_then(Value::as_str) == Some("integer") || x.fract() == 0.0 {
-        Value::from(x as i64)
+        Value::from(x.round() as i64)
     } else {
         Value::from(x)
     }
@@ -167,19 +167,17 @@ fn capitalise(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
-/// Example exchanges for a home's tools: one request per tool, derived as above.
-/// With no tool that reads states, a question about one gets "I can't check that"
-/// (an example of *not* inventing an answer); there is always one such question
-/// about a device no tool reads.
-pub fn examples(tools: &[ToolConfig], known: &[String], names: &FriendlyNames) -> Vec<(String, String)> {
+/// Example exchanges for `tools`: one request per tool, derived as above. When no
+/// tool of the home reads states (`reads_states`), a question about one gets "I
+/// can't check that": an example of *not* inventing an answer.
+pub fn examples(tools: &[ToolConfig], reads_states: bool, known: &[String], names: &FriendlyNames) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for tool in tools {
         if let Some((say, call)) = example(tool, known, names) {
             out.push((say, serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string()));
         }
     }
-    let reads = tools.iter().any(|t| t.executor.ends_with("_state"));
-    if !reads {
+    if !reads_states {
         out.insert(0, ("Is the front door locked?".to_string(), "Sorry, I can't check that: I can't read the state of your devices.".to_string()));
     }
     out
@@ -246,10 +244,15 @@ mod tests {
     fn a_home_that_cannot_read_states_shows_how_to_say_so() {
         let none = FriendlyNames::new();
         let off = ha("light_turn_off", "light.turn_off", &["light.kitchen"]);
-        let ex = examples(&[off.clone()], &[], &none);
+        let ex = examples(&[off.clone()], false, &[], &none);
         assert_eq!(ex[0].0, "Is the front door locked?");
         assert!(ex[0].1.contains("can't check"));
-        let ex = examples(&[off, ha("get_state", "", &["light.kitchen"])], &[], &none);
+        let ex = examples(&[off.clone(), ha("get_state", "", &["light.kitchen"])], true, &[], &none);
         assert!(ex.iter().all(|(_, a)| !a.contains("can't check")), "a home that can read states reads them");
+        // Also when the state tool's examples are written by hand (none derived for it).
+        let mut read = ha("get_state", "", &["light.kitchen"]);
+        read.examples = json!([{ "say": "Is the kitchen light on?", "arguments": { "entity_id": "light.kitchen" } }]);
+        let prompt = super::super::preamble("", &[off, read], &super::super::Home::default(), true);
+        assert!(prompt.iter().all(|m| !m.content.contains("can't check")), "{prompt:?}");
     }
 }
