@@ -758,53 +758,8 @@ fn a_home_written_from_the_readme_without_examples_does_what_is_said() {
     let dir = tempdir();
     let ha = LocalHomeAssistant::start(TOKEN).unwrap();
     ha.set_state("lock.front_door", "unlocked");
-    let home = r#"
-[[tool]]
-name = "light_turn_on"
-description = "Turn a light on"
-executor = "home_assistant"
-service = "light.turn_on"
-parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
-allow = ["light.kitchen", "light.living_room"]
-reply = "Done."
-
-[[tool]]
-name = "light_turn_off"
-description = "Turn a light off"
-executor = "home_assistant"
-service = "light.turn_off"
-parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
-allow = ["light.kitchen", "light.living_room"]
-reply = "Done."
-
-[[tool]]
-name = "set_thermostat"
-description = "Set the thermostat's target temperature in degrees Celsius"
-executor = "home_assistant"
-service = "climate.set_temperature"
-parameters = { type = "object", properties = { entity_id = { type = "string" }, temperature = { type = "number", minimum = 10, maximum = 30 } }, required = ["entity_id", "temperature"] }
-allow = ["climate.living_room"]
-reply = "Thermostat set to {temperature} degrees."
-
-[[tool]]
-name = "get_state"
-description = "Read the current state of a device"
-executor = "home_assistant_state"
-parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
-allow = ["light.kitchen", "light.living_room", "lock.front_door", "cover.garage_door", "climate.living_room"]
-reply = "It is {state}."
-
-[[tool]]
-name = "garage_open"
-description = "Open the garage door"
-executor = "home_assistant"
-service = "cover.open_cover"
-parameters = { type = "object", properties = { entity_id = { type = "string" } }, required = ["entity_id"] }
-allow = ["cover.garage_door"]
-confirm = true
-reply = "The garage door is opening."
-"#;
-    let config = config(&dir, Some(&ha.url()), None, &[home]);
+    let home = std::fs::read_to_string(repo_data("readme-home.toml")).unwrap();
+    let config = config(&dir, Some(&ha.url()), None, &[&home]);
     let parts = [(0.5, "Turn off the living room lights."), (4.0, "Set the thermostat to twenty one degrees."), (4.0, "Is the front door locked?"), (4.0, "Open the garage door.")];
     let (input, _) = conversation(&dir, "readme", &parts, 4.0);
     let done = run_voxd(&dir, &config, &input, TOKEN);
