@@ -266,6 +266,11 @@ proptest! {
                 prop_assert_eq!(again.map(|(c, _)| c), Ok(call.clone()));
             }
             Err(Rejected::Invalid(why)) => prop_assert!(!why.is_empty()),
+            // A number out of its range is the call as asked (voxd says the range).
+            Err(Rejected::OutOfRange { tool, parameter, call, .. }) => {
+                prop_assert_eq!((tool.as_str(), parameter.as_str()), ("light_turn_on", "brightness_pct"));
+                prop_assert!(call.arguments["brightness_pct"].as_i64().is_some_and(|b| !(1..=100).contains(&b)), "{}", call.arguments);
+            }
             Err(other) => prop_assert!(false, "parsing never decides the allow-list: {other:?}"),
         }
     }

@@ -402,6 +402,12 @@ impl Conversation<'_> {
             }
         };
         let (call, tool) = match parsed {
+            Ok((call, tool)) if via == "model" && tool.contradicts(&c.user) => {
+                tracing::warn!(turn = c.turn, "refused: {} does the opposite of {:?}", tool.name, c.user);
+                self.record(c.turn, ToolCallRecord { name: call.name.clone(), arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some("the opposite of what was asked".into()) });
+                remember_call(&mut *c, &call, "refused: the opposite of what was asked");
+                return self.say(c, say::opposite(tool)).await;
+            }
             Ok((call, tool)) => (call, tool.clone()),
             Err(Rejected::NotAllowed { tool, target, call }) => {
                 tracing::warn!(turn = c.turn, "refused: {tool} may not touch {target}");

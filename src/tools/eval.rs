@@ -181,11 +181,11 @@ pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Gram
         let parsed = parse_scored(call_text.as_deref(), &set.tools);
         let invented_state = !called && case.category == "state" && invents_state(&spoken);
         let leaked = leaks(&spoken, &set.tools);
-        let correct = fits && !leaked && scores(&case.expect, parsed.as_ref(), called, invented_state);
+        let correct = fits && !leaked && scores(case, parsed.as_ref(), called, invented_state);
         // What the home's generated intents would have done before the model was asked.
         let intent = intents.call(&case.say, &set.tools).map(|call| {
             let text = serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string();
-            scores(&case.expect, parse_scored(Some(&text), &set.tools).as_ref(), true, false)
+            scores(case, parse_scored(Some(&text), &set.tools).as_ref(), true, false)
         });
         let r = CaseResult { say: case.say.clone(), category: case.category.clone(), output, called, invented_state, leaked, intent, valid: parsed.is_some(), correct, ms: started.elapsed().as_secs_f64() * 1000.0 };
         progress(i, &r);
@@ -206,13 +206,14 @@ fn parse_scored<'t>(call_text: Option<&str>, tools: &'t [ToolConfig]) -> Option<
 }
 
 /// Whether what came of a case is what it expects.
-fn scores(expect: &Expect, parsed: Option<&(super::ToolCall, &ToolConfig, bool)>, called: bool, invented_state: bool) -> bool {
-    match (expect, parsed) {
+fn scores(case: &Case, parsed: Option<&(super::ToolCall, &ToolConfig, bool)>, called: bool, invented_state: bool) -> bool {
+    match (&case.expect, parsed) {
         (Expect::Call { name, arguments }, Some((call, _, _))) => &call.name == name && same_arguments(arguments, &call.arguments),
         (Expect::Call { .. }, None) => false,
         (Expect::Word(w), _) if w == "none" => !called && !invented_state,
-        // no_action: an answer, or a call that would be refused.
-        (Expect::Word(_), Some((call, tool, in_range))) => !in_range || tool.permits(call).is_err(),
+        // no_action: an answer, or a call that voxd would refuse (out of range, not
+        // allowed, the opposite of what was asked).
+        (Expect::Word(_), Some((call, tool, in_range))) => !in_range || tool.permits(call).is_err() || tool.contradicts(&case.say),
         (Expect::Word(_), None) => !called && !invented_state,
     }
 }

@@ -295,6 +295,24 @@ impl ToolConfig {
         })
     }
 
+    /// Does `request` ask for the opposite of what this tool does — "unlock the back
+    /// door" answered with a call to `lock.lock`, "close the garage" with
+    /// `cover.open_cover`? A small model reaches for the nearest tool when the right one
+    /// is missing, and the allow-list cannot tell: locking the door is allowed.
+    pub fn contradicts(&self, request: &str) -> bool {
+        let text = intents::normalize(request);
+        let said = |words: &[&str]| text.split_whitespace().any(|w| words.contains(&w));
+        match self.service.rsplit('.').next().unwrap_or("") {
+            "lock" => said(&["unlock"]),
+            "unlock" => said(&["lock"]) && !said(&["unlock"]),
+            "open_cover" => said(&["close", "shut", "lower"]),
+            "close_cover" => said(&["open", "raise"]),
+            "turn_on" => said(&["off"]) && !said(&["on"]),
+            "turn_off" => said(&["on"]) && !said(&["off"]),
+            _ => false,
+        }
+    }
+
     /// The allow-list check: every target must match a pattern (for MQTT and webhooks
     /// with a fixed target and no list, that target itself).
     pub fn permits(&self, call: &ToolCall) -> Result<(), Rejected> {
@@ -572,6 +590,12 @@ pub mod say {
         }
     }
 
+    /// "Sorry, I can't do that: I can only lock a door or a gate." — said instead of
+    /// doing the opposite of what was asked.
+    pub fn opposite(tool: &ToolConfig) -> String {
+        format!("Sorry, I can't do that: I can only {}.", tool.description.trim_end_matches('.').to_lowercase())
+    }
+
     pub fn could_not_call() -> String {
         "Sorry, I couldn't work out how to do that.".to_string()
     }
@@ -761,6 +785,22 @@ mod tests {
         t.allow = vec!["light.*".into()];
         let p = &preamble("You are voxd.", &[t], &Home::default(), false)[0].content;
         assert!(p.contains("Entities: light.*."), "{p}");
+    }
+
+    #[test]
+    fn a_call_that_does_the_opposite_of_the_words_is_known() {
+        let tool = |service: &str| ToolConfig { name: "t".into(), service: service.into(), ..ToolConfig::default() };
+        assert!(tool("lock.lock").contradicts("Unlock the back door."));
+        assert!(!tool("lock.lock").contradicts("Lock the back door."));
+        assert!(tool("lock.unlock").contradicts("Lock the back door, please."));
+        assert!(!tool("lock.unlock").contradicts("Unlock the back door."));
+        assert!(tool("cover.open_cover").contradicts("Shut the garage door."));
+        assert!(tool("cover.close_cover").contradicts("Open the blinds."));
+        assert!(tool("light.turn_on").contradicts("Turn off the kitchen light."));
+        assert!(!tool("light.turn_on").contradicts("Turn on the light on the porch."));
+        assert!(!tool("light.turn_off").contradicts("Turn off the light on the porch."), "'on' as a preposition");
+        assert!(!tool("climate.set_temperature").contradicts("Turn off the heating."), "no opposite to tell");
+        assert_eq!(say::opposite(&ToolConfig { description: "Lock a door or a gate".into(), ..tool("lock.lock") }), "Sorry, I can't do that: I can only lock a door or a gate.");
     }
 
     #[test]
