@@ -499,7 +499,8 @@ impl Client {
         let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
             format!("cannot reach voxd's control socket {} (is `voxd run` running? its socket is [service] control_socket; --socket names another)", socket.display())
         })?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // Generous: a daemon on a starved CPU still answers; a wedged one is given up on.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let replies = std::io::BufReader::new(stream.try_clone().with_context(|| format!("opening {}", socket.display()))?);
         Ok(Client { socket: socket.to_path_buf(), stream, replies })
     }

@@ -218,7 +218,7 @@ impl Broker {
             let _ = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &port, "-t", PROBE, "-m", "probe"]).status();
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Subscriber { child, lines, reader: Some(reader), probe: PROBE }
+        Subscriber { child, lines, reader: Some(reader), probe: PROBE, port }
     }
 }
 
@@ -234,12 +234,22 @@ pub struct Subscriber {
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     probe: &'static str,
+    port: String,
 }
 
 impl Subscriber {
     /// Stops the subscriber and returns the "topic payload" lines it received (the
-    /// subscription's probe left out).
+    /// subscription's probes left out) — all that reached the broker before this is
+    /// called: a last probe, sent now, is waited for (the broker forwards in order,
+    /// and on a busy machine the subscriber may not have printed them yet).
     pub fn received(mut self) -> Vec<String> {
+        let end = format!("{} end", self.probe);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let _ = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", &self.port, "-t", self.probe, "-m", "end", "-q", "1"]).status();
+        while !self.lines.lock().unwrap().iter().any(|l| *l == end) {
+            assert!(std::time::Instant::now() < deadline, "the subscriber never saw its last probe");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(reader) = self.reader.take() {
