@@ -143,15 +143,13 @@ impl LlmStage {
         let answer_grammar = self.answer_grammar.as_deref().map(|g| llm.grammar(g)).transpose()?;
         let mut session = llm.session()?;
         // Warm-up: the preamble sits in the KV cache before anyone speaks.
-        let mut warm = self.preamble.clone();
-        warm.push(Message { role: Role::User, content: String::new() });
-        let mut preamble_tokens = session.prefill(&warm)?;
+        let mut preamble_tokens = warm(&mut session, &self.preamble)?;
         let (context_tokens, max_reply_tokens) = (llm.options().context_tokens as usize, llm.options().max_reply_tokens as usize);
         // The room every turn needs besides the history: checked once, here, so a
         // configuration that cannot answer is an error at start, not "too long"
         // for every turn.
         anyhow::ensure!(
-            preamble_tokens + max_reply_tokens + QUESTION_ROOM <= context_tokens,
+            preamble_tokens <= preamble_room(&llm),
             "the system prompt and tools take {preamble_tokens} tokens; with [llm] max_reply_tokens = {max_reply_tokens} and {QUESTION_ROOM} for the question that is more than [llm] context_tokens = {context_tokens}: raise context_tokens, or shorten the system prompt or the tools"
         );
         let mut lengths = ExchangeLengths::default();
@@ -344,10 +342,8 @@ impl LlmStage {
     fn new_home(&mut self, llm: &Llm, session: &mut crate::engine::llm::Session<'_>, tokens_before: usize) -> usize {
         let home = self.home.borrow_and_update().clone();
         let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, self.examples);
-        let mut warm = preamble.clone();
-        warm.push(Message { role: Role::User, content: String::new() });
-        let room = (llm.options().context_tokens as usize).saturating_sub(llm.options().max_reply_tokens as usize + QUESTION_ROOM);
-        match session.prefill(&warm) {
+        let room = preamble_room(llm);
+        match warm(session, &preamble) {
             Ok(tokens) if tokens <= room => {
                 tracing::info!("llm: the prompt now names {} devices ({tokens} tokens)", home.entities.len());
                 self.preamble = preamble;
@@ -363,6 +359,20 @@ impl LlmStage {
             }
         }
     }
+}
+
+/// Evaluates `preamble` into the KV cache as the start of a conversation; its length
+/// in tokens.
+fn warm(session: &mut crate::engine::llm::Session<'_>, preamble: &[Message]) -> Result<usize, LlmError> {
+    let mut messages = preamble.to_vec();
+    messages.push(Message { role: Role::User, content: String::new() });
+    session.prefill(&messages)
+}
+
+/// The most tokens the preamble may take: the context, less the longest reply and
+/// room for the question.
+fn preamble_room(llm: &Llm) -> usize {
+    (llm.options().context_tokens as usize).saturating_sub(llm.options().max_reply_tokens as usize + QUESTION_ROOM)
 }
 
 fn speak(text: &str, out: &mut Output<'_>) {

@@ -179,7 +179,17 @@ pub fn placeholders(template: &str) -> Vec<&str> {
 
 impl ToolConfig {
     pub fn parameter_names(&self) -> Vec<&str> {
-        self.parameters.get("properties").and_then(Value::as_object).map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default()
+        self.properties().map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default()
+    }
+
+    /// The schema of each parameter, by name.
+    pub fn properties(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.parameters.get("properties").and_then(Value::as_object)
+    }
+
+    /// The parameters a call must give.
+    pub fn required_parameters(&self) -> Vec<&str> {
+        self.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect()
     }
 
     /// The checks no single field can make, each reported at its key.

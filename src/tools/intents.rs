@@ -143,12 +143,12 @@ fn phrasings(tool: &ToolConfig, entity: &str) -> &'static [&'static str] {
 /// The intents of one tool: one pattern per phrasing, over the spoken names of the
 /// devices it may touch (each also in the plural: "the kitchen lights").
 fn generate(tool: &ToolConfig, home: &Home) -> Vec<Generated> {
-    let props = tool.parameters.get("properties").and_then(Value::as_object);
+    let props = tool.properties();
     if !props.is_some_and(|p| p.contains_key("entity_id")) {
         return Vec::new();
     }
     let number = props.and_then(|p| p.iter().find(|(k, v)| *k != "entity_id" && matches!(v.get("type").and_then(Value::as_str), Some("number" | "integer"))).map(|(k, _)| k.clone()));
-    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let required = tool.required_parameters();
     if required.iter().any(|r| *r != "entity_id" && Some(*r) != number.as_deref()) {
         return Vec::new();
     }

@@ -514,8 +514,8 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool
 
 /// `entity_id: string, brightness_pct?: integer 1-100, mode: warm|cold`.
 fn signature(tool: &ToolConfig) -> String {
-    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    let Some(props) = tool.parameters.get("properties").and_then(Value::as_object) else { return String::new() };
+    let required = tool.required_parameters();
+    let Some(props) = tool.properties() else { return String::new() };
     props
         .iter()
         .map(|(name, p)| {

@@ -1,7 +1,8 @@
 //! How a home's tools and devices are said: each entity's spoken name, example
 //! requests derived from each tool (so a home written from the README needs no
-//! hand-written `examples`), and the everyday commands that skip the model
-//! ("turn off the {name}", "is the {name} locked") generated from the same phrases.
+//! hand-written `examples`). The everyday commands that skip the model are
+//! generated in `intents` from these names, with phrasings of their own (patterns
+//! with alternatives, where an example needs one plain sentence).
 //!
 //! A tool says what it does through its Home Assistant service (`light.turn_off`,
 //! `climate.set_temperature`, `lock.unlock`) or, for state tools, through the
@@ -113,8 +114,8 @@ fn middle(prop: &Value) -> Value {
 /// One example request for `tool`, and the call it makes; None when it cannot be
 /// phrased (a parameter that is neither an entity, a number nor an enum).
 pub fn example(tool: &ToolConfig, known: &[String], names: &FriendlyNames) -> Option<(String, ToolCall)> {
-    let props = tool.parameters.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
-    let required: Vec<&str> = tool.parameters.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let props = tool.properties().cloned().unwrap_or_default();
+    let required = tool.required_parameters();
     let entities = entities_of(tool, known);
     let entity = entities.first();
     let mut arguments = Map::new();
