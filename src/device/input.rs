@@ -152,7 +152,7 @@ fn build(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u3
             let (mut prod, health) = (prod, health);
             device.build_input_stream::<$t, _, _>(stream_config, move |data: &[$t], info: &cpal::InputCallbackInfo| {
                 let ts = info.timestamp();
-                health.latency_us.store(ts.callback.duration_since(ts.capture).as_micros() as u64, Ordering::Relaxed);
+                health.observe_latency(ts.callback.duration_since(ts.capture).as_micros() as u64);
                 callbacks::capture(data, channels, &mut prod, &health);
             }, on_error, Some(Duration::from_millis(250)))?
         }};

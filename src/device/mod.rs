@@ -44,7 +44,7 @@ pub struct Health {
     /// back is dead even if it reported nothing.
     last_callback_ms: AtomicU64,
     /// Latency the device and its buffers add (µs): capture → callback, or callback →
-    /// playback, as the device reports it.
+    /// playback, as the device reports it, smoothed (see `observe_latency`).
     pub latency_us: AtomicU64,
     /// Overruns and underruns the device reported (cpal recovers from them itself).
     pub xruns: AtomicU64,
@@ -85,6 +85,19 @@ impl Health {
     fn beat(&self) {
         self.last_callback_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.errors_in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// One callback's reading of the device's latency (on the audio thread: atomics
+    /// only). Kept as a moving average of the readings that say something: PulseAudio's
+    /// backend interpolates between polls of the server and reads zero whenever a poll
+    /// is late (a busy machine), and no device plays with no buffer at all.
+    fn observe_latency(&self, us: u64) {
+        if us == 0 {
+            return;
+        }
+        let before = self.latency_us.load(Ordering::Relaxed);
+        let now = if before == 0 { us } else { before - before / 8 + us / 8 };
+        self.latency_us.store(now, Ordering::Relaxed);
     }
 
     /// A stream's error callback (on its audio thread: atomics only). cpal recovers
@@ -502,5 +515,21 @@ mod tests {
     fn reopening_backs_off_to_five_seconds() {
         let waits: Vec<u128> = (0..7).map(|a| backoff(a).as_millis()).collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
+    }
+
+    #[test]
+    fn the_latency_is_smoothed_and_a_late_poll_s_zero_is_not_believed() {
+        let h = Health::new();
+        h.observe_latency(0);
+        assert_eq!(h.latency_us.load(Ordering::Relaxed), 0, "nothing known yet");
+        h.observe_latency(40_000);
+        assert_eq!(h.latency_us.load(Ordering::Relaxed), 40_000, "the first reading is taken as it is");
+        h.observe_latency(0);
+        assert_eq!(h.latency_us.load(Ordering::Relaxed), 40_000, "a zero reading says nothing");
+        for _ in 0..64 {
+            h.observe_latency(20_000);
+        }
+        let settled = h.latency_us.load(Ordering::Relaxed);
+        assert!((20_000..20_200).contains(&settled), "follows a lasting change: {settled}");
     }
 }

@@ -125,7 +125,7 @@ fn build(device: &cpal::Device, config: &cpal::SupportedStreamConfig, period: u3
             let (mut cons, control, health) = (cons, control, health);
             device.build_output_stream::<$t, _, _>(stream_config, move |out: &mut [$t], info: &cpal::OutputCallbackInfo| {
                 let ts = info.timestamp();
-                health.latency_us.store(ts.playback.duration_since(ts.callback).as_micros() as u64, Ordering::Relaxed);
+                health.observe_latency(ts.playback.duration_since(ts.callback).as_micros() as u64);
                 callbacks::playback(out, channels, &mut cons, &control, &health);
             }, on_error, Some(Duration::from_millis(250)))?
         }};
