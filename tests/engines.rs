@@ -150,6 +150,55 @@ fn llm_hands_out_text_while_it_is_still_generating() {
     assert!(g.generated_tokens <= 4, "stopped early, generated {}", g.generated_tokens);
 }
 
+/// A rolling history drops its oldest exchanges: the cache drops them too and keeps
+/// the rest, moved up, instead of evaluating the whole history again; what follows is
+/// answered from a consistent cache (llama.cpp refuses a batch whose positions do not
+/// follow the cache's).
+#[test]
+fn dropping_the_oldest_exchanges_keeps_the_rest_of_the_cache() {
+    // Two families: llama (SmolLM2) and qwen2.
+    for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"] {
+        the_cache_keeps_what_the_history_keeps(file);
+    }
+}
+
+fn the_cache_keeps_what_the_history_keeps(file: &str) {
+    use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
+    quiet_engine_logs();
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 24, temperature: 0.0, seed: 1, reuse_prefix: true };
+    let llm = Llm::load(&model(file), file, options).unwrap();
+    let say = |role, content: &str| Message { role, content: content.into() };
+    let exchange = |q: &str, a: &str| [say(Role::User, q), say(Role::Assistant, a)];
+    let history: Vec<[Message; 2]> = vec![
+        exchange("What is two plus two?", "Two plus two is four."),
+        exchange("Name a color.", "Blue is a color."),
+        exchange("Name a fruit.", "An apple is a fruit."),
+        exchange("Name an animal.", "A cat is an animal."),
+        exchange("Name a month.", "March is a month."),
+    ];
+    let prompt = |from: usize, question: &str| {
+        let mut p = vec![say(Role::System, "You are a helpful assistant. Answer in one short sentence.")];
+        p.extend(history[from..].iter().flatten().cloned());
+        p.push(say(Role::User, question));
+        p
+    };
+    let mut session = llm.session().unwrap();
+    session.generate(&prompt(0, "Name a planet."), None, |_| true).unwrap();
+    // The two oldest exchanges leave the history.
+    let question = prompt(2, "What is the capital of France?");
+    let kept_and_new = llm.count_message_tokens(&question[1..]);
+    let g = session.generate(&question, None, |_| true).unwrap();
+    assert!(g.evaluated_tokens() <= 24, "{file}: only the question is evaluated: {} of {} tokens ({kept_and_new} after the system prompt)", g.evaluated_tokens(), g.prompt_tokens);
+    assert!(g.text.to_lowercase().contains("paris"), "{file}: {:?}", g.text);
+    // And the cache goes on from there.
+    let mut next = question.clone();
+    next.push(say(Role::Assistant, &g.text));
+    next.push(say(Role::User, "What is the capital of Italy?"));
+    let g = session.generate(&next, None, |_| true).unwrap();
+    assert!(g.text.to_lowercase().contains("rome"), "{file}: {:?}", g.text);
+    assert!(g.evaluated_tokens() <= 24, "{file}: {} evaluated", g.evaluated_tokens());
+}
+
 #[test]
 fn the_binary_holds_exactly_one_ggml() {
     let out = std::process::Command::new("nm").arg(env!("CARGO_BIN_EXE_voxd")).output().expect("nm (binutils) runs");

@@ -59,6 +59,9 @@ pub struct Llm {
     model: LlamaModel,
     template: LlamaChatTemplate,
     options: LlmOptions,
+    /// Spans of the KV cache may be dropped and what follows moved up (see
+    /// [`can_shift`]).
+    shiftable: bool,
     pub model_id: String,
     pub load_ms: f64,
 }
@@ -121,7 +124,8 @@ impl Llm {
             .chat_template(None)
             .or_else(|_| LlamaChatTemplate::new("chatml"))
             .map_err(|e| LlmError::Backend(e.to_string()))?;
-        Ok(Llm { model, template, options, model_id: model_id.to_string(), load_ms: ms_since(started) })
+        let shiftable = can_shift(&model);
+        Ok(Llm { model, template, options, shiftable, model_id: model_id.to_string(), load_ms: ms_since(started) })
     }
 
     /// The model's vocabulary and chat template only (no weights): enough to count
@@ -134,7 +138,7 @@ impl Llm {
         let started = Instant::now();
         let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default().with_vocab_only(true)).map_err(|_| LlmError::Load { path: path.into(), size })?;
         let template = model.chat_template(None).or_else(|_| LlamaChatTemplate::new("chatml")).map_err(|e| LlmError::Backend(e.to_string()))?;
-        Ok(Llm { model, template, options, model_id: model_id.to_string(), load_ms: ms_since(started) })
+        Ok(Llm { model, template, options, shiftable: false, model_id: model_id.to_string(), load_ms: ms_since(started) })
     }
 
     /// Renders the conversation with the model's chat template, ending with the
@@ -226,12 +230,28 @@ impl Session<'_> {
         Ok(tokens.len())
     }
 
-    /// Brings the KV cache to `tokens`: keeps the longest prefix it already holds and
+    /// Brings the KV cache to `tokens`: keeps the longest prefix it already holds —
+    /// and, where the prompt dropped a span the cache holds (the oldest exchanges of
+    /// a rolling history), what follows that span too, moved up over it — and
     /// evaluates the rest (at least one token, so there are logits to sample from).
     /// Returns (tokens reused, ms spent, batch index of the last token's logits).
     fn evaluate(&mut self, tokens: &[llama_cpp_2::token::LlamaToken]) -> Result<(usize, f64, i32), LlmError> {
         let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
-        let mut reuse = if self.llm.options.reuse_prefix { self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count() } else { 0 };
+        let common = |cached: &[LlamaToken]| cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let mut reuse = if self.llm.options.reuse_prefix { common(&self.cached) } else { 0 };
+        if self.llm.options.reuse_prefix && self.llm.shiftable {
+            if let Some(gap) = dropped_span(&self.cached, tokens, reuse) {
+                // The kept entries were computed while the dropped ones were there to
+                // attend to — what llama.cpp's own context shift accepts, and far
+                // closer than nothing; the alternative is evaluating the whole
+                // history again (seconds on a small board).
+                let shift = |e: &dyn std::fmt::Display| infer("moving the KV cache")(e);
+                self.ctx.kv_cache_seq_rm(0, Some(reuse as u32), Some((reuse + gap) as u32)).map_err(|e| shift(&e))?;
+                self.ctx.kv_cache_seq_add(0, Some((reuse + gap) as u32), None, -(gap as i32)).map_err(|e| shift(&e))?;
+                self.cached.drain(reuse..reuse + gap);
+                reuse = common(&self.cached);
+            }
+        }
         reuse = reuse.min(tokens.len() - 1);
         self.ctx
             .clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
@@ -357,6 +377,39 @@ impl Session<'_> {
     }
 }
 
+/// The fewest tokens a span of the cache must keep after a dropped one to be moved
+/// rather than evaluated again: moving touches the whole cache, evaluating a few
+/// tokens is as cheap.
+const SHIFT_WORTH: usize = 16;
+
+/// Where `tokens` leaves out a span of `cached` right after their common prefix of
+/// `common` tokens and then goes on as `cached` does: the span's length, if what
+/// follows it matches at least `SHIFT_WORTH` tokens of the prompt (the longest such
+/// match wins).
+fn dropped_span(cached: &[LlamaToken], tokens: &[LlamaToken], common: usize) -> Option<usize> {
+    let (cached_rest, wanted) = (cached.get(common..)?, tokens.get(common..)?);
+    let first = *wanted.first()?;
+    let matching = |gap: usize| cached_rest[gap..].iter().zip(wanted).take_while(|(a, b)| a == b).count();
+    (1..cached_rest.len())
+        .filter(|&gap| cached_rest[gap] == first)
+        .map(|gap| (matching(gap), gap))
+        .filter(|&(run, _)| run >= SHIFT_WORTH)
+        .max_by_key(|&(run, gap)| (run, std::cmp::Reverse(gap)))
+        .map(|(_, gap)| gap)
+}
+
+/// Whether llama.cpp can drop a span of this model's KV cache and move what follows
+/// (its K-shift; asking one that cannot aborts the process): one-dimensional RoPE,
+/// a plain attention cache — not a recurrent or hybrid model's, and not a
+/// sliding-window one, whose two caches may differ in size.
+fn can_shift(model: &LlamaModel) -> bool {
+    use llama_cpp_2::model::RopeType;
+    let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+    let sliding = model.meta_val_str(&format!("{arch}.attention.sliding_window")).is_ok();
+    let rope = matches!(model.rope_type(), Some(RopeType::Norm | RopeType::NeoX));
+    rope && !sliding && !model.is_recurrent() && !model.is_hybrid() && arch != "step35"
+}
+
 /// Joins token pieces into valid UTF-8: a character split across tokens is held
 /// back until its last byte arrives.
 #[derive(Default)]
@@ -388,7 +441,23 @@ impl Utf8Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::Utf8Stream;
+    use super::{dropped_span, LlamaToken, Utf8Stream};
+
+    #[test]
+    fn a_dropped_span_is_found_after_the_common_prefix() {
+        let t = |v: &[i32]| v.iter().map(|&i| LlamaToken(i)).collect::<Vec<_>>();
+        let kept: Vec<i32> = (100..120).collect();
+        // cache: preamble [1,2,3], old exchange [7,8,9], kept exchanges, a reply.
+        let cached = t(&[&[1, 2, 3, 7, 8, 9][..], &kept, &[50, 51]].concat());
+        let prompt = t(&[&[1, 2, 3][..], &kept, &[60]].concat());
+        assert_eq!(dropped_span(&cached, &prompt, 3), Some(3));
+        // Too little after the gap to be worth moving.
+        let short = t(&[1, 2, 3, 7, 8, 9, 100, 101, 50]);
+        assert_eq!(dropped_span(&short, &t(&[1, 2, 3, 100, 101, 60]), 3), None);
+        // Nothing dropped, or a prompt that goes on differently: nothing to move.
+        assert_eq!(dropped_span(&cached, &cached, cached.len()), None);
+        assert_eq!(dropped_span(&cached, &t(&[1, 2, 3, 200, 201]), 3), None);
+    }
 
     #[test]
     fn utf8_split_across_tokens_is_joined() {

@@ -301,8 +301,10 @@ impl ExchangeLengths {
     /// tokenised once in its life. The start stays where it was while everything
     /// from it fits — the prompt then begins as the last one did, and the KV cache
     /// holds it — and when it must move it moves far enough (to three quarters of
-    /// the budget) that the next few turns fit again: dropping one exchange a turn
-    /// would change the prompt's start, and re-evaluate the whole history, every turn.
+    /// the budget) that the next few turns fit again. The session then drops the
+    /// left-out exchanges from its cache and moves the rest up (see
+    /// `Session::evaluate`): a pass over the whole cache, so done seldom, not every
+    /// turn; a model whose cache cannot move evaluates the kept history again.
     fn newest_that_fit<'h>(&mut self, history: &'h [std::sync::Arc<Exchange>], budget: usize, count: impl Fn(&Exchange) -> usize) -> &'h [std::sync::Arc<Exchange>] {
         let mut length = |e: &Exchange| *self.tokens.entry(e.id).or_insert_with(|| count(e));
         let from_start = history.iter().position(|e| e.id >= self.start).unwrap_or(history.len());
