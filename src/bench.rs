@@ -89,6 +89,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn llm_speed_weighs_each_turn_by_its_tokens() {
+        // 10 tokens at 10 tok/s (1 s) and 30 at 30 tok/s (1 s): 40 tokens in 2 s.
+        let s = LlmSpeed::over([(10, 10.0, 4, 8.0), (30, 30.0, 12, 8.0), (0, 0.0, 0, 0.0)]);
+        assert_eq!(s, LlmSpeed { prompt_tok_s: 20.0, generate_tok_s: 8.0 });
+        assert_eq!(LlmSpeed::over([]), LlmSpeed::default());
+        let line = llm_speed_line("m", 2, LlmSpeed { prompt_tok_s: 18.0, generate_tok_s: 9.0 }, LlmSpeed { prompt_tok_s: 36.0, generate_tok_s: 10.0 });
+        assert!(line.contains("generation 9.0 tok/s in the pipeline, 10.0 alone (90 %)") && line.contains("(50 %)"), "{line}");
+    }
+
+    #[test]
     fn percentiles_by_nearest_rank() {
         let v = [5.0, 1.0, 4.0, 2.0, 3.0];
         assert_eq!(percentile(&v, 50.0), Some(3.0));
@@ -269,6 +279,52 @@ pub fn summary(rows: &[(String, Option<f64>, Option<f64>)]) -> String {
         let _ = writeln!(out, "{:<58} {:>8} {:>8} {:>14}", name, fmt(*p50), fmt(*p95), delta);
     }
     out
+}
+
+/// An LLM's speed over a set of turns: tokens over the time they took, all turns
+/// together (a turn's rate weighs as much as its tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LlmSpeed {
+    pub prompt_tok_s: f64,
+    pub generate_tok_s: f64,
+}
+
+impl LlmSpeed {
+    /// From (evaluated tokens, their tok/s, generated tokens, their tok/s) per turn.
+    pub fn over(turns: impl IntoIterator<Item = (usize, f64, usize, f64)>) -> LlmSpeed {
+        let (mut prompt, mut prompt_s, mut generated, mut generate_s) = (0.0, 0.0, 0.0, 0.0);
+        for (evaluated, prompt_rate, made, generate_rate) in turns {
+            if evaluated > 0 && prompt_rate > 0.0 {
+                prompt += evaluated as f64;
+                prompt_s += evaluated as f64 / prompt_rate;
+            }
+            if made > 0 && generate_rate > 0.0 {
+                generated += made as f64;
+                generate_s += made as f64 / generate_rate;
+            }
+        }
+        let rate = |tokens: f64, s: f64| if s > 0.0 { tokens / s } else { 0.0 };
+        LlmSpeed { prompt_tok_s: rate(prompt, prompt_s), generate_tok_s: rate(generated, generate_s) }
+    }
+
+    /// The pipeline's turns, as the latency log records them.
+    pub fn of(turns: &[crate::pipeline::telemetry::TurnRecord]) -> LlmSpeed {
+        LlmSpeed::over(turns.iter().map(|t| (t.llm.evaluated_tokens, t.llm.prompt_tok_s, t.llm.generated_tokens, t.llm.generate_tok_s)))
+    }
+}
+
+/// The line comparing the LLM's speed inside the pipeline with the same model alone.
+pub fn llm_speed_line(model: &str, threads: u32, pipeline: LlmSpeed, alone: LlmSpeed) -> String {
+    let share = |a: f64, b: f64| if b > 0.0 { format!("{:.0} %", 100.0 * a / b) } else { "-".into() };
+    format!(
+        "LLM {model}, {threads} threads, the same prompts: generation {:.1} tok/s in the pipeline, {:.1} alone ({}); prompt {:.1} tok/s in the pipeline, {:.1} alone ({})",
+        pipeline.generate_tok_s,
+        alone.generate_tok_s,
+        share(pipeline.generate_tok_s, alone.generate_tok_s),
+        pipeline.prompt_tok_s,
+        alone.prompt_tok_s,
+        share(pipeline.prompt_tok_s, alone.prompt_tok_s)
+    )
 }
 
 /// The reference stack's figures on the same audio.

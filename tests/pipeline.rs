@@ -149,7 +149,7 @@ fn the_latency_log_has_the_designed_fields() {
     for k in ["endpoint", "asr_done", "llm_first_token", "first_sentence", "tts_first_audio", "first_audio", "turn_done"] {
         assert!(marks.contains(&k), "no mark {k} in {marks:?}");
     }
-    for k in ["prompt_tokens", "cached_tokens", "evaluated_tokens", "generated_tokens", "prompt_tok_s", "generate_tok_s"] {
+    for k in ["prompt_tokens", "cached_tokens", "evaluated_tokens", "generated_tokens", "prompt_tok_s", "generate_tok_s", "paused_ms"] {
         assert!(v["llm"][k].is_number(), "llm.{k}");
     }
     for k in ["asr", "llm", "tts"] {

@@ -2,8 +2,18 @@
 
 use super::*;
 
-pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBuf>, gap_s: f64, no_reference: bool, ablate: bool) -> Result<()> {
+pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Option<PathBuf>, gap_s: f64, no_reference: bool, ablate: bool, llm: Option<String>) -> Result<()> {
     use crate::bench;
+    let chosen;
+    let env = match llm {
+        Some(id) => {
+            let mut config = env.config.clone();
+            config.llm.model = id;
+            chosen = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+            &chosen
+        }
+        None => env,
+    };
     let dir = corpus.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"));
     let items = bench::load_corpus(&dir)?;
     let audio = bench::conversation(&items, 1.0, gap_s)?;
@@ -36,6 +46,9 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
             let heard = turns.iter().zip(&items).map(|(t, (_, text))| bench::wer(text, &t.transcript)).sum::<f64>() / turns.len().max(1) as f64;
             println!("{} of {} questions answered, mean transcript WER {:.3}\n", turns.iter().filter(|t| !t.cancelled).count(), items.len(), heard);
             print!("{}", bench::report(turns));
+            // The engines are gone with the run: the model now runs alone.
+            let alone = llm_alone(env, turns)?;
+            println!("\n{}", bench::llm_speed_line(&models.llm, env.config.llm.threads, bench::LlmSpeed::of(turns), alone));
         }
         let rt: Vec<f64> = turns.iter().filter(|t| !t.cancelled).filter_map(|t| t.round_trip_ms).collect();
         summary.push((name.to_string(), bench::percentile(&rt, 50.0), bench::percentile(&rt, 95.0)));
@@ -64,6 +77,32 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
     let _ = std::fs::remove_file(&input);
     print!("\n{}", bench::summary(&summary));
     Ok(())
+}
+
+/// The LLM alone on what the pipeline's LLM just answered: the same model, threads,
+/// preamble (in the KV cache first, as in the pipeline), questions and, if the turns
+/// had it, history — nothing else running. Its speed is what the pipeline's should
+/// come close to.
+fn llm_alone(env: &Env, turns: &[pipeline::telemetry::TurnRecord]) -> Result<crate::bench::LlmSpeed> {
+    let llm = env.llm(None)?;
+    let preamble = crate::tools::preamble(&env.config.llm.system_prompt, &env.config.tool, &crate::tools::Home::default(), &env.config.tools);
+    let mut session = llm.session()?;
+    let mut warm = preamble.clone();
+    warm.push(Message { role: ChatRole::User, content: String::new() });
+    session.prefill(&warm)?;
+    let with_history = turns.iter().any(|t| t.llm.history_turns > 0);
+    let mut history: Vec<Message> = Vec::new();
+    let mut speeds = Vec::new();
+    for t in turns.iter().filter(|t| !t.cancelled && !t.transcript.is_empty()) {
+        let question = Message { role: ChatRole::User, content: t.transcript.clone() };
+        let prompt: Vec<Message> = preamble.iter().chain(&history).chain([&question]).cloned().collect();
+        let g = session.generate(&prompt, None, |_| true)?;
+        speeds.push((g.evaluated_tokens(), g.prompt_tok_s(), g.generated_tokens, g.generate_tok_s()));
+        if with_history {
+            history.extend([question, Message { role: ChatRole::Assistant, content: g.text.trim().to_string() }]);
+        }
+    }
+    Ok(crate::bench::LlmSpeed::over(speeds))
 }
 
 pub(super) fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
@@ -100,7 +139,7 @@ pub(super) fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, model: Option<&str>, grammar: bool, json: Option<&Path>) -> Result<()> {
+pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, model: Option<&str>, style: &crate::tools::ToolsConfig, json: Option<&Path>) -> Result<()> {
     use crate::tools::eval::{self, EvalSet};
     let homes: Vec<(String, EvalSet)> = match set {
         Some(p) => {
@@ -119,11 +158,12 @@ pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, mode
     };
     let llm = env.llm(model)?;
     let cases: usize = homes.iter().map(|(_, s)| s.cases.len()).sum();
-    println!("voxd eval-tools: {cases} requests in {} home{}, model {}, grammar {}", homes.len(), if homes.len() == 1 { "" } else { "s" }, llm.model_id, if grammar { "on" } else { "off" });
+    let on = |b: bool| if b { "on" } else { "off" };
+    println!("voxd eval-tools: {cases} requests in {} home{}, model {}, grammar {}, device hints {}", homes.len(), if homes.len() == 1 { "" } else { "s" }, llm.model_id, on(style.grammar), on(style.device_hints));
     let bar = models::progress::Progress::items("evaluating", cases as u64);
     let mut reports = Vec::new();
     for (name, set) in &homes {
-        let report = eval::run_home(&llm, &env.config.llm.system_prompt, set, grammar, |_, r| {
+        let report = eval::run_home(&llm, &env.config.llm.system_prompt, set, style, |_, r| {
             bar.advance(1);
             tracing::info!("{name}: {} {:?} → {} ({:.0} ms)", if r.correct { "ok " } else { "BAD" }, r.say, r.output, r.ms);
         })?;
@@ -325,7 +365,7 @@ pub(super) fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repet
     let r = env.resolve_verified(Role::Llm, Some(id))?;
     let set = crate::tools::eval::EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
     let persona = &env.config.llm.system_prompt;
-    let preamble = crate::tools::preamble(persona, &set.tools, &crate::tools::Home::default(), true);
+    let preamble = crate::tools::preamble(persona, &set.tools, &crate::tools::Home::default(), &crate::tools::ToolsConfig::default());
     let speed = measure::speed(&r.path, &r.id, &env.llm_options(), &preamble, repetitions)?;
     let llm = Llm::load(&r.path, &r.id, env.llm_options())?;
     let quality = gates::measure(&llm, persona, quick)?;

@@ -116,6 +116,10 @@ pub enum Command {
         /// streaming) and print what each one saves.
         #[arg(long)]
         ablate: bool,
+        /// LLM id from models.toml (or a GGUF path) instead of the config's, for the
+        /// pipeline and the reference stack alike.
+        #[arg(long, value_name = "ID")]
+        llm: Option<String>,
     },
     /// Whisper's encoder window, scaled to the utterance vs the full 30 s: time and
     /// word error rate on speech with known words (the pocketsphinx clips, jfk.wav).
@@ -149,6 +153,10 @@ pub enum Command {
         /// Let the model write freely instead of constraining it with the grammar.
         #[arg(long)]
         no_grammar: bool,
+        /// Give the model the user's words alone, without the devices they name
+        /// (`[tools] device_hints = false`).
+        #[arg(long)]
+        no_hints: bool,
         /// Also write every case's result as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -338,8 +346,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
                 Command::Select { models, quick, dry_run, report, repetitions } => select(&env, &models, quick, dry_run, report, repetitions.unwrap_or(if quick { 1 } else { 3 })),
                 Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
-                Command::EvalTools { set, home, model, no_grammar, json } => eval_tools(&env, set.as_deref(), home.as_deref(), model.as_deref(), !no_grammar, json.as_deref()),
-                Command::Bench { corpus, latency_log, gap_s, no_reference, ablate } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate),
+                Command::EvalTools { set, home, model, no_grammar, no_hints, json } => {
+                    let style = crate::tools::ToolsConfig { grammar: !no_grammar, device_hints: env.config.tools.device_hints && !no_hints, ..env.config.tools.clone() };
+                    eval_tools(&env, set.as_deref(), home.as_deref(), model.as_deref(), &style, json.as_deref())
+                }
+                Command::Bench { corpus, latency_log, gap_s, no_reference, ablate, llm } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate, llm),
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
                 Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
                 Command::BenchLive { seconds } => bench_live(&env, seconds),

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -239,6 +240,7 @@ impl Session<'_> {
         let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
         let common = |cached: &[LlamaToken]| cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         let mut reuse = if self.llm.options.reuse_prefix { common(&self.cached) } else { 0 };
+        let mut moved = false;
         if self.llm.options.reuse_prefix && self.llm.shiftable {
             if let Some(gap) = dropped_span(&self.cached, tokens, reuse) {
                 // The kept entries were computed while the dropped ones were there to
@@ -250,6 +252,7 @@ impl Session<'_> {
                 self.ctx.kv_cache_seq_add(0, Some((reuse + gap) as u32), None, -(gap as i32)).map_err(|e| shift(&e))?;
                 self.cached.drain(reuse..reuse + gap);
                 reuse = common(&self.cached);
+                moved = true;
             }
         }
         reuse = reuse.min(tokens.len() - 1);
@@ -274,6 +277,16 @@ impl Session<'_> {
             }
             self.ctx.decode(&mut batch).map_err(|e| infer("processing the prompt")(&e))?;
             self.cached.extend_from_slice(chunk);
+        }
+        if moved {
+            // The moved entries keep the cells they had, and what came after them
+            // went into the holes the dropped ones left: attention then spans every
+            // cell up to the highest one in use, more with each move (a 300-turn soak
+            // lost a third of its prompt speed). Read out and written back, the
+            // sequence lies in order from the first cell again (the decode above has
+            // applied the move). Tens of MiB copied, once in several turns.
+            let state = self.ctx.state_seq_get(0, LlamaStateSeqFlags::empty()).map_err(|e| infer("compacting the KV cache")(&e))?;
+            self.ctx.state_seq_set(&state, 0).map_err(|e| infer("compacting the KV cache")(&e))?;
         }
         Ok((reuse, ms_since(started), logits_at))
     }

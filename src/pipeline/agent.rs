@@ -57,9 +57,14 @@ pub struct Agent {
     /// What the model may call, and the commands that skip the model.
     pub tools: Vec<ToolConfig>,
     pub intents: Intents,
-    /// The home's devices, to generate the intents again when they change (None:
-    /// no generated intents).
+    /// The home's devices: for the hint naming the devices a request names, and to
+    /// generate the intents again when they change.
     pub home: Option<watch::Receiver<crate::tools::Home>>,
+    /// `[tools] generated_intents`.
+    pub generated_intents: bool,
+    /// `[tools] device_hints`: the user's words reach the model with the devices they
+    /// name (see `tools::grounding`).
+    pub device_hints: bool,
     /// The longest a turn may take from its start to the end of its reply (`[agent]
     /// max_reply_s`): then it is cancelled, whatever holds it up.
     pub max_reply: Duration,
@@ -280,6 +285,15 @@ impl Conversation<'_> {
         Ok(())
     }
 
+    /// The user's words as the model gets them: with the devices they name, if the
+    /// hints are on.
+    fn asked(&self, said: &str) -> String {
+        match &self.home {
+            Some(home) if self.agent.device_hints => crate::tools::grounding::with_hint(said, &self.agent.tools, &home.borrow()),
+            _ => said.to_string(),
+        }
+    }
+
     /// Opens a turn for a transcript: the answer to a pending question, a fast-path
     /// command, or a question for the model.
     async fn start(&mut self, t: Transcript, tentative: bool) -> anyhow::Result<Current> {
@@ -303,7 +317,7 @@ impl Conversation<'_> {
             tentative,
             waiting: Waiting::Nothing,
             reply: None,
-            messages: vec![Message { role: Role::User, content: t.text.clone() }],
+            messages: vec![Message { role: Role::User, content: self.asked(&t.text) }],
             held: None,
             repaired: false,
             failed: false,
@@ -330,7 +344,7 @@ impl Conversation<'_> {
                 None => {} // Something else: the question lapses; this is a new request.
             }
         }
-        if let Some(home) = self.home.as_mut().filter(|h| h.has_changed().unwrap_or(false)) {
+        if let Some(home) = self.home.as_mut().filter(|h| self.agent.generated_intents && h.has_changed().unwrap_or(false)) {
             self.intents.regenerate(&self.agent.tools, &home.borrow_and_update());
         }
         if let Some(call) = self.intents.call(&t.text, &self.agent.tools) {

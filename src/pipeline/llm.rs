@@ -96,7 +96,8 @@ pub struct LlmStage {
     /// What the preamble is made of besides the tools, to make it again when the
     /// home's devices change (`[home_assistant] refresh_s`).
     pub persona: String,
-    pub examples: bool,
+    /// How the tools are put to the model (`[tools]`: examples, device hints).
+    pub style: crate::tools::ToolsConfig,
     pub home: watch::Receiver<crate::tools::Home>,
 }
 
@@ -111,6 +112,8 @@ struct Output<'a> {
     index: usize,
     /// tts is gone: shutting down.
     closed: bool,
+    /// Time spent waiting on tts (a full queue, the first sentence's audio).
+    paused: std::time::Duration,
 }
 
 impl Output<'_> {
@@ -121,9 +124,11 @@ impl Output<'_> {
         }
         let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last };
         self.index += 1;
+        let started = Instant::now();
         if self.tx.blocking_send(s).is_err() {
             self.closed = true;
         }
+        self.paused += started.elapsed();
         Counters::depth(&self.counters.llm_to_tts_depth, self.tx);
     }
 }
@@ -161,7 +166,7 @@ impl LlmStage {
                 continue;
             }
             pulse.busy(turn);
-            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false };
+            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default() };
             let tools = match job {
                 Job::Say(text) => {
                     speak(&text, &mut out);
@@ -212,7 +217,9 @@ impl LlmStage {
                 for sentence in splitter.push(words) {
                     out.send(sentence, false);
                     if out.index == 1 {
+                        let started = Instant::now();
                         wait_for_first_audio(&counters, turn, &cancel);
+                        out.paused += started.elapsed();
                     }
                 }
                 splitter.hold(held);
@@ -236,6 +243,8 @@ impl LlmStage {
                     continue;
                 }
             };
+            // Taken now: what is sent from here on is not in the generation's time.
+            let paused_ms = (out.paused.as_secs_f64() * 1000.0).min(g.generate_ms);
             // (Not streaming, everything was held: a brace anywhere counts.)
             let braced = braced || (is_call != Some(true) && g.text.contains('{'));
             let call = match is_call {
@@ -255,8 +264,9 @@ impl LlmStage {
                 evaluated_tokens: g.evaluated_tokens(),
                 generated_tokens: g.generated_tokens,
                 prompt_tok_s: g.prompt_tok_s(),
-                generate_tok_s: g.generate_tok_s(),
+                generate_tok_s: g.generated_tokens as f64 / ((g.generate_ms - paused_ms) / 1000.0).max(1e-9),
                 history_turns,
+                paused_ms,
             };
             let text = if call.is_some() { String::new() } else { g.text.trim().to_string() };
             notes.send(Note::LlmDone { turn, at: Instant::now(), reply: text.clone(), llm: Some(stats) });
@@ -343,7 +353,7 @@ impl LlmStage {
     /// then the old one stays, said so. Returns the preamble's length in tokens.
     fn new_home(&mut self, llm: &Llm, session: &mut crate::engine::llm::Session<'_>, tokens_before: usize) -> usize {
         let home = self.home.borrow_and_update().clone();
-        let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, self.examples);
+        let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, &self.style);
         let room = preamble_room(llm);
         match warm(session, &preamble) {
             Ok(tokens) if tokens <= room => {

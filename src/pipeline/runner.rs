@@ -143,9 +143,9 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     // The tools sit in the system prompt (the cached prefix) and shape the grammar.
     let constrained = options.tools.grammar && !options.tool.is_empty();
     let llm_stage = LlmStage {
-        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, &options.home.borrow(), options.tools.examples),
+        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, &options.home.borrow(), &options.tools),
         persona: options.llm.system_prompt.clone(),
-        examples: options.tools.examples,
+        style: options.tools.clone(),
         home: options.home.clone(),
         history_tokens: options.agent.history_tokens as usize,
         stream_sentences: options.llm.stream_sentences,
@@ -226,7 +226,9 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             let configured = Intents::new(&options.intent)?;
             if options.tools.generated_intents { configured.with_generated(&options.tool, &options.home.borrow()) } else { configured }
         },
-        home: options.tools.generated_intents.then(|| options.home.clone()),
+        home: Some(options.home.clone()),
+        generated_intents: options.tools.generated_intents,
+        device_hints: options.tools.device_hints,
         tools: options.tool,
         max_reply: Duration::from_secs_f32(options.agent.max_reply_s),
         confirm_within: Duration::from_secs_f32(options.tools.confirm_within_s),

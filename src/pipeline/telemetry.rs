@@ -83,8 +83,13 @@ pub struct LlmStats {
     pub evaluated_tokens: usize,
     pub generated_tokens: usize,
     pub prompt_tok_s: f64,
+    /// Over the time the model was generating: not counting `paused_ms`.
     pub generate_tok_s: f64,
     pub history_turns: usize,
+    /// Time generation stood still for the voice: the pause until the first
+    /// sentence's audio is ready, and a full queue to tts.
+    #[serde(default)]
+    pub paused_ms: f64,
 }
 
 /// One tool call of a turn, as the latency log shows it.

@@ -61,7 +61,7 @@ pub fn measure(llm: &Llm, persona: &str, quick: bool) -> anyhow::Result<Quality>
     let (mut invented_states, mut leaks, mut homes) = (0, 0, Vec::new());
     for (name, set) in eval::homes()? {
         let subset = EvalSet { cases: set.cases.iter().enumerate().filter(|(i, _)| !quick || i % 3 == 0).map(|(_, c)| c.clone()).collect(), ..set };
-        let report = eval::run_home(llm, persona, &subset, true, |_, r| {
+        let report = eval::run_home(llm, persona, &subset, &crate::tools::ToolsConfig::default(), |_, r| {
             if !r.correct {
                 tracing::debug!("eval {name}: {:?} → {}", r.say, r.output);
             }

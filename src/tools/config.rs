@@ -25,6 +25,10 @@ section! {
         /// Assistant tools and run without asking the model (fast, deterministic);
         /// false: only the [[intent]]s do.
         generated_intents: bool = true;
+        /// The user's words reach the model with the home's devices they name ("the
+        /// under cabinet lights" → light.kitchen_under_cabinet): a small model choosing
+        /// from a long list picks by the words, not by habit.
+        device_hints: bool = true;
         /// A tool with `confirm = true` runs only after a yes said within this many
         /// seconds of its question (heard in full), as a short answer on its own.
         confirm_within_s: f32 = 10.0, check(|x: &f32| (2.0..=120.0).contains(x), "2.0 to 120.0");

@@ -157,14 +157,15 @@ pub struct Report {
 
 /// Runs every case on `llm` after `preamble` (each a fresh one-question conversation;
 /// the preamble stays cached), with or without the tools grammar.
-pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Grammar>, mut progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
+pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Grammar>, hints: bool, mut progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
     let mut session = llm.session()?;
     let intents = super::intents::Intents::new(&[])?.with_generated(&set.tools, &set.home);
     let mut results = Vec::new();
     for (i, case) in set.cases.iter().enumerate() {
         let started = Instant::now();
         let mut messages = preamble.to_vec();
-        messages.push(Message { role: Role::User, content: case.say.clone() });
+        let asked = if hints { super::grounding::with_hint(&case.say, &set.tools, &set.home) } else { case.say.clone() };
+        messages.push(Message { role: Role::User, content: asked });
         // A home too big for the model's context: each of its cases fails, saying so.
         let (output, fits) = match session.generate(&messages, grammar, |_| true) {
             Ok(g) => (g.text.trim().to_string(), true),
@@ -241,12 +242,13 @@ fn leaks(spoken: &str, tools: &[ToolConfig]) -> bool {
     spoken.contains('{') || spoken.contains("\"arguments\"") || tools.iter().any(|t| t.name.contains('_') && spoken.contains(&t.name))
 }
 
-/// Runs a home's cases as voxd would run them: the preamble from its tools and devices
-/// (examples derived where the tools have none), with or without the grammar.
-pub fn run_home(llm: &Llm, persona: &str, set: &EvalSet, grammar: bool, progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
-    let preamble = super::preamble(persona, &set.tools, &set.home, true);
-    let compiled = if grammar { super::grammar(&set.tools)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
-    run(llm, &preamble, set, compiled.as_ref(), progress)
+/// Runs a home's cases as voxd would run them with `style` (`[tools]`): the preamble
+/// from its tools and devices (examples derived where the tools have none), the
+/// grammar, the device hints.
+pub fn run_home(llm: &Llm, persona: &str, set: &EvalSet, style: &super::ToolsConfig, progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
+    let preamble = super::preamble(persona, &set.tools, &set.home, style);
+    let compiled = if style.grammar { super::grammar(&set.tools)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
+    run(llm, &preamble, set, compiled.as_ref(), style.device_hints, progress)
 }
 
 /// Arguments equal key for key (numbers by value: 21 is 21.0).

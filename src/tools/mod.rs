@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod grounding;
 pub mod home_assistant;
 pub mod http;
 pub mod intents;
@@ -23,7 +24,7 @@ pub mod webhook;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use config::ToolConfig;
+pub use config::{ToolConfig, ToolsConfig};
 
 use crate::engine::llm::{Message, Role};
 
@@ -436,7 +437,29 @@ pub fn parse_call<'t>(text: &str, tools: &'t [ToolConfig]) -> Result<(ToolCall, 
         Rejected::Invalid(format!("there is no tool {:?}; the tools are: {}", call.name, known.join(", ")))
     })?;
     tool.validate(&call)?;
+    if matches!(tool.permits(&call), Err(Rejected::NotAllowed { .. })) {
+        if let Some(moved) = same_action_elsewhere(&call, tool, tools) {
+            return Ok(moved);
+        }
+    }
+    // (What the allow-list refuses is refused by the caller, which checks `permits`.)
     Ok((call, tool))
+}
+
+/// A call of the right action on a device of another domain ("switch_off" for a
+/// light: small models follow the verb said) is the same action by the tool that may
+/// touch it — the one other tool of the same executor and action (`light.turn_off`
+/// for `switch.turn_off`) that takes the call as it is. It grants nothing the model
+/// could not have called itself; with none, or more than one, the refusal stands.
+fn same_action_elsewhere<'t>(call: &ToolCall, tool: &ToolConfig, tools: &'t [ToolConfig]) -> Option<(ToolCall, &'t ToolConfig)> {
+    let action = |t: &ToolConfig| t.service.split_once('.').map(|(_, a)| a.to_string());
+    let wanted = action(tool)?;
+    let mut fits = tools.iter().filter(|t| t.name != tool.name && t.executor == tool.executor && action(t).as_deref() == Some(wanted.as_str())).filter_map(|t| {
+        let moved = ToolCall { name: t.name.clone(), arguments: call.arguments.clone() };
+        (t.validate(&moved).is_ok() && t.permits(&moved).is_ok()).then_some((moved, t))
+    });
+    let first = fits.next()?;
+    fits.next().is_none().then_some(first)
 }
 
 /// Does the reply begin a tool call? (Calls are JSON objects; answers are words.)
@@ -459,7 +482,7 @@ pub struct Home {
 /// the system text. Each tool's example is derived from the tool itself (see
 /// `phrases`) unless the config gives its own. It is the same for every turn, so it
 /// stays in the KV cache: its length costs one prefill.
-pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool) -> Vec<Message> {
+pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, style: &ToolsConfig) -> Vec<Message> {
     use std::fmt::Write;
     let mut system = persona.to_string();
     if tools.is_empty() {
@@ -485,9 +508,11 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, examples: bool
         }
     }
     let mut out = vec![Message { role: Role::System, content: system }];
-    if examples {
+    if style.examples {
+        // The example requests as the model will get real ones: hinted the same way.
+        let asked = |said: &str| if style.device_hints { grounding::with_hint(said, tools, home) } else { said.to_string() };
         let mut turn = |user: &str, assistant: String| {
-            out.push(Message { role: Role::User, content: user.to_string() });
+            out.push(Message { role: Role::User, content: asked(user) });
             out.push(Message { role: Role::Assistant, content: assistant });
         };
         // Plain answers first: small models lean towards whatever the last example did,
@@ -653,6 +678,20 @@ mod tests {
     }
 
     #[test]
+    fn the_verb_said_on_another_domain_s_device_is_that_domain_s_tool() {
+        let on = |name: &str, service: &str, allow: &str| ToolConfig { name: name.into(), service: service.into(), allow: vec![allow.into()], ..light_tool() };
+        let tools = [on("light_off", "light.turn_off", "light.*"), on("switch_off", "switch.turn_off", "switch.*"), on("switch_on", "switch.turn_on", "switch.*")];
+        let (call, tool) = parse_call(r#"{"name": "switch_off", "arguments": {"entity_id": "light.desk"}}"#, &tools).unwrap();
+        assert_eq!((call.name.as_str(), tool.name.as_str()), ("light_off", "light_off"));
+        // No tool of that action may touch it: refused, as before.
+        for (text, tool) in [(r#"{"name": "switch_on", "arguments": {"entity_id": "light.desk"}}"#, "switch_on"), (r#"{"name": "switch_off", "arguments": {"entity_id": "lock.front_door"}}"#, "switch_off")] {
+            let (call, t) = parse_call(text, &tools).unwrap();
+            assert_eq!(t.name, tool);
+            assert!(matches!(t.permits(&call), Err(Rejected::NotAllowed { .. })), "{text}");
+        }
+    }
+
+    #[test]
     fn allow_lists_match_exactly_by_glob_or_by_mqtt_filter() {
         assert!(allowed_by("light.kitchen", "light.kitchen", Target::Entity));
         assert!(!allowed_by("light.kitchen", "light.kitchen2", Target::Entity));
@@ -773,17 +812,17 @@ mod tests {
 
     #[test]
     fn the_prompt_lists_tools_compactly() {
-        let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), false)[0].content;
+        let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
         assert!(p.starts_with("You are voxd."), "{p}");
         assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen (kitchen light), light.living_*."), "{p}");
         // A pattern's devices come from what Home Assistant lists, with their names.
         let home = Home { entities: vec!["light.living_room".into(), "lock.front_door".into()], names: [("light.living_room".to_string(), "Sofa Lamp".to_string())].into() };
-        let p = &preamble("You are voxd.", &[light_tool()], &home, false)[0].content;
+        let p = &preamble("You are voxd.", &[light_tool()], &home, &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
         assert!(p.contains("Entities: light.kitchen (kitchen light), light.living_room (sofa lamp)."), "{p}");
         // A pattern no listed device matches still says what may be named.
         let mut t = light_tool();
         t.allow = vec!["light.*".into()];
-        let p = &preamble("You are voxd.", &[t], &Home::default(), false)[0].content;
+        let p = &preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
         assert!(p.contains("Entities: light.*."), "{p}");
     }
 
@@ -821,15 +860,18 @@ mod tests {
     fn examples_are_real_turns() {
         let mut t = light_tool();
         t.examples = json!([{ "say": "kitchen light on", "arguments": { "entity_id": "light.kitchen" } }]);
-        let p = preamble("You are voxd.", &[t], &Home::default(), true);
+        let p = preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig::default());
         let n = p.len();
         assert_eq!(p[n - 2].role, Role::User);
-        assert_eq!(p[n - 2].content, "kitchen light on");
+        assert_eq!(p[n - 2].content, "kitchen light on\n(Devices named: light.kitchen.)", "hinted as real requests are");
         assert_eq!(p[n - 1].content, r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#, "the tool's example comes last");
-        assert_eq!(preamble("You are voxd.", &[], &Home::default(), true).len(), 1, "no tools: the persona alone");
+        assert_eq!(preamble("You are voxd.", &[], &Home::default(), &ToolsConfig::default()).len(), 1, "no tools: the persona alone");
         // Without hand-written examples, one is derived from the tool.
-        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), true);
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig::default());
         let n = p.len();
-        assert_eq!((p[n - 2].content.as_str(), p[n - 1].content.as_str()), ("Turn on the kitchen light", r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#));
+        assert_eq!((p[n - 2].content.as_str(), p[n - 1].content.as_str()), ("Turn on the kitchen light\n(Devices named: light.kitchen.)", r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#));
+        // Hints off: the words alone.
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { device_hints: false, ..ToolsConfig::default() });
+        assert_eq!(p[p.len() - 2].content, "Turn on the kitchen light");
     }
 }
