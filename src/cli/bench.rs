@@ -9,7 +9,7 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
         Some(id) => {
             let mut config = env.config.clone();
             config.llm.model = id;
-            chosen = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+            chosen = env.with_config(config);
             &chosen
         }
         None => env,
@@ -22,7 +22,7 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
     let variants = if ablate { bench::ablations(&env.config) } else { vec![("voxd", env.config.clone())] };
     let mut summary: Vec<(String, Option<f64>, Option<f64>)> = Vec::new();
     for (i, (name, config)) in variants.into_iter().enumerate() {
-        let variant = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+        let variant = env.with_config(config);
         let engines = variant.engines()?;
         let models = engines.models.clone();
         if i == 0 {
@@ -198,7 +198,7 @@ pub(super) fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Resul
     // The commands, spoken by the configured voice (the same audio every run).
     let mut voice_config = env.config.clone();
     voice_config.tts.variability = 0.0;
-    let mut tts = Env { config: voice_config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() }.tts(None)?;
+    let mut tts = env.with_config(voice_config).tts(None)?;
     let mut corpus = Vec::new();
     for (i, (say, _, _)) in commands.iter().enumerate() {
         let speech = tts.synthesize(say)?;
@@ -239,7 +239,7 @@ pub(super) fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Resul
         config.home_assistant.expose = Vec::new();
         config.home_assistant.url = ha.url();
         config.home_assistant.token_file = token_file.display().to_string();
-        let variant = Env { config, catalog: env.catalog.clone(), models_dir: env.models_dir.clone() };
+        let variant = env.with_config(config);
         eprintln!("bench-tools: {label} …");
         let engines = variant.engines()?;
         let llm_id = engines.models.llm.clone();

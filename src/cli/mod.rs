@@ -375,6 +375,11 @@ impl Env {
         Env::with(Config::discover(config_path)?)
     }
 
+    /// The same models and table with another configuration (a bench variant).
+    fn with_config(&self, config: Config) -> Env {
+        Env { config, catalog: self.catalog.clone(), models_dir: self.models_dir.clone() }
+    }
+
     fn with(config: Config) -> Result<Env> {
         let table = (!config.paths.models_toml.is_empty()).then(|| PathBuf::from(&config.paths.models_toml));
         let catalog = Catalog::load(table.as_deref())?;
