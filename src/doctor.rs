@@ -133,7 +133,8 @@ fn context(s: &Subject<'_>, config: &Config) -> Check {
         Ok(llm) => llm,
         Err(e) => return warn(AREA, format!("not checked: {e}"), "see the llm model check above"),
     };
-    let mut preamble = crate::tools::preamble(&l.system_prompt, &config.tool, &crate::tools::Home::default(), &config.tools);
+    let format = crate::tools::CallFormat::of(&config.tools, &llm);
+    let mut preamble = crate::tools::preamble(&l.system_prompt, &config.tool, &crate::tools::Home::default(), &config.tools, format);
     preamble.push(crate::engine::llm::Message { role: crate::engine::llm::Role::User, content: String::new() });
     let fixed = match llm.count_tokens(&preamble) {
         Ok(n) => n,

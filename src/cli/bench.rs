@@ -85,7 +85,8 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
 /// come close to.
 fn llm_alone(env: &Env, turns: &[pipeline::telemetry::TurnRecord]) -> Result<crate::bench::LlmSpeed> {
     let llm = env.llm(None)?;
-    let preamble = crate::tools::preamble(&env.config.llm.system_prompt, &env.config.tool, &crate::tools::Home::default(), &env.config.tools);
+    let format = crate::tools::CallFormat::of(&env.config.tools, &llm);
+    let preamble = crate::tools::preamble(&env.config.llm.system_prompt, &env.config.tool, &crate::tools::Home::default(), &env.config.tools, format);
     let mut session = llm.session()?;
     let mut warm = preamble.clone();
     warm.push(Message { role: ChatRole::User, content: String::new() });
@@ -159,7 +160,16 @@ pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, mode
     let llm = env.llm(model)?;
     let cases: usize = homes.iter().map(|(_, s)| s.cases.len()).sum();
     let on = |b: bool| if b { "on" } else { "off" };
-    println!("voxd eval-tools: {cases} requests in {} home{}, model {}, grammar {}, device hints {}", homes.len(), if homes.len() == 1 { "" } else { "s" }, llm.model_id, on(style.grammar), on(style.device_hints));
+    let format = crate::tools::CallFormat::of(style, &llm);
+    println!(
+        "voxd eval-tools: {cases} requests in {} home{}, model {}, grammar {}, device hints {}, calls as {}",
+        homes.len(),
+        if homes.len() == 1 { "" } else { "s" },
+        llm.model_id,
+        on(style.grammar),
+        on(style.device_hints),
+        format.name()
+    );
     let bar = models::progress::Progress::items("evaluating", cases as u64);
     let mut reports = Vec::new();
     for (name, set) in &homes {
@@ -365,7 +375,10 @@ pub(super) fn select_measure(env: &Env, id: &str, out: &Path, quick: bool, repet
     let r = env.resolve_verified(Role::Llm, Some(id))?;
     let set = crate::tools::eval::EvalSet::parse(crate::tools::eval::BUILTIN, Path::new("tests/data/tools-eval.toml"))?;
     let persona = &env.config.llm.system_prompt;
-    let preamble = crate::tools::preamble(persona, &set.tools, &crate::tools::Home::default(), &crate::tools::ToolsConfig::default());
+    // The call format is the template's: the vocabulary alone says it.
+    let style = crate::tools::ToolsConfig::default();
+    let format = crate::tools::CallFormat::of(&style, &Llm::load_vocab(&r.path, &r.id, env.llm_options())?);
+    let preamble = crate::tools::preamble(persona, &set.tools, &crate::tools::Home::default(), &style, format);
     let speed = measure::speed(&r.path, &r.id, &env.llm_options(), &preamble, repetitions)?;
     let llm = Llm::load(&r.path, &r.id, env.llm_options())?;
     let quality = gates::measure(&llm, persona, quick)?;

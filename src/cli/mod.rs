@@ -157,6 +157,10 @@ pub enum Command {
         /// (`[tools] device_hints = false`).
         #[arg(long)]
         no_hints: bool,
+        /// How calls look to the model: json (voxd's own) or native (the model's own
+        /// where its chat template has one) [default: `[tools] call_format`].
+        #[arg(long, value_name = "FORMAT", value_parser = ["json", "native"])]
+        call_format: Option<String>,
         /// Also write every case's result as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -346,8 +350,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
                 Command::Select { models, quick, dry_run, report, repetitions } => select(&env, &models, quick, dry_run, report, repetitions.unwrap_or(if quick { 1 } else { 3 })),
                 Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
-                Command::EvalTools { set, home, model, no_grammar, no_hints, json } => {
-                    let style = crate::tools::ToolsConfig { grammar: !no_grammar, device_hints: env.config.tools.device_hints && !no_hints, ..env.config.tools.clone() };
+                Command::EvalTools { set, home, model, no_grammar, no_hints, call_format, json } => {
+                    let call_format = call_format.unwrap_or_else(|| env.config.tools.call_format.clone());
+                    let style = crate::tools::ToolsConfig { grammar: !no_grammar, device_hints: env.config.tools.device_hints && !no_hints, call_format, ..env.config.tools.clone() };
                     eval_tools(&env, set.as_deref(), home.as_deref(), model.as_deref(), &style, json.as_deref())
                 }
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate, llm } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate, llm),

@@ -203,6 +203,12 @@ impl Llm {
         LlamaSampler::grammar(&self.model, gbnf, "root").map(Grammar).map_err(|e| LlmError::Grammar(e.to_string()))
     }
 
+    /// The chat template's own text (Jinja, as the model file holds it; "chatml" for
+    /// a model without one).
+    pub fn chat_template_text(&self) -> Option<&str> {
+        self.template.to_str().ok()
+    }
+
     pub fn options(&self) -> &LlmOptions {
         &self.options
     }

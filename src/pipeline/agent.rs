@@ -37,7 +37,7 @@ use super::vad::Voice;
 use super::{sleep_until, tools, Anchor, Cancel, TurnId};
 use crate::engine::llm::{Message, Role};
 use crate::tools::intents::{yes_or_no, Intents};
-use crate::tools::{parse_call, say, Outcome, Rejected, ToolCall, ToolConfig};
+use crate::tools::{parse_call, say, CallFormat, Outcome, Rejected, ToolCall, ToolConfig};
 
 pub struct Agent {
     /// Let speech during a reply interrupt it.
@@ -65,6 +65,9 @@ pub struct Agent {
     /// `[tools] device_hints`: the user's words reach the model with the devices they
     /// name (see `tools::grounding`).
     pub device_hints: bool,
+    /// How calls and their results are written in the conversation (the preamble's
+    /// format, `[tools] call_format`).
+    pub call_format: CallFormat,
     /// The longest a turn may take from its start to the end of its reply (`[agent]
     /// max_reply_s`): then it is cancelled, whatever holds it up.
     pub max_reply: Duration,
@@ -405,7 +408,7 @@ impl Conversation<'_> {
                         // One repair: show the model its output and what is wrong with it.
                         c.repaired = true;
                         tracing::info!(turn = c.turn, "invalid call ({problem}): asking the model to repair {text}");
-                        c.messages.push(Message { role: Role::Assistant, content: text.clone() });
+                        c.messages.push(Message { role: Role::Assistant, content: self.agent.call_format.framed(&text) });
                         c.messages.push(Message { role: Role::User, content: format!("That call is not valid: {problem}. Reply with a corrected call, or answer in words.") });
                         return self.ask_model(c, true).await;
                     }
@@ -419,7 +422,7 @@ impl Conversation<'_> {
             Ok((call, tool)) if via == "model" && tool.contradicts(&c.user) => {
                 tracing::warn!(turn = c.turn, "refused: {} does the opposite of {:?}", tool.name, c.user);
                 self.record(c.turn, ToolCallRecord { name: call.name.clone(), arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some("the opposite of what was asked".into()) });
-                remember_call(&mut *c, &call, "refused: the opposite of what was asked");
+                remember_call(self.agent.call_format, &mut *c, &call, "refused: the opposite of what was asked");
                 return self.say(c, say::opposite(tool)).await;
             }
             Ok((call, tool)) => (call, tool.clone()),
@@ -427,14 +430,14 @@ impl Conversation<'_> {
                 tracing::warn!(turn = c.turn, "refused: {tool} may not touch {target}");
                 let t = self.agent.tools.iter().find(|t| t.name == tool).expect("a refused call names its tool").clone();
                 self.record(c.turn, ToolCallRecord { name: tool, arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some(format!("not allowed: {target}")) });
-                remember_call(c, &call, &format!("refused, not allowed to touch {target}"));
+                remember_call(self.agent.call_format, c, &call, &format!("refused, not allowed to touch {target}"));
                 return self.say(c, say::not_allowed(&t, &target)).await;
             }
             Err(Rejected::OutOfRange { tool, parameter, allowed, call }) => {
                 // What the user asked for, and not possible: say what is, do nothing.
                 tracing::info!(turn = c.turn, "{tool}: {parameter} must be {allowed}: {}", call.arguments);
                 self.record(c.turn, ToolCallRecord { name: tool, arguments: call.arguments.clone(), ok: false, ms: 0.0, via: via.into(), error: Some(format!("out of range: {parameter} must be {allowed}")) });
-                remember_call(c, &call, &format!("not done: {parameter} must be {allowed}"));
+                remember_call(self.agent.call_format, c, &call, &format!("not done: {parameter} must be {allowed}"));
                 return self.say(c, say::out_of_range(&parameter, &allowed)).await;
             }
             // (Invalid calls, the model's and the intents', were dealt with above.)
@@ -460,10 +463,10 @@ impl Conversation<'_> {
     /// failure always plainly (the model might dress it up as a success).
     async fn spoken_outcome(&mut self, c: &mut Current, outcome: Outcome, call: ToolCall, tool: ToolConfig) -> anyhow::Result<()> {
         if let Some(error) = &outcome.error {
-            remember_call(c, &call, &format!("failed: {error}"));
+            remember_call(self.agent.call_format, c, &call, &format!("failed: {error}"));
             return self.say(c, say::failed(error)).await;
         }
-        remember_call(c, &call, if outcome.result.is_empty() { "done" } else { &outcome.result });
+        remember_call(self.agent.call_format, c, &call, if outcome.result.is_empty() { "done" } else { &outcome.result });
         if !tool.reply.is_empty() {
             let state = tool.executor.ends_with("_state").then_some(outcome.result.as_str());
             return self.say(c, crate::tools::render(&tool.reply, &call.arguments, state)).await;
@@ -613,12 +616,12 @@ impl Conversation<'_> {
 
 /// Adds a call and its result to the turn's exchange, as the model will see them in
 /// the follow-up prompt and in later turns' history.
-fn remember_call(c: &mut Current, call: &ToolCall, result: &str) {
-    c.messages.push(Message { role: Role::Assistant, content: serde_json::json!({ "name": call.name, "arguments": call.arguments }).to_string() });
-    c.messages.push(Message { role: Role::User, content: format!("Result of {}: {result}.", call.name) });
+fn remember_call(format: CallFormat, c: &mut Current, call: &ToolCall, result: &str) {
+    c.messages.push(Message { role: Role::Assistant, content: format.call_text(&call.name, &call.arguments) });
+    c.messages.push(Message { role: Role::User, content: format.result_text(&call.name, result) });
 }
 
 /// The tool an invalid call meant, for the log ("?" when even that is unreadable).
 fn call_name(text: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string)).unwrap_or_else(|| "?".into())
+    serde_json::from_str::<serde_json::Value>(crate::tools::format::call_json(text)).ok().and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string)).unwrap_or_else(|| "?".into())
 }

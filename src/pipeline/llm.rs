@@ -98,6 +98,8 @@ pub struct LlmStage {
     pub persona: String,
     /// How the tools are put to the model (`[tools]`: examples, device hints).
     pub style: crate::tools::ToolsConfig,
+    /// The call format of the preamble and the grammar (`[tools] call_format`).
+    pub format: crate::tools::CallFormat,
     pub home: watch::Receiver<crate::tools::Home>,
 }
 
@@ -353,7 +355,7 @@ impl LlmStage {
     /// then the old one stays, said so. Returns the preamble's length in tokens.
     fn new_home(&mut self, llm: &Llm, session: &mut crate::engine::llm::Session<'_>, tokens_before: usize) -> usize {
         let home = self.home.borrow_and_update().clone();
-        let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, &self.style);
+        let preamble = crate::tools::preamble(&self.persona, &self.tools, &home, &self.style, self.format);
         let room = preamble_room(llm);
         match warm(session, &preamble) {
             Ok(tokens) if tokens <= room => {

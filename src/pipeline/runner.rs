@@ -142,14 +142,17 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let (ready_tx, ready_rx) = oneshot::channel();
     // The tools sit in the system prompt (the cached prefix) and shape the grammar.
     let constrained = options.tools.grammar && !options.tool.is_empty();
+    // Calls as the model was trained to write them, where `[tools] call_format` says so.
+    let format = crate::tools::CallFormat::of(&options.tools, &engines.llm);
     let llm_stage = LlmStage {
-        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, &options.home.borrow(), &options.tools),
+        preamble: crate::tools::preamble(&options.llm.system_prompt, &options.tool, &options.home.borrow(), &options.tools, format),
+        format,
         persona: options.llm.system_prompt.clone(),
         style: options.tools.clone(),
         home: options.home.clone(),
         history_tokens: options.agent.history_tokens as usize,
         stream_sentences: options.llm.stream_sentences,
-        tools_grammar: if constrained { crate::tools::grammar(&options.tool)? } else { None },
+        tools_grammar: if constrained { crate::tools::grammar(&options.tool, format)? } else { None },
         answer_grammar: constrained.then(crate::tools::answer_grammar),
         tools: options.tool.clone(),
     };
@@ -228,6 +231,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         },
         home: Some(options.home.clone()),
         generated_intents: options.tools.generated_intents,
+        call_format: format,
         device_hints: options.tools.device_hints,
         tools: options.tool,
         max_reply: Duration::from_secs_f32(options.agent.max_reply_s),

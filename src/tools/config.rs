@@ -29,6 +29,11 @@ section! {
         /// under cabinet lights" → light.kitchen_under_cabinet): a small model choosing
         /// from a long list picks by the words, not by habit.
         device_hints: bool = true;
+        /// How calls look to the model: "json" (voxd's own: compact signatures, a bare
+        /// JSON call) or "native" (the model's own format where its chat template has
+        /// one — Qwen's `<tool_call>` — else voxd's). docs/tools-homes.md has both
+        /// measured on every registry model.
+        call_format: String = "json".into(), check(|s: &String| ["json", "native"].contains(&s.as_str()), "\"json\" or \"native\"");
         /// A tool with `confirm = true` runs only after a yes said within this many
         /// seconds of its question (heard in full), as a short answer on its own.
         confirm_within_s: f32 = 10.0, check(|x: &f32| (2.0..=120.0).contains(x), "2.0 to 120.0");

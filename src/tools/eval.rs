@@ -132,6 +132,8 @@ pub struct CaseResult {
 pub struct Report {
     pub model: String,
     pub grammar: bool,
+    /// How calls were put to the model (`[tools] call_format`, as the model resolved it).
+    pub call_format: &'static str,
     pub cases: usize,
     pub correct: usize,
     /// Correct cases among those expecting a call.
@@ -156,8 +158,8 @@ pub struct Report {
 }
 
 /// Runs every case on `llm` after `preamble` (each a fresh one-question conversation;
-/// the preamble stays cached), with or without the tools grammar.
-pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Grammar>, hints: bool, mut progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
+/// the preamble, written in `format`, stays cached), with or without the tools grammar.
+fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Grammar>, hints: bool, format: super::CallFormat, mut progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
     let mut session = llm.session()?;
     let intents = super::intents::Intents::new(&[])?.with_generated(&set.tools, &set.home);
     let mut results = Vec::new();
@@ -180,7 +182,8 @@ pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Gram
         // A value out of range is still the call the user asked for (voxd answers it
         // with the range, and does nothing): scored as that call.
         let parsed = parse_scored(call_text.as_deref(), &set.tools);
-        let invented_state = !called && case.category == "state" && invents_state(&spoken);
+        // (A prompt that did not fit says nothing about the home: failed, not invented.)
+        let invented_state = fits && !called && case.category == "state" && invents_state(&spoken);
         let leaked = leaks(&spoken, &set.tools);
         let correct = fits && !leaked && scores(case, parsed.as_ref(), called, invented_state);
         // What the home's generated intents would have done before the model was asked.
@@ -192,7 +195,7 @@ pub fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Gram
         progress(i, &r);
         results.push(r);
     }
-    Ok(summarize(llm.model_id.clone(), grammar.is_some(), &set.cases, results))
+    Ok(summarize(llm.model_id.clone(), grammar.is_some(), format, &set.cases, results))
 }
 
 /// A call as voxd would take it: a value out of range is still the call the user
@@ -246,9 +249,10 @@ fn leaks(spoken: &str, tools: &[ToolConfig]) -> bool {
 /// from its tools and devices (examples derived where the tools have none), the
 /// grammar, the device hints.
 pub fn run_home(llm: &Llm, persona: &str, set: &EvalSet, style: &super::ToolsConfig, progress: impl FnMut(usize, &CaseResult)) -> anyhow::Result<Report> {
-    let preamble = super::preamble(persona, &set.tools, &set.home, style);
-    let compiled = if style.grammar { super::grammar(&set.tools)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
-    run(llm, &preamble, set, compiled.as_ref(), style.device_hints, progress)
+    let format = super::CallFormat::of(style, llm);
+    let preamble = super::preamble(persona, &set.tools, &set.home, style, format);
+    let compiled = if style.grammar { super::grammar(&set.tools, format)?.map(|g| llm.grammar(&g)).transpose()? } else { None };
+    run(llm, &preamble, set, compiled.as_ref(), style.device_hints, format, progress)
 }
 
 /// Arguments equal key for key (numbers by value: 21 is 21.0).
@@ -262,7 +266,7 @@ fn same_arguments(expected: &serde_json::Map<String, Value>, got: &Value) -> boo
         })
 }
 
-fn summarize(model: String, grammar: bool, cases: &[Case], results: Vec<CaseResult>) -> Report {
+fn summarize(model: String, grammar: bool, format: super::CallFormat, cases: &[Case], results: Vec<CaseResult>) -> Report {
     let share = |n: usize, d: usize| if d == 0 { 1.0 } else { n as f64 / d as f64 };
     let mut by_category: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for r in &results {
@@ -282,6 +286,7 @@ fn summarize(model: String, grammar: bool, cases: &[Case], results: Vec<CaseResu
     Report {
         model,
         grammar,
+        call_format: format.name(),
         cases: results.len(),
         correct,
         call_accuracy: share(calls_right, calls_wanted),

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod format;
 pub mod grounding;
 pub mod home_assistant;
 pub mod http;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use config::{ToolConfig, ToolsConfig};
+pub use format::CallFormat;
 
 use crate::engine::llm::{Message, Role};
 
@@ -429,7 +431,7 @@ impl Toolbox {
 
 /// Reads a model's output as a call of one of `tools`, validated against its schema.
 pub fn parse_call<'t>(text: &str, tools: &'t [ToolConfig]) -> Result<(ToolCall, &'t ToolConfig), Rejected> {
-    let text = text.trim();
+    let text = format::call_json(text);
     let value: Value = serde_json::from_str(text).map_err(|e| Rejected::Invalid(format!("not valid JSON ({e})")))?;
     let call: ToolCall = serde_json::from_value(value).map_err(|_| Rejected::Invalid("expected {\"name\": ..., \"arguments\": {...}}".into()))?;
     let tool = tools.iter().find(|t| t.name == call.name).ok_or_else(|| {
@@ -462,9 +464,10 @@ fn same_action_elsewhere<'t>(call: &ToolCall, tool: &ToolConfig, tools: &'t [Too
     fits.next().is_none().then_some(first)
 }
 
-/// Does the reply begin a tool call? (Calls are JSON objects; answers are words.)
+/// Does the reply begin a tool call? (Calls are JSON objects, in `<tool_call>` tags
+/// in the Hermes format; answers are words.)
 pub fn looks_like_call(text: &str) -> bool {
-    text.trim_start().starts_with('{')
+    format::begins_call(text)
 }
 
 /// The devices a home is known to have beyond what its allow-lists name: entity ids
@@ -476,35 +479,42 @@ pub struct Home {
 }
 
 /// The fixed start of every conversation: the system message (the persona, then the
-/// tools as compact signatures with the devices each may touch, and the rules for
-/// calling them), and with `examples` a few exchanges showing calls and plain answers
-/// — as real turns, which small models follow far better than examples described in
-/// the system text. Each tool's example is derived from the tool itself (see
-/// `phrases`) unless the config gives its own. It is the same for every turn, so it
-/// stays in the KV cache: its length costs one prefill.
-pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, style: &ToolsConfig) -> Vec<Message> {
-    use std::fmt::Write;
+/// tools with the devices each may touch, and the rules for calling them — the tools
+/// as compact signatures, or as the schemas of the model's own `format`), and with
+/// `examples` a few exchanges showing calls and plain answers — as real turns, which
+/// small models follow far better than examples described in the system text. Each
+/// tool's example is derived from the tool itself (see `phrases`) unless the config
+/// gives its own. It is the same for every turn, so it stays in the KV cache: its
+/// length costs one prefill.
+pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, style: &ToolsConfig, format: CallFormat) -> Vec<Message> {
     let mut system = persona.to_string();
     if tools.is_empty() {
         return vec![Message { role: Role::System, content: system }];
     }
-    system.push_str(
-        "\n\nYou can control the home with these tools. To use one, reply with only a JSON call \
-         {\"name\": \"tool\", \"arguments\": {...}} and nothing else. You cannot see the home: \
-         to answer a question about a device, call the tool that reads it; never guess a state. \
-         Use only the entities listed. If no tool fits, the device is not listed, or it is unclear \
-         which device is meant, answer in one short spoken sentence instead (ask which one).\nTools:",
-    );
-    for t in tools {
-        let _ = write!(system, "\n- {}({}): {}.", t.name, signature(t), t.description.trim_end_matches('.'));
-        if t.executor.starts_with("home_assistant") {
-            let known = phrases::entities_of(t, &home.entities);
-            let mut entities: Vec<String> = known.iter().map(|id| format!("{id} ({})", phrases::spoken_name(id, &home.names))).collect();
-            // A pattern no known device matched still says what may be named.
-            entities.extend(t.allow.iter().filter(|p| p.contains('*') && !known.iter().any(|id| allowed_by(p, id, Target::Entity))).cloned());
-            if !entities.is_empty() {
-                let _ = write!(system, " Entities: {}.", entities.join(", "));
+    const RULES: &str = "You cannot see the home: to answer a question about a device, call the tool that reads it; \
+                         never guess a state. Use only the entities listed. If no tool fits, the device is not listed, \
+                         or it is unclear which device is meant, answer in one short spoken sentence instead (ask which one).";
+    let described = |t: &ToolConfig| match devices_listed(t, home) {
+        entities if entities.is_empty() => t.description.trim_end_matches('.').to_string(),
+        entities => format!("{}. Entities: {}", t.description.trim_end_matches('.'), entities.join(", ")),
+    };
+    match format {
+        CallFormat::Json => {
+            system.push_str("\n\nYou can control the home with these tools. To use one, reply with only a JSON call \
+                             {\"name\": \"tool\", \"arguments\": {...}} and nothing else. ");
+            system.push_str(RULES);
+            system.push_str("\nTools:");
+            for t in tools {
+                system.push_str(&format!("\n- {}({}): {}.", t.name, signature(t), described(t)));
             }
+        }
+        CallFormat::Hermes => {
+            let parameters = |t: &ToolConfig| if t.parameters.is_object() { t.parameters.clone() } else { serde_json::json!({ "type": "object", "properties": {} }) };
+            let schemas: Vec<(String, String, Value)> = tools.iter().map(|t| (t.name.clone(), format!("{}.", described(t)), parameters(t))).collect();
+            system.push_str("\n\n");
+            system.push_str(&format::hermes_tools(&schemas));
+            system.push_str("\n\nCall at most one function, and only to control the home or read it. ");
+            system.push_str(RULES);
         }
     }
     let mut out = vec![Message { role: Role::System, content: system }];
@@ -527,14 +537,28 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, style: &ToolsC
         }
         for t in written {
             for e in t.examples.as_array().into_iter().flatten() {
-                turn(&plain(&e["say"]), serde_json::json!({ "name": t.name, "arguments": e["arguments"] }).to_string());
+                turn(&plain(&e["say"]), format.call_text(&t.name, &e["arguments"]));
             }
         }
         for (say, call) in calls {
-            turn(&say, call);
+            let call: Value = serde_json::from_str(&call).expect("derived examples are calls of JSON");
+            turn(&say, format.call_text(call["name"].as_str().unwrap_or_default(), &call["arguments"]));
         }
     }
     out
+}
+
+/// The devices a Home Assistant tool may touch, as the prompt lists them: each known
+/// one with its spoken name, and any pattern no known device matched (it still says
+/// what may be named).
+fn devices_listed(t: &ToolConfig, home: &Home) -> Vec<String> {
+    if !t.executor.starts_with("home_assistant") {
+        return Vec::new();
+    }
+    let known = phrases::entities_of(t, &home.entities);
+    let mut entities: Vec<String> = known.iter().map(|id| format!("{id} ({})", phrases::spoken_name(id, &home.names))).collect();
+    entities.extend(t.allow.iter().filter(|p| p.contains('*') && !known.iter().any(|id| allowed_by(p, id, Target::Entity))).cloned());
+    entities
 }
 
 /// `entity_id: string, brightness_pct?: integer 1-100, mode: warm|cold`.
@@ -584,17 +608,17 @@ pub fn call_in(text: &str, tools: &[ToolConfig]) -> Option<String> {
     })
 }
 
-/// A GBNF grammar whose sentences are exactly: one valid call of one of `tools`, or a
-/// spoken answer (anything that does not start with '{'). `None` with no tools.
-pub fn grammar(tools: &[ToolConfig]) -> anyhow::Result<Option<String>> {
+/// A GBNF grammar whose sentences are exactly: one valid call of one of `tools`,
+/// written in `format`, or a spoken answer (`ANSWER_RULE`). `None` with no tools.
+pub fn grammar(tools: &[ToolConfig], format: CallFormat) -> anyhow::Result<Option<String>> {
     if tools.is_empty() {
         return Ok(None);
     }
     let schema = serde_json::json!({ "oneOf": tools.iter().map(|t| schema::call_schema(&t.name, &t.parameters)).collect::<Vec<_>>() });
     let calls = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| anyhow::anyhow!("converting the tool schemas to a grammar: {e}"))?;
-    // llama.cpp's converter names its top rule `root`; it is our call rule.
-    let calls = calls.replacen("root ::=", "voxd-call ::=", 1);
-    Ok(Some(format!("root ::= voxd-call | voxd-answer\n{ANSWER_RULE}\n{calls}")))
+    // llama.cpp's converter names its top rule `root`: one call's JSON, for us.
+    let calls = calls.replacen("root ::=", "voxd-json ::=", 1);
+    Ok(Some(format!("root ::= voxd-call | voxd-answer\n{ANSWER_RULE}\n{}\n{calls}", format.call_rule())))
 }
 
 /// A grammar that allows only a spoken answer (after a tool ran, to phrase the result).
@@ -812,18 +836,42 @@ mod tests {
 
     #[test]
     fn the_prompt_lists_tools_compactly() {
-        let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
+        let p = &preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() }, CallFormat::Json)[0].content;
         assert!(p.starts_with("You are voxd."), "{p}");
         assert!(p.contains("- light_turn_on(entity_id: string, brightness_pct?: integer 1-100): Turn a light on. Entities: light.kitchen (kitchen light), light.living_*."), "{p}");
         // A pattern's devices come from what Home Assistant lists, with their names.
         let home = Home { entities: vec!["light.living_room".into(), "lock.front_door".into()], names: [("light.living_room".to_string(), "Sofa Lamp".to_string())].into() };
-        let p = &preamble("You are voxd.", &[light_tool()], &home, &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
+        let p = &preamble("You are voxd.", &[light_tool()], &home, &ToolsConfig { examples: false, ..ToolsConfig::default() }, CallFormat::Json)[0].content;
         assert!(p.contains("Entities: light.kitchen (kitchen light), light.living_room (sofa lamp)."), "{p}");
         // A pattern no listed device matches still says what may be named.
         let mut t = light_tool();
         t.allow = vec!["light.*".into()];
-        let p = &preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() })[0].content;
+        let p = &preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig { examples: false, ..ToolsConfig::default() }, CallFormat::Json)[0].content;
         assert!(p.contains("Entities: light.*."), "{p}");
+    }
+
+    #[test]
+    fn the_native_format_lists_schemas_and_frames_every_call() {
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig::default(), CallFormat::Hermes);
+        let system = &p[0].content;
+        assert!(system.starts_with("You are voxd.\n\n# Tools\n") && system.contains("<tools>\n{") && system.contains("</tools>"), "{system}");
+        assert!(system.contains("never guess a state") && system.contains("Use only the entities listed"), "the same rules: {system}");
+        // Each tool one JSON schema a line, its devices in its description.
+        let line = system.lines().find(|l| l.starts_with("{\"type\":\"function\"")).expect("a schema line");
+        let function: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(function["function"]["name"], "light_turn_on");
+        assert_eq!(function["function"]["description"], "Turn a light on. Entities: light.kitchen (kitchen light), light.living_*.");
+        assert_eq!(function["function"]["parameters"], light_tool().parameters);
+        // The example calls are framed, and read back as the calls they are.
+        let calls: Vec<&Message> = p.iter().filter(|m| m.role == Role::Assistant && looks_like_call(&m.content)).collect();
+        assert!(!calls.is_empty(), "{p:?}");
+        for m in calls {
+            assert!(m.content.starts_with("<tool_call>\n{") && m.content.ends_with("}\n</tool_call>"), "{}", m.content);
+            let (call, _) = parse_call(&m.content, &[light_tool()]).unwrap();
+            assert_eq!(call.arguments["entity_id"], "light.kitchen");
+        }
+        // The plain answers stay plain.
+        assert_eq!(p[2].content, "The capital of France is Paris.");
     }
 
     #[test]
@@ -860,18 +908,18 @@ mod tests {
     fn examples_are_real_turns() {
         let mut t = light_tool();
         t.examples = json!([{ "say": "kitchen light on", "arguments": { "entity_id": "light.kitchen" } }]);
-        let p = preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig::default());
+        let p = preamble("You are voxd.", &[t], &Home::default(), &ToolsConfig::default(), CallFormat::Json);
         let n = p.len();
         assert_eq!(p[n - 2].role, Role::User);
         assert_eq!(p[n - 2].content, "kitchen light on\n(Devices named: light.kitchen.)", "hinted as real requests are");
         assert_eq!(p[n - 1].content, r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#, "the tool's example comes last");
-        assert_eq!(preamble("You are voxd.", &[], &Home::default(), &ToolsConfig::default()).len(), 1, "no tools: the persona alone");
+        assert_eq!(preamble("You are voxd.", &[], &Home::default(), &ToolsConfig::default(), CallFormat::Json).len(), 1, "no tools: the persona alone");
         // Without hand-written examples, one is derived from the tool.
-        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig::default());
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig::default(), CallFormat::Json);
         let n = p.len();
         assert_eq!((p[n - 2].content.as_str(), p[n - 1].content.as_str()), ("Turn on the kitchen light\n(Devices named: light.kitchen.)", r#"{"name":"light_turn_on","arguments":{"entity_id":"light.kitchen"}}"#));
         // Hints off: the words alone.
-        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { device_hints: false, ..ToolsConfig::default() });
+        let p = preamble("You are voxd.", &[light_tool()], &Home::default(), &ToolsConfig { device_hints: false, ..ToolsConfig::default() }, CallFormat::Json);
         assert_eq!(p[p.len() - 2].content, "Turn on the kitchen light");
     }
 }

@@ -253,7 +253,7 @@ mod tests {
         // Also when the state tool's examples are written by hand (none derived for it).
         let mut read = ha("get_state", "", &["light.kitchen"]);
         read.examples = json!([{ "say": "Is the kitchen light on?", "arguments": { "entity_id": "light.kitchen" } }]);
-        let prompt = super::super::preamble("", &[off, read], &super::super::Home::default(), &super::super::ToolsConfig::default());
+        let prompt = super::super::preamble("", &[off, read], &super::super::Home::default(), &super::super::ToolsConfig::default(), super::super::CallFormat::Json);
         assert!(prompt.iter().all(|m| !m.content.contains("can't check")), "{prompt:?}");
     }
 }
