@@ -292,8 +292,8 @@ impl Conversation<'_> {
     /// hints are on.
     fn asked(&self, said: &str) -> String {
         match &self.home {
-            Some(home) if self.agent.device_hints => crate::tools::grounding::with_hint(said, &self.agent.tools, &home.borrow()),
-            _ => said.to_string(),
+            Some(home) => crate::tools::grounding::asked(said, &self.agent.tools, &home.borrow(), self.agent.device_hints),
+            None => said.to_string(),
         }
     }
 

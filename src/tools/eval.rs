@@ -166,7 +166,7 @@ fn run(llm: &Llm, preamble: &[Message], set: &EvalSet, grammar: Option<&Grammar>
     for (i, case) in set.cases.iter().enumerate() {
         let started = Instant::now();
         let mut messages = preamble.to_vec();
-        let asked = if hints { super::grounding::with_hint(&case.say, &set.tools, &set.home) } else { case.say.clone() };
+        let asked = super::grounding::asked(&case.say, &set.tools, &set.home, hints);
         messages.push(Message { role: Role::User, content: asked });
         // A home too big for the model's context: each of its cases fails, saying so.
         let (output, fits) = match session.generate(&messages, grammar, |_| true) {

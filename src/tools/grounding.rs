@@ -21,6 +21,16 @@ const NOT_NAMES: &[&str] = &[
 /// "kitchen speaker") but name none alone ("the light in the shed").
 const KINDS: &[&str] = &["light", "lamp", "switch", "plug", "fan", "thermostat", "heating", "speaker", "door", "window", "blind", "cover", "sensor", "room"];
 
+/// The user's words as the model gets them — in real requests, the evaluation's and
+/// the example turns alike: hinted when `[tools] device_hints` is on, else alone.
+pub fn asked(said: &str, tools: &[ToolConfig], home: &Home, hints: bool) -> String {
+    if hints {
+        with_hint(said, tools, home)
+    } else {
+        said.to_string()
+    }
+}
+
 /// The user's words as the model sees them: with a line naming the devices they
 /// match, when they match any the tools may touch.
 pub fn with_hint(said: &str, tools: &[ToolConfig], home: &Home) -> String {

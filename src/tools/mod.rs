@@ -520,7 +520,7 @@ pub fn preamble(persona: &str, tools: &[ToolConfig], home: &Home, style: &ToolsC
     let mut out = vec![Message { role: Role::System, content: system }];
     if style.examples {
         // The example requests as the model will get real ones: hinted the same way.
-        let asked = |said: &str| if style.device_hints { grounding::with_hint(said, tools, home) } else { said.to_string() };
+        let asked = |said: &str| grounding::asked(said, tools, home, style.device_hints);
         let mut turn = |user: &str, assistant: String| {
             out.push(Message { role: Role::User, content: asked(user) });
             out.push(Message { role: Role::Assistant, content: assistant });
