@@ -256,6 +256,7 @@ pub fn ablations(config: &crate::config::Config) -> Vec<(&'static str, crate::co
     vec![
         ("voxd (all measures on)", config.clone()),
         off("without speculation (reply starts at the endpoint)", |c| c.vad.speculate_after_ms = 0),
+        off("without reading ahead while the user speaks", |c| c.vad.partial_every_ms = 0),
         off("without the KV prefix cache", |c| c.llm.reuse_prefix = false),
         off("without encoder scaling (full 30 s window)", |c| c.asr.scale_encoder = false),
         off("without clause streaming (whole reply, then tts)", |c| c.llm.stream_sentences = false),

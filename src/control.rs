@@ -416,6 +416,7 @@ impl Handle {
             turn,
             text,
             speculative: false,
+            partial: false,
             anchor,
             endpoint_at: Some(now),
             done_at: now,

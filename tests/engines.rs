@@ -199,6 +199,41 @@ fn the_cache_keeps_what_the_history_keeps(file: &str) {
     assert!(g.evaluated_tokens() <= 24, "{file}: {} evaluated", g.evaluated_tokens());
 }
 
+/// While the user speaks, their words so far are read into the KV cache: the answer's
+/// prompt then evaluates only what came after them, and a read-ahead the words did
+/// not bear out (the last word was still changing) is rolled back to the last common
+/// token — the answer is the same as without it.
+#[test]
+fn words_read_ahead_are_not_evaluated_again_and_change_nothing() {
+    use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
+    quiet_engine_logs();
+    for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"] {
+        let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 16, temperature: 0.0, seed: 1, reuse_prefix: true };
+        let llm = Llm::load(&model(file), file, options).unwrap();
+        let say = |role, content: &str| Message { role, content: content.into() };
+        let system = say(Role::System, "You are a helpful assistant. Answer in one short sentence.");
+        let asked = |words: &str| vec![system.clone(), say(Role::User, words)];
+        let answer = |read_ahead: Option<&str>| {
+            let mut session = llm.session().unwrap();
+            session.prefill(&asked("")).unwrap();
+            if let Some(words) = read_ahead {
+                session.read_ahead(&asked(words)).unwrap();
+            }
+            session.generate(&asked("What is the capital of France?"), None, |_| true).unwrap()
+        };
+        let plain = answer(None);
+        let ahead = answer(Some("What is the capital of"));
+        let wrong = answer(Some("What is the cap"));
+        assert!(plain.text.to_lowercase().contains("paris"), "{file}: {:?}", plain.text);
+        assert!(ahead.evaluated_tokens() + 4 <= plain.evaluated_tokens(), "{file}: the words read ahead were not evaluated again: {} of {} (without: {})", ahead.evaluated_tokens(), ahead.prompt_tokens, plain.evaluated_tokens());
+        for g in [&ahead, &wrong] {
+            assert_eq!(g.prompt_tokens, plain.prompt_tokens);
+            assert!(g.text.to_lowercase().contains("paris"), "{file}: the same answer: {:?} (without: {:?})", g.text, plain.text);
+        }
+        assert!(wrong.evaluated_tokens() > ahead.evaluated_tokens(), "{file}: \"cap\" was not kept as the start of \"capital\"");
+    }
+}
+
 #[test]
 fn the_binary_holds_exactly_one_ggml() {
     let out = std::process::Command::new("nm").arg(env!("CARGO_BIN_EXE_voxd")).output().expect("nm (binutils) runs");

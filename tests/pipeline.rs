@@ -112,6 +112,30 @@ fn a_reply_is_prepared_during_the_hangover_and_heard_only_after_it() {
     assert!(cer(&t.reply, &heard) <= 0.2, "logged {:?}, heard {heard:?}", t.reply);
 }
 
+/// While the user is still speaking, Whisper transcribes what was said so far and
+/// the LLM reads those words into its KV cache: at the end of the question only the
+/// rest is evaluated. Measured against the same question with it switched off.
+#[test]
+fn the_words_so_far_are_read_ahead_while_the_user_speaks() {
+    let dir = tempdir();
+    // Long enough that a partial pass (after 700 ms of speech) is done well before
+    // the end, on a slow machine too.
+    let (input, _) = conversation(&dir, "long", &[(0.5, "Please tell me what the capital city of France is called and what river runs through it")], 3.0);
+    let evaluated = |extra: &str| {
+        let (output, log) = (dir.path().join("out.wav"), dir.path().join(format!("turns-{}.jsonl", extra.len())));
+        let config = deterministic_config(&dir, extra);
+        let r = run_ok(&["--config", config.to_str().unwrap(), "-v", "run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+        let turns = turns(&log);
+        assert_eq!(turns.len(), 1, "{turns:?}\n{}", r.stderr);
+        (turns[0].llm.evaluated_tokens, turns[0].transcript.clone(), r.stderr)
+    };
+    let (ahead, heard, stderr) = evaluated("");
+    let (plain, heard_plain, _) = evaluated("[vad]\npartial_every_ms = 0");
+    assert_eq!(heard, heard_plain, "the same question");
+    assert!(stderr.contains("partial transcript") && stderr.contains("read ahead"), "{stderr}");
+    assert!(ahead + 5 <= plain, "with the words read ahead {ahead} tokens were evaluated at the end, without {plain}");
+}
+
 #[test]
 fn speaking_on_after_a_pause_abandons_the_reply_started_there() {
     let dir = tempdir();
@@ -216,7 +240,7 @@ fn a_truncated_or_missing_input_is_a_clear_error() {
 fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pipeline::Engines {
     use voxd::engine::{asr, llm};
     quiet_engine_logs();
-    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false };
+    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false, flash_attention: true };
     let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true };
     voxd::pipeline::Engines {
         asr: asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap(),

@@ -442,6 +442,7 @@ impl Env {
             scale_encoder: c.scale_encoder,
             min_encoder_s: c.min_encoder_s,
             temperature_fallback: c.temperature_fallback,
+            flash_attention: c.flash_attention,
         };
         Ok(Asr::load(&r.path, &r.id, options)?)
     }

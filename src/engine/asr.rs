@@ -1,6 +1,7 @@
 //! Speech recognition with whisper.cpp (whisper-rs): 16 kHz mono f32 in, text out.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
@@ -19,6 +20,8 @@ pub enum AsrError {
     Transcribe(whisper_rs::WhisperError),
     #[error("ASR language {0:?} is not one whisper knows")]
     Language(String),
+    #[error("transcription dropped: newer audio is waiting")]
+    Dropped,
 }
 
 /// Settings the engine needs from the config.
@@ -34,6 +37,8 @@ pub struct AsrOptions {
     pub min_encoder_s: f32,
     /// Decode again at higher temperatures when a greedy decode looks unsure.
     pub temperature_fallback: bool,
+    /// Fused attention kernels (whisper.cpp's flash attention).
+    pub flash_attention: bool,
 }
 
 pub struct Asr {
@@ -74,7 +79,9 @@ impl Asr {
         }
         let started = Instant::now();
         let path_str = path.to_str().ok_or_else(|| AsrError::Load { path: path.into(), size })?;
-        let ctx = WhisperContext::new_with_params(path_str, WhisperContextParameters::default())
+        let mut params = WhisperContextParameters::default();
+        params.flash_attn(options.flash_attention);
+        let ctx = WhisperContext::new_with_params(path_str, params)
             .map_err(|_| AsrError::Load { path: path.into(), size })?;
         let state = ctx.create_state().map_err(|_| AsrError::Load { path: path.into(), size })?;
         let multilingual = ctx.is_multilingual();
@@ -92,6 +99,20 @@ impl Asr {
 
     /// Transcribes one utterance (16 kHz mono f32).
     pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, AsrError> {
+        self.run(samples, None, self.options.min_encoder_s)
+    }
+
+    /// A quick draft of speech still going on: the encoder window's floor is
+    /// `DRAFT_FLOOR_S`, not `min_encoder_s` — several times faster, and the words
+    /// are mostly right (a draft's last words are not trusted anyway). Returns
+    /// `Dropped` as soon as `waiting` is nonzero between the encoder and each decoder
+    /// step; whisper.cpp cannot stop inside the encoder, which is why it is kept short:
+    /// a draft under way when the user stops delays the pass that matters.
+    pub fn transcribe_draft(&mut self, samples: &[f32], waiting: &AtomicUsize) -> Result<Transcript, AsrError> {
+        self.run(samples, Some(waiting), DRAFT_FLOOR_S)
+    }
+
+    fn run(&mut self, samples: &[f32], waiting: Option<&AtomicUsize>, min_encoder_s: f32) -> Result<Transcript, AsrError> {
         let started = Instant::now();
         let audio_s = samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64;
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
@@ -117,14 +138,28 @@ impl Asr {
             params.set_max_tokens((16.0 + 8.0 * audio_s) as i32);
         }
         params.set_no_speech_thold(self.options.no_speech_threshold);
-        let audio_ctx = encoder_frames(audio_s, &self.options);
+        let audio_ctx = encoder_frames(audio_s, &AsrOptions { min_encoder_s, ..self.options.clone() });
         params.set_audio_ctx(audio_ctx as i32);
         if audio_ctx < 1500 {
             // A shortened window ends in padding, where Whisper likes to invent a
             // second segment (often a repeat of the first). One utterance, one segment.
             params.set_single_segment(true);
         }
-        self.state.full(params, samples).map_err(AsrError::Transcribe)?;
+        if let Some(waiting) = waiting {
+            // SAFETY: the callback only reads the counter, which outlives `full`.
+            unsafe {
+                params.set_abort_callback(Some(while_none_waiting));
+                params.set_abort_callback_user_data(waiting as *const AtomicUsize as *mut std::ffi::c_void);
+            }
+        }
+        let done = match waiting {
+            Some(_) => crate::logging::whisper_errors_expected(|| self.state.full(params, samples)),
+            None => self.state.full(params, samples),
+        };
+        if waiting.is_some_and(|w| w.load(Ordering::Acquire) > 0) {
+            return Err(AsrError::Dropped);
+        }
+        done.map_err(AsrError::Transcribe)?;
 
         let mut text = String::new();
         let mut dropped = 0;
@@ -144,6 +179,15 @@ impl Asr {
             audio_ctx,
         })
     }
+}
+
+/// The encoder window's floor for drafts (`Asr::transcribe_draft`), seconds.
+pub const DRAFT_FLOOR_S: f32 = 3.0;
+
+/// whisper.cpp's abort hook (true: stop): something is waiting.
+unsafe extern "C" fn while_none_waiting(waiting: *mut std::ffi::c_void) -> bool {
+    // SAFETY: `run` passes a `&AtomicUsize` that lives until `full` returns.
+    unsafe { (*(waiting as *const AtomicUsize)).load(Ordering::Acquire) > 0 }
 }
 
 /// Whisper's encoder always runs over a 30 s window (1500 positions, 50 per second)
@@ -170,7 +214,7 @@ mod tests {
     use super::*;
 
     fn options(scale: bool) -> AsrOptions {
-        AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: scale, min_encoder_s: 3.0, temperature_fallback: false }
+        AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: scale, min_encoder_s: 3.0, temperature_fallback: false, flash_attention: true }
     }
 
     #[test]

@@ -237,6 +237,26 @@ impl Session<'_> {
         Ok(tokens.len())
     }
 
+    /// Evaluates the prompt of `messages` up to the end of the last message's words,
+    /// leaving out what closes it (the words go on): the user's words so far, read
+    /// ahead while they speak. A later prompt that starts the same way finds them in
+    /// the KV cache; one that does not rolls back to the last common token. Returns
+    /// the tokens the cache now holds.
+    pub fn read_ahead(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
+        let prompt = self.llm.render(messages)?;
+        let words = messages.last().map_or("", |m| m.content.as_str());
+        let end = match prompt.rfind(words) {
+            Some(at) if !words.is_empty() => at + words.len(),
+            _ => return Ok(self.cached.len()),
+        };
+        let tokens = self.llm.model.vocab().tokenize(prompt[..end].as_bytes(), false, true);
+        if tokens.len() + self.llm.options.max_reply_tokens as usize > self.ctx.n_ctx() as usize {
+            return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: self.ctx.n_ctx() });
+        }
+        self.evaluate(&tokens)?;
+        Ok(tokens.len())
+    }
+
     /// Brings the KV cache to `tokens`: keeps the longest prefix it already holds —
     /// and, where the prompt dropped a span the cache holds (the oldest exchanges of
     /// a rolling history), what follows that span too, moved up over it — and

@@ -238,6 +238,10 @@ impl Conversation<'_> {
             tracing::debug!(turn = t.turn, newest = self.newest, "late transcript dropped");
             return Ok(());
         }
+        if t.partial {
+            self.read_ahead(&t);
+            return Ok(());
+        }
         if t.speculative {
             // No guessing in a file played as fast as possible, nor while a yes/no
             // question waits for its answer.
@@ -286,6 +290,23 @@ impl Conversation<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The user's words so far, while they go on speaking: the llm stage reads them
+    /// into its KV cache, so the answer's prompt finds them there and only the last
+    /// words remain to evaluate at the end. Only when the model has nothing else to
+    /// do, and never waited for (a full queue skips it).
+    fn read_ahead(&mut self, t: &Transcript) {
+        if self.agent.sequential || self.pending.is_some() || self.current.is_some() {
+            return;
+        }
+        // The last word may still change ("capit…" → "capital"); the device hints
+        // follow the words, so the words alone are the answer's prompt's start.
+        let Some((words, _)) = t.text.trim_end().rsplit_once(' ') else { return };
+        let (respond_to, _) = oneshot::channel();
+        let messages = vec![Message { role: Role::User, content: words.to_string() }];
+        let request = Request { turn: t.turn, history: self.history.iter().cloned().collect(), messages, job: Job::ReadAhead, anchor: t.anchor, cancel: Cancel::default(), respond_to };
+        let _ = self.links.llm.try_send(request);
     }
 
     /// The user's words as the model gets them: with the devices they name, if the

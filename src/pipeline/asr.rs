@@ -7,6 +7,10 @@
 //! on, so the agent can start the reply during the hangover; when the final
 //! utterance of that turn is the same audio, its transcript is ready at once and
 //! confirms the guess.
+//!
+//! Partial utterances (the speech so far, while it goes on) are transcribed for the
+//! LLM to read ahead, only when nothing else waits, and the pass is dropped as soon
+//! as vad queues a guess or an end behind it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::health::Pulse;
 use super::telemetry::{AsrStats, Notes};
-use super::vad::Utterance;
+use super::vad::{Backlog, Utterance};
 use super::{Anchor, TurnId};
 use crate::engine::asr::Asr;
 
@@ -27,6 +31,9 @@ pub struct Transcript {
     /// Made at a pause, before the end of the turn is certain: a final transcript of
     /// the same turn follows if the pause turns out to be the end.
     pub speculative: bool,
+    /// The words so far, while the user goes on speaking (speculative too): for the
+    /// LLM to read ahead, never answered.
+    pub partial: bool,
     pub anchor: Anchor,
     /// When vad declared the end of the turn; None while speculative.
     pub endpoint_at: Option<Instant>,
@@ -51,9 +58,21 @@ struct Speculation {
     done_at: Instant,
 }
 
-pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Transcript>, notes: Notes, pulse: Pulse) -> anyhow::Result<()> {
+pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx: mpsc::Sender<Transcript>, notes: Notes, pulse: Pulse) -> anyhow::Result<()> {
     let mut speculation: Option<Speculation> = None;
     while let Some(u) = rx.blocking_recv() {
+        if u.partial {
+            if rx.is_empty() {
+                pulse.busy(u.turn);
+                let partial = partial(&mut asr, &u, &backlog);
+                pulse.idle();
+                if partial.is_some_and(|t| tx.blocking_send(t).is_err()) {
+                    break;
+                }
+            }
+            continue;
+        }
+        backlog.taken();
         if u.speculative && !rx.is_empty() {
             // Something newer is already queued (the user went on speaking, or the turn
             // ended): this guess is stale, and transcribing it would delay that.
@@ -83,7 +102,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
         if failed.is_some() {
             // A guess that failed is simply not made; a final utterance is answered.
             if !u.speculative {
-                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, failed };
+                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, failed };
                 if tx.blocking_send(transcript).is_err() {
                     break;
                 }
@@ -95,6 +114,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
             turn: u.turn,
             text: s.text.clone(),
             speculative: u.speculative,
+            partial: false,
             anchor: u.anchor,
             endpoint_at: u.endpoint_at,
             done_at: s.done_at,
@@ -121,6 +141,33 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, tx: mpsc::Sender<Tra
         }
     }
     Ok(())
+}
+
+/// The words so far of an utterance still being spoken; None when there are none or
+/// the pass was dropped (a guess or an end came) or failed (the final pass will say).
+fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript> {
+    let t = match asr.transcribe_draft(&u.samples, backlog.waiting()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(turn = u.turn, "partial transcript: {e}");
+            return None;
+        }
+    };
+    let text = strip_annotations(&t.text);
+    tracing::debug!(turn = u.turn, asr_ms = t.elapsed_ms as u64, %text, "partial transcript");
+    (!text.is_empty()).then(|| Transcript {
+        turn: u.turn,
+        text,
+        speculative: true,
+        partial: true,
+        anchor: u.anchor,
+        endpoint_at: None,
+        done_at: Instant::now(),
+        audio_s: t.audio_s,
+        stats: AsrStats { ms: t.elapsed_ms, audio_ctx: t.audio_ctx, speculative_hit: false, capped: false },
+        typed: false,
+        failed: None,
+    })
 }
 
 /// Whisper writes what it hears that is not speech in brackets or asterisks

@@ -55,6 +55,10 @@ pub struct Request {
 pub enum Job {
     /// Generate the reply: spoken as it comes, or (with `tools`) a tool call instead.
     Answer { tools: bool },
+    /// Read the user's words so far into the KV cache, while they go on speaking:
+    /// the answer's prompt, when it comes, finds them there. Nothing is generated,
+    /// said or replied.
+    ReadAhead,
     /// Speak these words as the reply (a confirmation template, a question, an error).
     Say(String),
 }
@@ -180,7 +184,8 @@ impl LlmStage {
                     }
                     continue;
                 }
-                Job::Answer { tools } => tools,
+                Job::ReadAhead => None,
+                Job::Answer { tools } => Some(tools),
             };
             if self.home.has_changed().unwrap_or(false) {
                 preamble_tokens = self.new_home(&llm, &mut session, preamble_tokens);
@@ -191,6 +196,14 @@ impl LlmStage {
             let mut prompt = self.preamble.clone();
             prompt.extend(history.iter().flat_map(|e| e.messages.iter().cloned()));
             prompt.extend(messages);
+            let Some(tools) = tools else {
+                match session.read_ahead(&prompt) {
+                    Ok(tokens) => tracing::debug!(turn, tokens, "read ahead"),
+                    Err(e) => tracing::debug!(turn, "read ahead: {e}"),
+                }
+                pulse.idle();
+                continue;
+            };
             let grammar = if tools { tools_grammar.as_ref() } else { answer_grammar.as_ref() };
 
             let mut splitter = Splitter::default();

@@ -183,16 +183,19 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     }
 
     let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
+    // vad counts the guesses and ends it sends; asr drops a partial pass for them.
+    let backlog = vad::Backlog::default();
     {
+        let backlog = backlog.clone();
         let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
         // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
         let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
         let pulse = health.pulse("vad");
-        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, voice_tx, counters, notes, pulse))?));
+        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
     }
     {
         let (asr, notes, pulse) = (engines.asr, notes.clone(), health.pulse("asr"));
-        stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, text_tx, notes, pulse))?));
+        stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, backlog, text_tx, notes, pulse))?));
     }
     {
         let (voice, notes, counters, pulse) = (engines.tts, notes.clone(), counters.clone(), health.pulse("tts"));

@@ -15,7 +15,10 @@
 //! transcript — and the reply — are under way by the time the pause turns out to be
 //! the end. When the user speaks on after such a guess, the utterance continues under
 //! a new turn id: whatever was started from the guess belongs to a turn that never
-//! happened, and nothing downstream can confuse the two.
+//! happened, and nothing downstream can confuse the two. Earlier still, while the user
+//! speaks, it hands asr a partial copy every `partial_every_ms` of speech: the LLM
+//! reads the words so far ahead of the end (asr drops such a pass the moment a guess
+//! or the end is queued behind it: `Backlog`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,6 +45,9 @@ pub struct Utterance {
     /// Sent at a pause, before the end of turn is certain; asr transcribes it and
     /// keeps the result for the final utterance if that turns out identical.
     pub speculative: bool,
+    /// Taken while the user is still speaking (speculative too): only for reading
+    /// the words so far ahead, never answered.
+    pub partial: bool,
     /// Cut at `max_utterance_s` while the user was still speaking.
     pub capped: bool,
     /// Where and when the user stopped speaking (the same for a speculative cut and
@@ -59,6 +65,26 @@ pub struct Voice {
     pub since: Instant,
 }
 
+/// Guesses and ends of turns sent to asr and not yet taken up by it: while there are
+/// any, a partial pass in progress is dropped (it would delay them).
+#[derive(Debug, Clone, Default)]
+pub struct Backlog(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Backlog {
+    pub fn queued(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn taken(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The counter itself, for an engine that polls it while it works.
+    pub fn waiting(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.0
+    }
+}
+
 /// What the endpointer saw in a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -68,6 +94,8 @@ pub enum Event {
     /// under a new id, and the guess (the old id) is void.
     Resumed { turn: TurnId },
     Speculate(Cut),
+    /// The speech so far, while it goes on.
+    Partial(Cut),
     /// End of turn.
     Final(Cut),
     /// Speech that ended before it was confirmed (a click, a knock).
@@ -95,6 +123,8 @@ pub struct EndpointParams {
     pub max_utterance: usize,
     /// 0: no speculation.
     pub speculate_after: usize,
+    /// Speech between partial cuts (0: none).
+    pub partial_every: usize,
     /// Silence kept after the last voiced frame (Whisper likes a little).
     pub tail: usize,
 }
@@ -111,6 +141,7 @@ impl EndpointParams {
             hangover: samples(c.hangover_ms),
             max_utterance: (c.max_utterance_s * 16_000.0) as usize,
             speculate_after,
+            partial_every: samples(c.partial_every_ms),
             tail: tail.min(samples(c.hangover_ms)),
         }
     }
@@ -129,6 +160,8 @@ pub struct Endpointer {
     last_voiced_end: u64,
     confirmed: Option<TurnId>,
     speculated: bool,
+    /// Length of `buf` at which the next partial cut is due.
+    next_partial: usize,
     turn_ids: TurnIds,
 }
 
@@ -144,6 +177,7 @@ impl Endpointer {
             last_voiced_end: 0,
             confirmed: None,
             speculated: false,
+            next_partial: 0,
             turn_ids,
         }
     }
@@ -161,6 +195,7 @@ impl Endpointer {
                 self.voiced = 0;
                 self.silence = 0;
                 self.speculated = false;
+                self.next_partial = self.buf.len() + self.p.partial_every;
             } else {
                 // Idle: keep only the pre-roll.
                 while self.buf.len() > self.p.preroll {
@@ -197,6 +232,9 @@ impl Endpointer {
             if self.p.speculate_after > 0 && !self.speculated && self.silence >= self.p.speculate_after {
                 self.speculated = true;
                 events.push(Event::Speculate(self.cut(turn, end, false)));
+            } else if self.p.partial_every > 0 && voiced && length >= self.next_partial {
+                self.next_partial = length + self.p.partial_every;
+                events.push(Event::Partial(self.cut(turn, end, false)));
             }
         }
         events
@@ -249,6 +287,7 @@ pub fn run(
     turn_ids: TurnIds,
     mut frames: mpsc::Receiver<Frame>,
     utterances: mpsc::Sender<Utterance>,
+    backlog: Backlog,
     voice: watch::Sender<Voice>,
     counters: Arc<Counters>,
     notes: Notes,
@@ -279,10 +318,22 @@ pub fn run(
             Event::Speculate(cut) | Event::Final(cut) if cut.samples.is_empty() => {
                 tracing::debug!(turn = cut.turn, "empty utterance ignored");
             }
-            Event::Speculate(cut) => send(&utterances, to_utterance(cut, None, &clock, now), &clock, &counters, &notes),
+            // Only a head start: never waited for, dropped when asr is busy, and of no
+            // use in a recording played as fast as possible (nothing is early there).
+            Event::Partial(_) if !clock.realtime => {}
+            Event::Partial(cut) => {
+                let mut u = to_utterance(cut, None, &clock, now);
+                u.partial = true;
+                let _ = utterances.try_send(u);
+            }
+            Event::Speculate(cut) => {
+                backlog.queued();
+                send(&utterances, to_utterance(cut, None, &clock, now), &clock, &counters, &notes, &backlog)
+            }
             Event::Final(cut) => {
                 voice.send_modify(|v| v.speaking = false);
-                send(&utterances, to_utterance(cut, Some(now), &clock, now), &clock, &counters, &notes);
+                backlog.queued();
+                send(&utterances, to_utterance(cut, Some(now), &clock, now), &clock, &counters, &notes, &backlog);
             }
         }
         Ok(())
@@ -339,6 +390,7 @@ fn to_utterance(cut: Cut, endpoint_at: Option<Instant>, clock: &Clock, now: Inst
         start_s: cut.start_sample as f64 / rate,
         speech_end_s,
         speculative: endpoint_at.is_none(),
+        partial: false,
         capped: cut.capped,
         anchor: Anchor { speech_end_s, speech_end_at: clock.arrival(speech_end_s, late_s, now) },
         endpoint_at,
@@ -348,10 +400,11 @@ fn to_utterance(cut: Cut, endpoint_at: Option<Instant>, clock: &Clock, now: Inst
 /// Live, vad must keep draining capture: when asr is behind, the utterance is dropped
 /// and counted rather than waited for. A file played as fast as possible has nothing
 /// live to protect, so there vad waits.
-fn send(tx: &mpsc::Sender<Utterance>, u: Utterance, clock: &Clock, counters: &Counters, notes: &Notes) {
+fn send(tx: &mpsc::Sender<Utterance>, u: Utterance, clock: &Clock, counters: &Counters, notes: &Notes, backlog: &Backlog) {
     let turn = u.turn;
     let sent = if clock.realtime { tx.try_send(u).is_ok() } else { tx.blocking_send(u).is_ok() };
     if !sent {
+        backlog.taken();
         Counters::bump(&counters.vad_drops);
         tracing::warn!(turn, "asr is behind: utterance dropped");
         notes.dropped(turn);
@@ -365,7 +418,7 @@ mod tests {
     const F: usize = 320; // 20 ms
 
     fn params() -> EndpointParams {
-        EndpointParams { frame_len: F, preroll: 300 * 16, min_speech: 200 * 16, hangover: 300 * 16, max_utterance: 16_000 * 5, speculate_after: 120 * 16, tail: 100 * 16 }
+        EndpointParams { frame_len: F, preroll: 300 * 16, min_speech: 200 * 16, hangover: 300 * 16, max_utterance: 16_000 * 5, speculate_after: 120 * 16, partial_every: 0, tail: 100 * 16 }
     }
 
     /// Feeds a voiced/unvoiced pattern (one char per 20 ms frame: 'x' voiced, '.' silent).
@@ -399,6 +452,24 @@ mod tests {
         assert_eq!(fin.samples.len(), 300 * 16 + 50 * F + 100 * 16, "pre-roll + speech + 100 ms tail");
         assert_eq!(spec.samples, fin.samples, "the speculative cut is the final one when the pause holds");
         assert_eq!(fin.turn, 7);
+    }
+
+    #[test]
+    fn while_speech_goes_on_a_partial_cut_comes_every_partial_every_of_it() {
+        let mut e = Endpointer::new(EndpointParams { partial_every: 700 * 16, ..params() }, TurnIds::starting_at(7));
+        // 1 s silence, 2 s speech, 0.5 s silence.
+        let events = feed(&mut e, &format!("{}{}{}", ".".repeat(50), "x".repeat(100), ".".repeat(25)), 0);
+        let partials: Vec<_> = events.iter().filter_map(|(n, ev)| if let Event::Partial(c) = ev { Some((*n, c)) } else { None }).collect();
+        let at: Vec<usize> = partials.iter().map(|(n, _)| *n).collect();
+        assert_eq!(at, vec![85, 120], "700 ms of speech apart, the first 700 ms after it began (pre-roll aside), none in the pause");
+        let Some((_, Event::Final(fin))) = events.last() else { panic!("{events:?}") };
+        for (_, p) in &partials {
+            assert_eq!(p.turn, 7);
+            assert!(fin.samples.starts_with(&p.samples), "a partial cut is the start of the utterance");
+        }
+        let mut quiet = Endpointer::new(params(), TurnIds::starting_at(1));
+        let events = feed(&mut quiet, &format!("{}{}", "x".repeat(100), ".".repeat(25)), 0);
+        assert!(!events.iter().any(|(_, ev)| matches!(ev, Event::Partial(_))), "0: none");
     }
 
     #[test]
