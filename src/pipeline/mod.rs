@@ -19,6 +19,11 @@
 //! the reply is generated and synthesised while the hangover runs. Playback holds
 //! that audio until the end of the turn is confirmed; if the user speaks on, vad
 //! gives the utterance a new turn id and the tentative turn is abandoned unheard.
+//!
+//! Read-ahead: while the user is still speaking, every `vad.partial_every_ms` of
+//! speech, asr drafts the words so far (dropped the moment a guess or an end is
+//! queued: vad's `Backlog`) and the agent has the llm stage read them into its KV
+//! cache (`Job::ReadAhead`), so the answer's prompt finds them there.
 
 pub mod agent;
 pub mod asr;
@@ -65,9 +70,11 @@ pub struct Edge {
 /// The topology, in data-flow order. (The audio-device rings of the live-audio
 /// stage sit before `capture` and after `playback`.)
 pub const CAPTURE_TO_VAD: Edge = Edge { name: "capture → vad", capacity: 16, when_full: WhenFull::Block };
-/// (Block instead when the input is a file played as fast as possible: nothing live to protect.)
+/// (Block instead when the input is a file played as fast as possible: nothing live to
+/// protect. Drafts of speech still going on are never waited for: dropped, uncounted.)
 pub const VAD_TO_ASR: Edge = Edge { name: "vad → asr", capacity: 4, when_full: WhenFull::DropNewest };
 pub const ASR_TO_AGENT: Edge = Edge { name: "asr → agent", capacity: 8, when_full: WhenFull::Block };
+/// (A read-ahead is never waited for: skipped when the queue is full.)
 pub const AGENT_TO_LLM: Edge = Edge { name: "agent → llm", capacity: 2, when_full: WhenFull::Block };
 /// One call at a time per turn; the agent waits for each outcome.
 pub const AGENT_TO_TOOLS: Edge = Edge { name: "agent → tools", capacity: 4, when_full: WhenFull::Block };
