@@ -138,7 +138,7 @@ impl Asr {
             params.set_max_tokens((16.0 + 8.0 * audio_s) as i32);
         }
         params.set_no_speech_thold(self.options.no_speech_threshold);
-        let audio_ctx = encoder_frames(audio_s, &AsrOptions { min_encoder_s, ..self.options.clone() });
+        let audio_ctx = encoder_frames(audio_s, self.options.scale_encoder, min_encoder_s);
         params.set_audio_ctx(audio_ctx as i32);
         if audio_ctx < 1500 {
             // A shortened window ends in padding, where Whisper likes to invent a
@@ -197,14 +197,14 @@ unsafe extern "C" fn while_none_waiting(waiting: *mut std::ffi::c_void) -> bool 
 /// clips and jfk.wav (tiny.en), a 10 s floor keeps the full window's word error rate
 /// (0.073) at 2.6x the speed, while a 3 s floor is 4x faster but triples the errors
 /// (Whisper invents repeats in a short window's padding).
-pub fn encoder_frames(audio_s: f64, options: &AsrOptions) -> u32 {
+pub fn encoder_frames(audio_s: f64, scale: bool, min_encoder_s: f32) -> u32 {
     const PER_SECOND: f64 = 50.0;
     const FULL: u32 = 1500;
-    if !options.scale_encoder {
+    if !scale {
         return FULL;
     }
     const MARGIN_S: f64 = 1.0;
-    let wanted = ((audio_s + MARGIN_S).max(options.min_encoder_s as f64) * PER_SECOND).ceil() as u32;
+    let wanted = ((audio_s + MARGIN_S).max(min_encoder_s as f64) * PER_SECOND).ceil() as u32;
     // Multiples of 64 keep ggml's matrix kernels on their fast paths.
     (wanted.div_ceil(64) * 64).min(FULL)
 }
@@ -213,15 +213,11 @@ pub fn encoder_frames(audio_s: f64, options: &AsrOptions) -> u32 {
 mod tests {
     use super::*;
 
-    fn options(scale: bool) -> AsrOptions {
-        AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: scale, min_encoder_s: 3.0, temperature_fallback: false, flash_attention: true }
-    }
-
     #[test]
     fn the_encoder_window_follows_the_utterance() {
-        assert_eq!(encoder_frames(1.0, &options(true)), 192, "floor of 3 s, rounded up to 64");
-        assert_eq!(encoder_frames(8.0, &options(true)), 512, "9 s needs 450 positions");
-        assert_eq!(encoder_frames(40.0, &options(true)), 1500, "never past the model's window");
-        assert_eq!(encoder_frames(1.0, &options(false)), 1500);
+        assert_eq!(encoder_frames(1.0, true, 3.0), 192, "floor of 3 s, rounded up to 64");
+        assert_eq!(encoder_frames(8.0, true, 3.0), 512, "9 s needs 450 positions");
+        assert_eq!(encoder_frames(40.0, true, 3.0), 1500, "never past the model's window");
+        assert_eq!(encoder_frames(1.0, false, 3.0), 1500);
     }
 }

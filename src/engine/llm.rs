@@ -229,12 +229,7 @@ impl Session<'_> {
     /// prefix (system prompt) that later prompts will share.
     pub fn prefill(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
         let prompt = self.llm.render(messages)?;
-        let tokens = self.llm.model.vocab().tokenize(prompt.as_bytes(), false, true);
-        if tokens.is_empty() || tokens.len() > self.ctx.n_ctx() as usize {
-            return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: self.ctx.n_ctx() });
-        }
-        self.evaluate(&tokens)?;
-        Ok(tokens.len())
+        self.evaluate_text(&prompt, 0)
     }
 
     /// Evaluates the prompt of `messages` up to the end of the last message's words,
@@ -249,8 +244,14 @@ impl Session<'_> {
             Some(at) if !words.is_empty() => at + words.len(),
             _ => return Ok(self.cached.len()),
         };
-        let tokens = self.llm.model.vocab().tokenize(prompt[..end].as_bytes(), false, true);
-        if tokens.len() + self.llm.options.max_reply_tokens as usize > self.ctx.n_ctx() as usize {
+        self.evaluate_text(&prompt[..end], self.llm.options.max_reply_tokens as usize)
+    }
+
+    /// Tokenizes rendered prompt text and brings the KV cache to it, if it fits the
+    /// context with `room` tokens to spare. Returns its length in tokens.
+    fn evaluate_text(&mut self, text: &str, room: usize) -> Result<usize, LlmError> {
+        let tokens = self.llm.model.vocab().tokenize(text.as_bytes(), false, true);
+        if tokens.is_empty() || tokens.len() + room > self.ctx.n_ctx() as usize {
             return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: self.ctx.n_ctx() });
         }
         self.evaluate(&tokens)?;

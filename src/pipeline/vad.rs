@@ -300,7 +300,11 @@ pub fn run(
         _ => VadMode::VeryAggressive,
     };
     let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode);
-    let params = EndpointParams::from_config(&config);
+    let mut params = EndpointParams::from_config(&config);
+    if !clock.realtime {
+        // A recording played as fast as possible: nothing is early there to read ahead.
+        params.partial_every = 0;
+    }
     let mut endpointer = Endpointer::new(params, turn_ids);
     let mut pcm = [0i16; super::capture::MAX_FRAME];
     let mut end_sample = 0;
@@ -318,21 +322,15 @@ pub fn run(
             Event::Speculate(cut) | Event::Final(cut) if cut.samples.is_empty() => {
                 tracing::debug!(turn = cut.turn, "empty utterance ignored");
             }
-            // Only a head start: never waited for, dropped when asr is busy, and of no
-            // use in a recording played as fast as possible (nothing is early there).
-            Event::Partial(_) if !clock.realtime => {}
+            // Only a head start: never waited for, dropped when asr is busy.
             Event::Partial(cut) => {
                 let mut u = to_utterance(cut, None, &clock, now);
                 u.partial = true;
                 let _ = utterances.try_send(u);
             }
-            Event::Speculate(cut) => {
-                backlog.queued();
-                send(&utterances, to_utterance(cut, None, &clock, now), &clock, &counters, &notes, &backlog)
-            }
+            Event::Speculate(cut) => send(&utterances, to_utterance(cut, None, &clock, now), &clock, &counters, &notes, &backlog),
             Event::Final(cut) => {
                 voice.send_modify(|v| v.speaking = false);
-                backlog.queued();
                 send(&utterances, to_utterance(cut, Some(now), &clock, now), &clock, &counters, &notes, &backlog);
             }
         }
@@ -399,9 +397,11 @@ fn to_utterance(cut: Cut, endpoint_at: Option<Instant>, clock: &Clock, now: Inst
 
 /// Live, vad must keep draining capture: when asr is behind, the utterance is dropped
 /// and counted rather than waited for. A file played as fast as possible has nothing
-/// live to protect, so there vad waits.
+/// live to protect, so there vad waits. Until asr takes it, the utterance is in the
+/// backlog that stops a draft.
 fn send(tx: &mpsc::Sender<Utterance>, u: Utterance, clock: &Clock, counters: &Counters, notes: &Notes, backlog: &Backlog) {
     let turn = u.turn;
+    backlog.queued();
     let sent = if clock.realtime { tx.try_send(u).is_ok() } else { tx.blocking_send(u).is_ok() };
     if !sent {
         backlog.taken();
