@@ -182,9 +182,54 @@ pub fn write_wav(path: &Path, samples: &[f32], rate_hz: u32) -> Result<(), Audio
     w.finalize().map_err(err)
 }
 
+/// Below this amplitude a synthesised voice is silent (-40 dBFS; Piper's pauses are
+/// near -60).
+const SILENT: f32 = 0.01;
+
+/// Samples from the first to the last that is not silent (0 if all are).
+pub fn voiced_span(samples: &[f32]) -> usize {
+    match (samples.iter().position(|s| s.abs() > SILENT), samples.iter().rposition(|s| s.abs() > SILENT)) {
+        (Some(first), Some(last)) => last + 1 - first,
+        _ => 0,
+    }
+}
+
+/// Silence at the end of `samples` shortened to `keep_ms` (none is added).
+pub fn trim_silent_end(samples: &mut Vec<f32>, rate_hz: u32, keep_ms: u32) {
+    let voiced_end = samples.iter().rposition(|s| s.abs() > SILENT).map_or(0, |i| i + 1);
+    let keep = (rate_hz as u64 * keep_ms as u64 / 1000) as usize;
+    samples.truncate((voiced_end + keep).min(samples.len()));
+}
+
+/// Silence at the start of `samples` shortened to `keep_ms`.
+pub fn trim_silent_start(samples: &mut Vec<f32>, rate_hz: u32, keep_ms: u32) {
+    let voiced_start = samples.iter().position(|s| s.abs() > SILENT).unwrap_or(samples.len());
+    let keep = (rate_hz as u64 * keep_ms as u64 / 1000) as usize;
+    samples.drain(..voiced_start.saturating_sub(keep));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silence_is_trimmed_at_either_end_down_to_what_is_kept() {
+        let rate = 1000;
+        let voiced = |v: &[f32]| v.iter().filter(|s| s.abs() > SILENT).count();
+        let mut v: Vec<f32> = [vec![0.0; 100], vec![0.5; 50], vec![0.001; 200]].concat();
+        trim_silent_end(&mut v, rate, 30);
+        assert_eq!(v.len(), 100 + 50 + 30);
+        trim_silent_start(&mut v, rate, 10);
+        assert_eq!((v.len(), voiced(&v)), (10 + 50 + 30, 50));
+        let mut short: Vec<f32> = vec![0.5; 5];
+        trim_silent_end(&mut short, rate, 30);
+        trim_silent_start(&mut short, rate, 30);
+        assert_eq!(short.len(), 5, "nothing to trim, nothing added");
+        assert_eq!(voiced_span(&[0.0, 0.5, 0.0, 0.5, 0.0]), 3);
+        let mut quiet = vec![0.0; 100];
+        trim_silent_end(&mut quiet, rate, 30);
+        assert_eq!(quiet.len(), 30);
+    }
 
     fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
         (0..(rate as f32 * secs) as usize).map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin() * 0.5).collect()

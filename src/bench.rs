@@ -259,6 +259,7 @@ pub fn ablations(config: &crate::config::Config) -> Vec<(&'static str, crate::co
         off("without reading ahead while the user speaks", |c| c.vad.partial_every_ms = 0),
         off("without the KV prefix cache", |c| c.llm.reuse_prefix = false),
         off("without encoder scaling (full 30 s window)", |c| c.asr.scale_encoder = false),
+        off("without a phrase as the first piece (a sentence/clause)", |c| c.llm.first_phrase_words = 0),
         off("without clause streaming (whole reply, then tts)", |c| c.llm.stream_sentences = false),
     ]
 }
@@ -278,6 +279,41 @@ pub fn summary(rows: &[(String, Option<f64>, Option<f64>)]) -> String {
             _ => "-".to_string(),
         };
         let _ = writeln!(out, "{:<58} {:>8} {:>8} {:>14}", name, fmt(*p50), fmt(*p95), delta);
+    }
+    out
+}
+
+/// How the replies of a run were heard (`voxd bench`, transcribed back).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HeardBack {
+    pub replies: usize,
+    /// Mean word error rate of what Whisper heard against the words spoken.
+    pub wer: f64,
+    /// The voice's time per word, first voiced sample to last, over all replies.
+    pub ms_per_word: f64,
+}
+
+impl HeardBack {
+    /// From (word error rate, voiced seconds, words) per reply.
+    pub fn over(replies: &[(f64, f64, usize)]) -> HeardBack {
+        let n = replies.len();
+        let words: usize = replies.iter().map(|r| r.2).sum();
+        let voiced_s: f64 = replies.iter().map(|r| r.1).sum();
+        HeardBack {
+            replies: n,
+            wer: replies.iter().map(|r| r.0).sum::<f64>() / n.max(1) as f64,
+            ms_per_word: voiced_s * 1000.0 / words.max(1) as f64,
+        }
+    }
+}
+
+/// The heard-back figures of each configuration, beside each other.
+pub fn heard_back_table(rows: &[(String, HeardBack)]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<58} {:>8} {:>8} {:>12}", "replies heard back (Whisper on what was played)", "replies", "WER", "ms per word");
+    for (name, h) in rows {
+        let _ = writeln!(out, "{:<58} {:>8} {:>8.3} {:>12.0}", name, h.replies, h.wer, h.ms_per_word);
     }
     out
 }

@@ -316,6 +316,12 @@ section! {
         /// Speak the reply clause by clause as it is generated; false waits for the
         /// whole reply before synthesising it (`voxd bench --ablate`).
         stream_sentences: bool = true;
+        /// The first spoken piece may be a phrase of at least this many words, cut
+        /// before a word that starts the next phrase ("The capital of Italy | is
+        /// Rome."), so the voice starts a few tokens sooner; 0: it is a whole sentence
+        /// or a clause ending in a comma. `voxd bench` measures both the time and how
+        /// well the joined reply is heard (transcribed back).
+        first_phrase_words: u32 = 3, check(|n: &u32| *n == 0 || (2..=20).contains(n), "0 (off) or 2 to 20");
         /// The assistant's persona and rules, sent first in every conversation.
         system_prompt: String = "You are voxd, a helpful voice assistant in the user's home. Answer in one or two short spoken sentences. Use plain words: no lists, no markdown, no emoji.".into();
     }

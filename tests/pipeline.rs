@@ -75,6 +75,33 @@ fn the_first_sentence_goes_to_the_voice_while_the_model_is_still_generating() {
     assert_eq!(t.clock, "realtime");
 }
 
+#[test]
+fn the_first_words_go_to_the_voice_as_a_phrase_and_are_heard_joined_to_the_rest() {
+    let dir = tempdir();
+    let (input, _) = conversation(&dir, "capital", &[(0.5, "What is the capital of France?")], 1.0);
+    let mut runs = Vec::new();
+    for words in [3, 0] {
+        let config = deterministic_config(&dir, &format!("[llm]\nfirst_phrase_words = {words}"));
+        let (output, log) = (dir.path().join(format!("out-{words}.wav")), dir.path().join(format!("turns-{words}.jsonl")));
+        run_ok(&["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+        let t = turns(&log).remove(0);
+        // The join is heard as one sentence: no word lost or blurred at the cut.
+        let heard = heard_reply(&dir, &output, &t);
+        let c = cer(&t.reply, &heard);
+        assert!(c <= 0.2, "first_phrase_words = {words}: CER {c:.2}: said {:?} (first piece {:?}), heard {heard:?}", t.reply, t.first_piece);
+        runs.push(t);
+    }
+    let (phrase, sentence) = (&runs[0], &runs[1]);
+    assert_eq!(phrase.reply, sentence.reply, "the cut changes when the words are spoken, not which");
+    let first = &phrase.first_piece;
+    assert!(
+        first.split_whitespace().count() >= 3 && first.ends_with(char::is_alphanumeric) && phrase.reply.starts_with(first.as_str()),
+        "the first piece is a phrase of the reply, cut before its sentence ended: {first:?} of {:?}",
+        phrase.reply
+    );
+    assert!(sentence.first_piece.len() > first.len() && sentence.first_piece.ends_with(['.', '!', '?', ',']), "without: a sentence or clause: {:?}", sentence.first_piece);
+}
+
 /// Peak sample (16-bit) of `wav` between two times.
 fn peak(dir: &tempfile::TempDir, wav: &std::path::Path, from_s: f64, to_s: f64) -> u16 {
     let part = dir.path().join("part.wav");
@@ -166,7 +193,7 @@ fn the_latency_log_has_the_designed_fields() {
     let line = std::fs::read_to_string(&log).unwrap();
     let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["turn", "ts_unix_ms", "clock", "speech_end_s", "audio_s", "marks", "round_trip_ms", "transcript", "speculative", "reply", "spoken", "cancelled", "asr", "llm", "models", "tool_calls", "counters", "queues"] {
+    for k in ["turn", "ts_unix_ms", "clock", "speech_end_s", "audio_s", "marks", "round_trip_ms", "transcript", "speculative", "reply", "first_piece", "spoken", "cancelled", "asr", "llm", "models", "tool_calls", "counters", "queues"] {
         assert!(keys.contains(&k), "no {k} in {keys:?}");
     }
     let marks: Vec<&str> = v["marks"].as_object().unwrap().keys().map(String::as_str).collect();

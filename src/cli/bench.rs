@@ -21,6 +21,7 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
     audio::write_wav(&input, &audio, audio::ASR_RATE_HZ)?;
     let variants = if ablate { bench::ablations(&env.config) } else { vec![("voxd", env.config.clone())] };
     let mut summary: Vec<(String, Option<f64>, Option<f64>)> = Vec::new();
+    let mut heard: Vec<(String, bench::HeardBack)> = Vec::new();
     for (i, (name, config)) in variants.into_iter().enumerate() {
         let variant = env.with_config(config);
         let engines = variant.engines()?;
@@ -52,6 +53,7 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
         }
         let rt: Vec<f64> = turns.iter().filter(|t| !t.cancelled).filter_map(|t| t.round_trip_ms).collect();
         summary.push((name.to_string(), bench::percentile(&rt, 50.0), bench::percentile(&rt, 95.0)));
+        heard.push((name.to_string(), heard_back(env, &report)?));
     }
     if !no_reference {
         let reference_models = bench::ReferenceModels {
@@ -76,7 +78,33 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
     }
     let _ = std::fs::remove_file(&input);
     print!("\n{}", bench::summary(&summary));
+    print!("\n{}", bench::heard_back_table(&heard));
     Ok(())
+}
+
+/// The replies as the user heard them: each turn's played audio, from its first
+/// sample to the end of the turn, transcribed back by Whisper (the configured model,
+/// loaded after the run) and compared with the words sent to the voice — what a cut
+/// between two pieces costs in clarity — and how long the voice took per word (a
+/// pause at a cut lengthens it).
+fn heard_back(env: &Env, report: &pipeline::RunReport) -> Result<crate::bench::HeardBack> {
+    let Some(played) = &report.recording else { return Ok(crate::bench::HeardBack::default()) };
+    let mut asr = env.asr(None)?;
+    let mut replies = Vec::new();
+    for t in report.turns.iter().filter(|t| !t.cancelled && !t.spoken.is_empty()) {
+        let (Some(first), Some(done)) = (t.marks.first_audio, t.marks.turn_done) else { continue };
+        let at = |ms: f64| (((t.speech_end_s + ms / 1000.0).max(0.0) * played.rate_hz as f64) as usize).min(played.samples.len());
+        // From a moment before the reply (Whisper mishears a word that starts at the
+        // clip's first sample), and 29 s at most (it hears 30).
+        let start = at(first - 300.0);
+        let end = at(done).min(start + 29 * played.rate_hz as usize);
+        let reply = audio::resample(&played.samples[start..end], played.rate_hz, audio::ASR_RATE_HZ)?;
+        let text = asr.transcribe(&reply)?.text;
+        let voiced_s = audio::voiced_span(&reply) as f64 / audio::ASR_RATE_HZ as f64;
+        tracing::info!("turn {} heard back: {text:?} (spoken: {:?})", t.turn, t.spoken);
+        replies.push((crate::bench::wer(&t.spoken, &text), voiced_s, crate::bench::words(&t.spoken).len()));
+    }
+    Ok(crate::bench::HeardBack::over(&replies))
 }
 
 /// The LLM alone on what the pipeline's LLM just answered: the same model, threads,

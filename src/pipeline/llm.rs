@@ -82,6 +82,9 @@ pub struct Sentence {
     pub anchor: Anchor,
     pub cancel: Cancel,
     pub last: bool,
+    /// Ends mid-sentence (a phrase cut): the next piece continues it, without the
+    /// pause of a full stop in between.
+    pub runs_on: bool,
 }
 
 pub struct LlmStage {
@@ -91,6 +94,9 @@ pub struct LlmStage {
     pub history_tokens: usize,
     /// Hand tts each clause as soon as it is complete (else the whole reply at the end).
     pub stream_sentences: bool,
+    /// The first piece may be a phrase of this many words or more (0: a sentence or
+    /// a long clause): `Splitter::new`.
+    pub first_phrase_words: usize,
     /// GBNF: a call of a configured tool or a spoken answer (None: unconstrained).
     pub tools_grammar: Option<String>,
     /// GBNF: a spoken answer only, for phrasing a tool's result.
@@ -126,9 +132,10 @@ impl Output<'_> {
     fn send(&mut self, text: String, last: bool) {
         let text = crate::tools::say::voice_text(&text);
         if self.index == 0 && !text.is_empty() {
-            self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now() });
+            self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now(), text: text.clone() });
         }
-        let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last };
+        let runs_on = !last && super::splitter::runs_on(&text);
+        let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last, runs_on };
         self.index += 1;
         let started = Instant::now();
         if self.tx.blocking_send(s).is_err() {
@@ -206,7 +213,7 @@ impl LlmStage {
             };
             let grammar = if tools { tools_grammar.as_ref() } else { answer_grammar.as_ref() };
 
-            let mut splitter = Splitter::default();
+            let mut splitter = Splitter::new(self.first_phrase_words);
             let mut first_token = true;
             // None until the first visible text says whether this is a call.
             let mut is_call: Option<bool> = None;

@@ -152,6 +152,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         home: options.home.clone(),
         history_tokens: options.agent.history_tokens as usize,
         stream_sentences: options.llm.stream_sentences,
+        first_phrase_words: options.llm.first_phrase_words as usize,
         tools_grammar: if constrained { crate::tools::grammar(&options.tool, format)? } else { None },
         answer_grammar: constrained.then(crate::tools::answer_grammar),
         tools: options.tool.clone(),

@@ -1,19 +1,38 @@
 //! Cuts the LLM's token stream into pieces that can be spoken as soon as they are
-//! complete: sentences, and, for the first piece of a reply, a long enough clause —
-//! so the voice starts before the model has finished thinking.
+//! complete: sentences, and, for the first piece of a reply, a long enough clause or
+//! phrase — so the voice starts before the model has finished thinking.
 
 /// Stateful splitter: feed text pieces with `push`, collect speakable pieces.
 #[derive(Debug, Default)]
 pub struct Splitter {
     pending: String,
     emitted: usize,
+    /// The first piece may end mid-sentence, before a word that starts a phrase,
+    /// once it has this many words (0: never; see `phrase_cut`).
+    first_phrase_words: usize,
 }
 
 /// A clause (ending in , ; :) is spoken on its own only as the first piece of a
 /// reply and only when it has at least this many words: shorter ones sound clipped.
 const MIN_CLAUSE_WORDS: usize = 4;
 
+/// Words a spoken phrase starts with: a verb after its subject, a preposition, a
+/// conjunction. Cutting before one ("The capital of Italy | is Rome.") falls where a
+/// speaker may pause; cutting anywhere else splits a phrase ("The capital of | Italy").
+/// ("of", and particles like "on" and "up", stay with the word before them.)
+const PHRASE_STARTS: &[&str] = &[
+    "is", "are", "was", "were", "will", "would", "can", "could", "should", "has", "have", "had", //
+    "and", "but", "or", "so", "because", "which", "that", "when", "while", "if", "where", //
+    "in", "at", "to", "for", "with", "from", "by", "about", "into", "after", "before", "until", "since", "during",
+];
+
 impl Splitter {
+    /// A splitter whose first piece may be a phrase of `first_phrase_words` words or
+    /// more (0: a sentence or a long clause only).
+    pub fn new(first_phrase_words: usize) -> Splitter {
+        Splitter { first_phrase_words, ..Splitter::default() }
+    }
+
     /// Adds generated text; returns the pieces it completed, in order.
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.pending.push_str(text);
@@ -43,12 +62,21 @@ impl Splitter {
         p
     }
 
-    /// Byte index just past the first complete piece in `pending`, if any. A boundary
-    /// is sentence punctuation followed by whitespace, or at the very end of what has
-    /// arrived when it cannot be anything else: '!' and '?' always, '.' after a word
-    /// that is no abbreviation (a '.' after a digit may be "3.5" and waits for the next
-    /// token). Waiting one token less matters: it is on the path to the first sound.
+    /// Byte index just past the first complete piece in `pending`, if any: the first
+    /// punctuation boundary or, for a reply's first piece, the first phrase cut.
     fn boundary(&self) -> Option<usize> {
+        let phrase = if self.emitted == 0 && self.first_phrase_words > 0 { phrase_cut(&self.pending, self.first_phrase_words) } else { None };
+        match (self.punctuation(), phrase) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The first boundary at punctuation: sentence punctuation followed by whitespace,
+    /// or at the very end of what has arrived when it cannot be anything else: '!' and
+    /// '?' always, '.' after a word that is no abbreviation (a '.' after a digit may be "3.5" and waits for the next
+    /// token). Waiting one token less matters: it is on the path to the first sound.
+    fn punctuation(&self) -> Option<usize> {
         let s = &self.pending;
         let mut chars = s.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
@@ -67,6 +95,35 @@ impl Splitter {
         }
         None
     }
+}
+
+/// Words a phrase cannot end with: they lean on the word after them.
+const LEANING: &[&str] = &["a", "an", "the", "of", "my", "your", "our", "their", "his", "her", "its", "this", "these", "those", "some", "no", "not", "very"];
+
+/// Byte index of the first whitespace, with at least `min_words` words before it,
+/// that a word of `PHRASE_STARTS` follows — unless the word before it leans on what
+/// comes next ("The sunrise is | at 6" would leave "is" hanging; measured: heard back
+/// as "the summer ages"). The end of a first piece that needs no punctuation. The
+/// word after may still be growing ("in" of "inside"): the cut is at a word boundary
+/// all the same. The words before it are all complete.
+fn phrase_cut(s: &str, min_words: usize) -> Option<usize> {
+    let is = |list: &[&str], word: &str| list.iter().any(|w| w.eq_ignore_ascii_case(word));
+    let (mut words, mut at, mut before) = (0, 0, "");
+    while let Some(start) = s[at..].find(|c: char| !c.is_whitespace()).map(|n| at + n) {
+        let end = s[start..].find(char::is_whitespace).map_or(s.len(), |n| start + n);
+        let word = s[start..end].trim_end_matches(|c: char| !c.is_alphanumeric());
+        if words >= min_words && is(PHRASE_STARTS, word) && !is(PHRASE_STARTS, before) && !is(LEANING, before) {
+            return Some(at);
+        }
+        (words, at, before) = (words + 1, end, word);
+    }
+    None
+}
+
+/// A piece that stops mid-sentence (a phrase cut: no punctuation at its end) runs on
+/// into the next: its voice should not pause there as at a full stop.
+pub fn runs_on(piece: &str) -> bool {
+    piece.chars().last().is_some_and(char::is_alphanumeric)
 }
 
 /// "Dr." "Mr." "e.g." "St." end no sentence.
@@ -129,6 +186,27 @@ mod tests {
     fn a_long_first_clause_is_spoken_early_but_later_clauses_wait() {
         let out = split(&["Sure thing, my friend, ", "the kitchen", " lights are on, ", "and the fan", " too. Anything else?"]);
         assert_eq!(out, vec!["Sure thing, my friend,", "the kitchen lights are on, and the fan too.", "Anything else?"]);
+    }
+
+    #[test]
+    fn the_first_piece_may_be_a_phrase_cut_before_a_word_that_starts_one() {
+        let phrases = |tokens: &[&str]| {
+            let mut s = Splitter::new(3);
+            let mut out: Vec<String> = tokens.iter().flat_map(|t| s.push(t)).collect();
+            out.extend(s.finish());
+            out
+        };
+        assert_eq!(phrases(&["The", " capital", " of", " Italy", " is", " Rome", "."]), vec!["The capital of Italy", "is Rome."]);
+        assert_eq!(phrases(&["The kitchen lights", " are turned on."]), vec!["The kitchen lights", "are turned on."]);
+        assert_eq!(phrases(&["It is", " on. The", " door is", " locked."]), vec!["It is on.", "The door is locked."], "only the first piece; two words are too few");
+        assert_eq!(phrases(&["The sunrise is at 6 AM."]), vec!["The sunrise is at 6 AM."], "no piece ends in a word that leans on the next");
+        assert_eq!(phrases(&["I set a timer for 10 minutes."]), vec!["I set a timer", "for 10 minutes."]);
+        assert_eq!(phrases(&["Sure, the lights", " are on, and", " more."]), vec!["Sure, the lights", "are on, and more."], "a short clause is no piece, a phrase may be");
+        assert_eq!(split(&["The capital of Italy is Rome."]), vec!["The capital of Italy is Rome."], "off by default");
+        let mut s = Splitter::new(3);
+        assert!(s.push("The capital of").is_empty(), "\"of\" starts no phrase");
+        assert_eq!(s.push(" Italy is"), vec!["The capital of Italy"], "cut as soon as the next word is seen");
+        assert!(runs_on("The capital of Italy") && !runs_on("is Rome.") && !runs_on("Sure thing,"));
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub enum Note {
     /// happened, and is not logged (only counted).
     Abandoned { turn: TurnId },
     LlmFirstToken { turn: TurnId, at: Instant },
-    FirstSentence { turn: TurnId, at: Instant },
+    /// The first piece of the reply went to the voice: `text` (a sentence, a clause
+    /// or a phrase: `llm.first_phrase_words`).
+    FirstSentence { turn: TurnId, at: Instant, text: String },
     /// A job of the llm stage ended: `reply` is what it said (empty for a tool call);
     /// `llm` its generation figures (None for fixed words).
     LlmDone { turn: TurnId, at: Instant, reply: String, llm: Option<LlmStats> },
@@ -210,6 +212,10 @@ pub struct TurnRecord {
     /// during the hangover.
     pub speculative: bool,
     pub reply: String,
+    /// The words of `marks.first_sentence`: the reply's first piece for the voice —
+    /// a sentence, a clause, or a phrase cut before the sentence ended.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub first_piece: String,
     /// What was actually played (less than `reply` when cancelled).
     pub spoken: String,
     pub cancelled: bool,
@@ -285,6 +291,7 @@ struct Open {
     start: Box<TurnStart>,
     marks: Marks,
     reply: String,
+    first_piece: String,
     llm: Option<LlmStats>,
     llm_done: bool,
     tool_calls: Vec<ToolCallRecord>,
@@ -371,7 +378,7 @@ pub async fn run(
                 let t = open.remove(&id).expect("listed above");
                 write(t, timing, &config_id, &counters, &metrics, &mut file, &mut done)?;
             }
-            open.insert(turn, Open { start, marks, reply: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), error: None, ended: None });
+            open.insert(turn, Open { start, marks, reply: String::new(), first_piece: String::new(), llm: None, llm_done: false, tool_calls: Vec::new(), error: None, ended: None });
             while open.len() > OPEN_TURNS_MAX {
                 let (_, oldest) = open.pop_first().expect("not empty");
                 tracing::warn!(turn = oldest.start.turn, "a turn never ended: logged as it is");
@@ -405,8 +412,11 @@ pub async fn run(
             Note::LlmFirstToken { at, .. } => {
                 t.marks.llm_first_token.get_or_insert(anchor.ms(at));
             }
-            Note::FirstSentence { at, .. } => {
-                t.marks.first_sentence.get_or_insert(anchor.ms(at));
+            Note::FirstSentence { at, text, .. } => {
+                if t.marks.first_sentence.is_none() {
+                    t.marks.first_sentence = Some(anchor.ms(at));
+                    t.first_piece = text;
+                }
             }
             Note::ToolCall { record, .. } => t.tool_calls.push(record),
             Note::Failed { stage, message, ends_turn, .. } => {
@@ -561,6 +571,7 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
         typed: start.typed,
         speculative: start.speculative,
         reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },
+        first_piece: t.first_piece,
         spoken,
         cancelled,
         cancel_reason: reason,

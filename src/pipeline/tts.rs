@@ -4,6 +4,8 @@
 //! (`voxd-tts`, owns the Piper voice)
 //!
 //! One sentence in, its audio out. Sentences of a cancelled turn are dropped unheard.
+//! A piece cut mid-sentence (`Sentence::runs_on`) and the one after it are joined
+//! without the silence the voice puts at either end of what it says.
 //! A sentence the voice fails on is replaced by an apology and the rest of that
 //! reply by silence (the turn still ends, logged as failed); the next turn is
 //! spoken again.
@@ -45,9 +47,17 @@ impl Voice for Tts {
     }
 }
 
+/// Where a phrase cut joins two pieces: the silence kept after the first (Piper ends
+/// every utterance with ~110 ms of it, and starts with ~45 ms) and before the second.
+/// ~60 ms in all: a breath of a phrase break, not a full stop.
+const JOIN_PAUSE_MS: u32 = 50;
+const JOIN_LEAD_MS: u32 = 10;
+
 pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc::Sender<Speech>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     // The turn whose reply the voice failed on: the rest of it is not attempted.
     let mut failed_turn: Option<TurnId> = None;
+    // The turn whose last piece ran on into the next (a phrase cut).
+    let mut running_on: Option<TurnId> = None;
     while let Some(s) = rx.blocking_recv() {
         if s.cancel.is_cancelled() {
             continue;
@@ -55,10 +65,12 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
         pulse.busy(s.turn);
         let silent = s.text.is_empty() || failed_turn == Some(s.turn);
         let mut text = s.text;
-        let (samples, rate_hz) = if silent {
+        let (mut samples, rate_hz) = if silent {
             (Vec::new(), 22_050)
         } else {
-            match voice.speak(&text) {
+            // A comma, not the voice's full stop: the phrase sounds unfinished, as it is.
+            let said = if s.runs_on { format!("{text},") } else { text.clone() };
+            match voice.speak(&said) {
                 Ok(audio) => audio,
                 Err(e) => {
                     tracing::error!(turn = s.turn, "tts: {e:#} (saying {text:?})");
@@ -70,6 +82,15 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
                 }
             }
         };
+        if s.runs_on {
+            crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
+        }
+        if running_on.take() == Some(s.turn) {
+            crate::audio::trim_silent_start(&mut samples, rate_hz, JOIN_LEAD_MS);
+        }
+        if s.runs_on {
+            running_on = Some(s.turn);
+        }
         pulse.idle();
         if s.index == 0 {
             counters.tts_ready_turn.fetch_max(s.turn, std::sync::atomic::Ordering::Release);
