@@ -126,6 +126,8 @@ struct Output<'a> {
     closed: bool,
     /// Time spent waiting on tts (a full queue, the first sentence's audio).
     paused: std::time::Duration,
+    /// The last piece sent runs on into the next (a phrase cut).
+    ran_on: bool,
 }
 
 impl Output<'_> {
@@ -135,6 +137,7 @@ impl Output<'_> {
             self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now(), text: text.clone() });
         }
         let runs_on = !last && super::splitter::runs_on(&text);
+        self.ran_on = runs_on;
         let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last, runs_on };
         self.index += 1;
         let started = Instant::now();
@@ -179,7 +182,7 @@ impl LlmStage {
                 continue;
             }
             pulse.busy(turn);
-            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default() };
+            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default(), ran_on: false };
             let tools = match job {
                 Job::Say(text) => {
                     speak(&text, &mut out);
@@ -237,10 +240,13 @@ impl LlmStage {
                     None => (piece, ""),
                 };
                 for sentence in splitter.push(words) {
+                    // The first piece, or the one a phrase cut runs on into.
+                    let wait = out.index == 0 || (out.index == 1 && out.ran_on);
+                    let index = out.index;
                     out.send(sentence, false);
-                    if out.index == 1 {
+                    if wait {
                         let started = Instant::now();
-                        wait_for_first_audio(&counters, turn, &cancel);
+                        wait_for_audio(&counters, turn, index, &cancel);
                         out.paused += started.elapsed();
                     }
                 }
@@ -417,12 +423,17 @@ fn speak(text: &str, out: &mut Output<'_>) {
     out.send(splitter.finish().unwrap_or_default(), true);
 }
 
-/// After the first sentence, generation pauses until tts has its audio (or 500 ms
-/// have passed): on a small board both engines compete for the same cores, and only
-/// the first sentence's synthesis is on the path to the first sound.
-fn wait_for_first_audio(counters: &Counters, turn: TurnId, cancel: &Cancel) {
+/// After the first piece, generation pauses until tts has its audio (or 500 ms have
+/// passed): on a small board both engines compete for the same cores, and only the
+/// first piece's synthesis is on the path to the first sound. Likewise after the
+/// piece a phrase cut runs on into: it must be ready as the phrase ends, the rest of
+/// the reply is not needed yet, and Piper and llama.cpp at once slow each other (with
+/// phrase cuts and no second wait, generation ran at 72-77 % of its speed alone in
+/// `voxd bench`; with it, 79-87 %, as without phrase cuts: the machine is noisy).
+fn wait_for_audio(counters: &Counters, turn: TurnId, index: usize, cancel: &Cancel) {
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
-    while counters.tts_ready_turn.load(std::sync::atomic::Ordering::Acquire) < turn && Instant::now() < deadline && !cancel.is_cancelled() {
+    let key = super::piece_key(turn, index);
+    while counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key && Instant::now() < deadline && !cancel.is_cancelled() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }

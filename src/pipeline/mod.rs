@@ -174,11 +174,17 @@ pub struct Counters {
     /// High-water marks of the reply-side queues during the current turn.
     pub llm_to_tts_depth: AtomicUsize,
     pub tts_to_playback_depth: AtomicUsize,
-    /// Feedback, not a count: the newest turn whose first audio tts has ready. The
-    /// llm stage waits for it after the first sentence so Piper has the cores to itself
-    /// on the critical path (the rest of the reply is not needed until that sentence
-    /// has been played).
-    pub tts_ready_turn: AtomicU64,
+    /// Feedback, not a count: the newest piece whose audio tts has ready, as
+    /// `piece_key(turn, index)`. The llm stage waits for the first piece's (and for
+    /// the piece a phrase cut runs on into) so Piper has the cores to itself (the rest
+    /// of the reply is not needed until those have been played).
+    pub tts_ready_piece: AtomicU64,
+}
+
+/// (turn, index of a piece of its reply) as one number that grows with both, for
+/// `Counters::tts_ready_piece`.
+pub fn piece_key(turn: TurnId, index: usize) -> u64 {
+    (turn << 16) | index.min(0xFFFF) as u64
 }
 
 impl Counters {

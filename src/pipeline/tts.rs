@@ -92,8 +92,8 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
             running_on = Some(s.turn);
         }
         pulse.idle();
+        counters.tts_ready_piece.fetch_max(super::piece_key(s.turn, s.index), std::sync::atomic::Ordering::Release);
         if s.index == 0 {
-            counters.tts_ready_turn.fetch_max(s.turn, std::sync::atomic::Ordering::Release);
             if !samples.is_empty() {
                 notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
             }
