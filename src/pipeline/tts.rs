@@ -69,8 +69,8 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
             (Vec::new(), 22_050)
         } else {
             // A comma, not the voice's full stop: the phrase sounds unfinished, as it is.
-            let said = if s.runs_on { format!("{text},") } else { text.clone() };
-            match voice.speak(&said) {
+            let spoken = if s.runs_on { voice.speak(&format!("{text},")) } else { voice.speak(&text) };
+            match spoken {
                 Ok(audio) => audio,
                 Err(e) => {
                     tracing::error!(turn = s.turn, "tts: {e:#} (saying {text:?})");
@@ -82,21 +82,18 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
                 }
             }
         };
-        if s.runs_on {
-            crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
-        }
+        // A phrase cut and the piece after it meet without the voice's pauses.
         if running_on.take() == Some(s.turn) {
             crate::audio::trim_silent_start(&mut samples, rate_hz, JOIN_LEAD_MS);
         }
         if s.runs_on {
+            crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
             running_on = Some(s.turn);
         }
         pulse.idle();
         counters.tts_ready_piece.fetch_max(super::piece_key(s.turn, s.index), std::sync::atomic::Ordering::Release);
-        if s.index == 0 {
-            if !samples.is_empty() {
-                notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
-            }
+        if s.index == 0 && !samples.is_empty() {
+            notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
         }
         let speech = Speech { turn: s.turn, index: s.index, text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
         if tx.blocking_send(speech).is_err() {
