@@ -14,6 +14,8 @@ pub enum Role {
     Asr,
     Llm,
     Tts,
+    /// openWakeWord: its feature models and the wake-word classifiers.
+    Wake,
 }
 
 impl std::fmt::Display for Role {
@@ -22,6 +24,7 @@ impl std::fmt::Display for Role {
             Role::Asr => "asr",
             Role::Llm => "llm",
             Role::Tts => "tts",
+            Role::Wake => "wake",
         })
     }
 }
@@ -74,6 +77,7 @@ pub struct PerRole {
     pub asr: String,
     pub llm: String,
     pub tts: String,
+    pub wake: String,
 }
 
 impl PerRole {
@@ -82,6 +86,7 @@ impl PerRole {
             Role::Asr => &self.asr,
             Role::Llm => &self.llm,
             Role::Tts => &self.tts,
+            Role::Wake => &self.wake,
         }
     }
 }
@@ -319,7 +324,7 @@ impl Catalog {
                 }
             }
         }
-        for role in [Role::Asr, Role::Llm, Role::Tts] {
+        for role in [Role::Asr, Role::Llm, Role::Tts, Role::Wake] {
             for id in [self.defaults.get(role), self.fallbacks.get(role)] {
                 match self.get(id) {
                     Some(m) if m.role == role => {}

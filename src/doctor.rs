@@ -99,6 +99,7 @@ fn model(s: &Subject<'_>, role: Role) -> (Check, u64) {
         Role::Asr => "asr model",
         Role::Llm => "llm model",
         Role::Tts => "tts voice",
+        Role::Wake => "wake word model",
     };
     let r = match (s.resolve)(role) {
         Ok(r) => r,

@@ -261,3 +261,55 @@ fn one_process_hears_answers_and_speaks_on_the_shared_ggml() {
     let c = cer(reply, &back.stdout);
     assert!(c <= 0.1, "CER {c:.2}: replied {reply:?}, spoke {:?}", back.stdout);
 }
+
+/// openWakeWord's installed feature models and the "Hey Jarvis" classifier, or
+/// `word` (a path) in its place.
+fn wake_models(word: Option<std::path::PathBuf>) -> voxd::engine::wake::WakeModels {
+    let catalog = voxd::catalog::Catalog::load(None).unwrap();
+    let path = |id: &str| catalog.resolve(voxd::catalog::Role::Wake, id, &models_dir()).unwrap_or_else(|e| panic!("{e}: run ./scripts/setup first")).path;
+    voxd::engine::wake::WakeModels {
+        melspectrogram: path("openwakeword-melspectrogram"),
+        embedding: path("openwakeword-embedding"),
+        words: vec![("hey_jarvis".into(), word.unwrap_or_else(|| path("hey_jarvis_v0.1")))],
+    }
+}
+
+#[test]
+fn hey_jarvis_wakes_the_detector_while_it_is_said_and_other_speech_does_not() {
+    quiet_engine_logs();
+    let dir = tempdir();
+    let parts = [(1.5, "Hey Jarvis, turn off the kitchen light."), (1.5, "Turn off the kitchen light."), (1.0, "What is the capital of France? Tell me about Paris.")];
+    let (wav, ends) = conversation(&dir, "wake", &parts, 1.0);
+    let clip = voxd::audio::read_wav(&wav, voxd::audio::ASR_RATE_HZ).unwrap();
+    let mut detector = voxd::engine::wake::Detector::load(&wake_models(None)).unwrap();
+    // In 20 ms pieces, as capture delivers them: steps come every 80 ms all the same.
+    let steps: Vec<_> = clip.samples.chunks(320).flat_map(|piece| detector.push(piece).unwrap()).collect();
+    assert_eq!(steps.len(), clip.samples.len() / voxd::engine::wake::CHUNK, "one step per 80 ms");
+    let at = |s: &voxd::engine::wake::Step| s.end_sample as f64 / voxd::audio::ASR_RATE_HZ as f64;
+    let scores = |from: f64, to: f64| steps.iter().filter(|s| at(s) > from && at(s) <= to).map(|s| (at(s), s.scores[0])).collect::<Vec<_>>();
+    let peak = |from: f64, to: f64| scores(from, to).iter().map(|s| s.1).fold(0.0, f32::max);
+    let woken = scores(0.0, ends[0]).into_iter().find(|s| s.1 > 0.5);
+    eprintln!("wake: first over 0.5 at {woken:?} (the command ends at {:.2} s); peak after it {:.3}", ends[0], peak(ends[0] + 0.3, f64::MAX));
+    // Before the command that follows the wake phrase is over: the wake word itself
+    // was heard, not the whole utterance.
+    assert!(woken.is_some(), "no score over 0.5 while \"Hey Jarvis, turn off the kitchen light.\" was said (peak {:.3})", peak(0.0, ends[0]));
+    let rest = peak(ends[0] + 0.3, f64::MAX);
+    assert!(rest < 0.5, "the same command without the wake word, and a question, scored {rest:.3}");
+}
+
+#[test]
+fn a_bad_wake_model_is_refused_at_load_naming_the_file() {
+    quiet_engine_logs();
+    let dir = tempdir();
+    let not_onnx = dir.path().join("jarvis.onnx");
+    std::fs::write(&not_onnx, "not a model").unwrap();
+    let err = voxd::engine::wake::Detector::load(&wake_models(Some(not_onnx.clone()))).err().expect("text is no model").to_string();
+    assert!(err.contains(not_onnx.to_str().unwrap()) && err.contains("could not load"), "{err}");
+    let missing = dir.path().join("missing.onnx");
+    let err = voxd::engine::wake::Detector::load(&wake_models(Some(missing.clone()))).err().expect("no file").to_string();
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    // A real ONNX model of another shape: the embedding model as a wake word.
+    let embedding = wake_models(None).embedding;
+    let err = voxd::engine::wake::Detector::load(&wake_models(Some(embedding.clone()))).err().expect("wrong shape").to_string();
+    assert!(err.contains(embedding.to_str().unwrap()) && err.contains("[1, frames, 96]"), "{err}");
+}

@@ -397,6 +397,8 @@ impl Env {
             Role::Asr => &self.config.asr.model,
             Role::Llm => &self.config.llm.model,
             Role::Tts => &self.config.tts.voice,
+            // No [wake] section yet: the table's default.
+            Role::Wake => "",
         });
         // No LLM named: the one `voxd select` chose, while it is installed.
         if role == Role::Llm && requested.is_empty() {

@@ -1,10 +1,12 @@
-//! The three inference engines, each usable on its own (`voxd transcribe`, `say`,
-//! `chat`) and later owned by one pipeline stage on its own thread. They are plain,
-//! synchronous structs: threading belongs to the stages, not to the engines.
+//! The inference engines, each usable on its own (`voxd transcribe`, `say`, `chat`)
+//! and later owned by one pipeline stage on its own thread (the wake-word detector's
+//! stage is still to come). They are plain, synchronous structs: threading belongs
+//! to the stages, not to the engines.
 
 pub mod asr;
 pub mod llm;
 pub mod tts;
+pub mod wake;
 
 use std::io::Read;
 use std::path::Path;
