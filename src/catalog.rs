@@ -77,6 +77,8 @@ pub struct PerRole {
     pub asr: String,
     pub llm: String,
     pub tts: String,
+    /// Absent in tables written before wake words: none.
+    #[serde(default)]
     pub wake: String,
 }
 
@@ -325,7 +327,7 @@ impl Catalog {
             }
         }
         for role in [Role::Asr, Role::Llm, Role::Tts, Role::Wake] {
-            for id in [self.defaults.get(role), self.fallbacks.get(role)] {
+            for id in [self.defaults.get(role), self.fallbacks.get(role)].into_iter().filter(|id| !(role == Role::Wake && id.is_empty())) {
                 match self.get(id) {
                     Some(m) if m.role == role => {}
                     Some(m) => return err(format!("default {role} model {id:?} has role {}", m.role)),

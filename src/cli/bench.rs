@@ -98,8 +98,18 @@ fn heard_back(env: &Env, report: &pipeline::RunReport) -> Result<crate::bench::H
         // clip's first sample), and 29 s at most (it hears 30).
         let start = at(first - 300.0);
         let end = at(done).min(start + 29 * played.rate_hz as usize);
-        let reply = audio::resample(&played.samples[start..end], played.rate_hz, audio::ASR_RATE_HZ)?;
-        let text = asr.transcribe(&reply)?.text;
+        if end <= start {
+            continue;
+        }
+        // One reply that cannot be heard back is logged, not the end of the bench.
+        let heard = audio::resample(&played.samples[start..end], played.rate_hz, audio::ASR_RATE_HZ).map_err(anyhow::Error::from).and_then(|reply| Ok((asr.transcribe(&reply)?.text, reply)));
+        let (text, reply) = match heard {
+            Ok(heard) => heard,
+            Err(e) => {
+                tracing::warn!("turn {}: its reply could not be heard back: {e:#}", t.turn);
+                continue;
+            }
+        };
         let voiced_s = audio::voiced_span(&reply) as f64 / audio::ASR_RATE_HZ as f64;
         tracing::info!("turn {} heard back: {text:?} (spoken: {:?})", t.turn, t.spoken);
         replies.push((crate::bench::wer(&t.spoken, &text), voiced_s, crate::bench::words(&t.spoken).len()));

@@ -29,7 +29,7 @@ pub enum WakeError {
     Open { path: PathBuf, source: std::io::Error },
     #[error("ONNX Runtime could not load wake model {path}: {reason} (is it an .onnx file? openWakeWord's .tflite models do not load)")]
     Load { path: PathBuf, reason: String },
-    #[error("wake model {path}: {what} takes {found}, not {expected}")]
+    #[error("wake model {path}: {what} is {found}, not {expected}")]
     Shape { path: PathBuf, what: &'static str, found: String, expected: &'static str },
     #[error("wake model {path} failed: {reason}")]
     Run { path: PathBuf, reason: String },
@@ -73,6 +73,11 @@ impl Model {
         } else {
             Err(WakeError::Shape { path: self.path.clone(), what, found: format!("{found:?}"), expected: described })
         }
+    }
+
+    /// The error for an output of the wrong size.
+    fn gave(&self, values: usize, expected: &'static str) -> WakeError {
+        WakeError::Shape { path: self.path.clone(), what: "its output", found: format!("{values} values"), expected }
     }
 
     fn run(&mut self, shape: &[usize], data: Vec<f32>) -> Result<Vec<f32>, WakeError> {
@@ -157,9 +162,12 @@ impl Detector {
             self.filled += 1;
             self.samples_seen += 1;
             if self.filled == CHUNK {
-                steps.push(self.step()?);
+                // The chunk is used up whatever the step's outcome: a failed step
+                // leaves the detector ready for the next one.
+                let step = self.step();
                 self.filled = 0;
                 self.audio.drain(..self.audio.len() - CONTEXT);
+                steps.push(step?);
             }
         }
         Ok(steps)
@@ -167,6 +175,9 @@ impl Detector {
 
     fn step(&mut self) -> Result<Step, WakeError> {
         let mel = self.melspectrogram.run(&[1, self.audio.len()], self.audio.clone())?;
+        if mel.is_empty() || mel.len() % MEL_BANDS != 0 {
+            return Err(self.melspectrogram.gave(mel.len(), "frames of 32 mel bands"));
+        }
         for frame in mel.chunks_exact(MEL_BANDS) {
             let mut bands = [0.0; MEL_BANDS];
             for (b, v) in bands.iter_mut().zip(frame) {
@@ -179,6 +190,9 @@ impl Detector {
         }
         let window: Vec<f32> = self.mels.iter().flatten().copied().collect();
         let feature = self.embedding.run(&[1, MEL_WINDOW, MEL_BANDS, 1], window)?;
+        if feature.len() != FEATURE {
+            return Err(self.embedding.gave(feature.len(), "96 values"));
+        }
         self.features.push_back(feature);
         let longest = self.words.iter().map(|w| w.frames).max().unwrap_or(0);
         while self.features.len() > longest {

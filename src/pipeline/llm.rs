@@ -131,12 +131,12 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
-    fn send(&mut self, text: String, last: bool) {
+    /// Hands tts the next piece; `runs_on`: it stops mid-sentence (a phrase cut).
+    fn send(&mut self, text: String, last: bool, runs_on: bool) {
         let text = crate::tools::say::voice_text(&text);
         if self.index == 0 && !text.is_empty() {
             self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now(), text: text.clone() });
         }
-        let runs_on = !last && super::splitter::runs_on(&text);
         self.ran_on = runs_on;
         let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last, runs_on };
         self.index += 1;
@@ -242,8 +242,8 @@ impl LlmStage {
                 for sentence in splitter.push(words) {
                     // The first piece, or the one a phrase cut runs on into.
                     let wait = out.index == 0 || (out.index == 1 && out.ran_on);
-                    let index = out.index;
-                    out.send(sentence, false);
+                    let (index, runs_on) = (out.index, out.index == 0 && splitter.first_runs_on());
+                    out.send(sentence, false, runs_on);
                     if wait {
                         let started = Instant::now();
                         wait_for_audio(&counters, turn, index, &cancel);
@@ -258,7 +258,7 @@ impl LlmStage {
                 Err(e @ LlmError::PromptTooLong { .. }) => {
                     // Not fatal: this turn cannot be answered; say so and go on.
                     tracing::error!(turn, "{e}");
-                    out.send("Sorry, that was too long for me to take in.".into(), true);
+                    out.send("Sorry, that was too long for me to take in.".into(), true, false);
                     let _ = respond_to.send(Err(e.to_string()));
                     pulse.idle();
                     continue;
@@ -284,7 +284,7 @@ impl LlmStage {
                 // Words held back after a '{' that was no call: the part before it.
                 let rest = splitter.finish().unwrap_or_default();
                 let rest = if braced { rest.split('{').next().unwrap_or("").trim().to_string() } else { rest };
-                out.send(rest, true);
+                out.send(rest, true, false);
             }
             let stats = LlmStats {
                 prompt_tokens: g.prompt_tokens,
@@ -312,7 +312,7 @@ impl LlmStage {
     fn failed(&self, turn: TurnId, error: &str, out: &mut Output<'_>, respond_to: oneshot::Sender<Result<Reply, String>>, notes: &Notes) {
         tracing::error!(turn, "llm: {error}");
         notes.send(Note::Failed { turn, stage: "llm", message: error.to_string(), ends_turn: false });
-        out.send(super::APOLOGY.into(), true);
+        out.send(super::APOLOGY.into(), true, false);
         notes.send(Note::LlmDone { turn, at: Instant::now(), reply: super::APOLOGY.into(), llm: None });
         let _ = respond_to.send(Err(error.to_string()));
     }
@@ -418,9 +418,9 @@ fn preamble_room(llm: &Llm) -> usize {
 fn speak(text: &str, out: &mut Output<'_>) {
     let mut splitter = Splitter::default();
     for sentence in splitter.push(text) {
-        out.send(sentence, false);
+        out.send(sentence, false, false);
     }
-    out.send(splitter.finish().unwrap_or_default(), true);
+    out.send(splitter.finish().unwrap_or_default(), true, false);
 }
 
 /// After the first piece, generation pauses until tts has its audio (or 500 ms have

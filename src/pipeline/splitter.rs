@@ -10,6 +10,8 @@ pub struct Splitter {
     /// The first piece may end mid-sentence, before a word that starts a phrase,
     /// once it has this many words (0: never; see `phrase_cut`).
     first_phrase_words: usize,
+    /// The first piece emitted was a phrase cut.
+    first_runs_on: bool,
 }
 
 /// A clause (ending in , ; :) is spoken on its own only as the first piece of a
@@ -37,14 +39,23 @@ impl Splitter {
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.pending.push_str(text);
         let mut out = Vec::new();
-        while let Some(end) = self.boundary() {
+        while let Some((end, phrase)) = self.boundary() {
             let piece: String = self.pending.drain(..end).collect();
             if let Some(p) = clean(&piece) {
                 out.push(p);
+                if self.emitted == 0 {
+                    self.first_runs_on = phrase;
+                }
                 self.emitted += 1;
             }
         }
         out
+    }
+
+    /// The reply's first piece was a phrase cut mid-sentence: the next piece
+    /// continues it, and the voice should not pause between them as at a full stop.
+    pub fn first_runs_on(&self) -> bool {
+        self.first_runs_on
     }
 
     /// Adds generated text without cutting it: `finish` returns it all as one piece.
@@ -62,13 +73,15 @@ impl Splitter {
         p
     }
 
-    /// Byte index just past the first complete piece in `pending`, if any: the first
-    /// punctuation boundary or, for a reply's first piece, the first phrase cut.
-    fn boundary(&self) -> Option<usize> {
+    /// Byte index just past the first complete piece in `pending`, if any, and
+    /// whether it is a phrase cut: the first punctuation boundary or, for a reply's
+    /// first piece, the first phrase cut.
+    fn boundary(&self) -> Option<(usize, bool)> {
         let phrase = if self.emitted == 0 && self.first_phrase_words > 0 { phrase_cut(&self.pending, self.first_phrase_words) } else { None };
         match (self.punctuation(), phrase) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            (Some(a), Some(b)) if a <= b => Some((a, false)),
+            (_, Some(b)) => Some((b, true)),
+            (a, None) => a.map(|a| (a, false)),
         }
     }
 
@@ -118,12 +131,6 @@ fn phrase_cut(s: &str, min_words: usize) -> Option<usize> {
         (words, at, before) = (words + 1, end, word);
     }
     None
-}
-
-/// A piece that stops mid-sentence (a phrase cut: no punctuation at its end) runs on
-/// into the next: its voice should not pause there as at a full stop.
-pub fn runs_on(piece: &str) -> bool {
-    piece.chars().last().is_some_and(char::is_alphanumeric)
 }
 
 /// "Dr." "Mr." "e.g." "St." end no sentence.
@@ -206,7 +213,10 @@ mod tests {
         let mut s = Splitter::new(3);
         assert!(s.push("The capital of").is_empty(), "\"of\" starts no phrase");
         assert_eq!(s.push(" Italy is"), vec!["The capital of Italy"], "cut as soon as the next word is seen");
-        assert!(runs_on("The capital of Italy") && !runs_on("is Rome.") && !runs_on("Sure thing,"));
+        assert!(s.first_runs_on(), "the first piece runs on into the next");
+        let mut s = Splitter::new(3);
+        assert_eq!(s.push("Here is what I found\nIt"), vec!["Here is what I found"]);
+        assert!(!s.first_runs_on(), "a line ends where it ends, though without punctuation");
     }
 
     #[test]
