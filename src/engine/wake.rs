@@ -90,7 +90,6 @@ impl Model {
 }
 
 struct Word {
-    name: String,
     model: Model,
     /// Features the classifier scores at once (16 for openWakeWord's).
     frames: usize,
@@ -101,7 +100,7 @@ struct Word {
 pub struct Step {
     /// Where the step ends, in samples since the detector started.
     pub end_sample: u64,
-    /// One score (0 to 1) per wake word, in the order given.
+    /// One score (0 to 1) per wake word, in the order of `WakeModels::words`.
     pub scores: Vec<f32>,
 }
 
@@ -125,14 +124,15 @@ impl Detector {
         let embedding = Model::load(&models.embedding)?;
         embedding.expect_input("its input", &[-1, MEL_WINDOW as i64, MEL_BANDS as i64, 1], "[batch, 76, 32, 1] (openWakeWord's embedding_model.onnx)")?;
         let mut words = Vec::new();
-        for (name, path) in &models.words {
+        for (_, path) in &models.words {
             let model = Model::load(path)?;
             model.expect_input("its input", &[1, -1, FEATURE as i64], "[1, frames, 96] (an openWakeWord wake-word classifier)")?;
-            let frames = model.input_shape()[1];
+            let shape = model.input_shape();
+            let frames = shape[1];
             if frames < 1 {
-                return Err(WakeError::Shape { path: path.clone(), what: "its input", found: format!("{:?}", model.input_shape()), expected: "a fixed number of frames" });
+                return Err(WakeError::Shape { path: path.clone(), what: "its input", found: format!("{shape:?}"), expected: "a fixed number of frames" });
             }
-            words.push(Word { name: name.clone(), model, frames: frames as usize });
+            words.push(Word { model, frames: frames as usize });
         }
         Ok(Detector {
             melspectrogram,
@@ -146,10 +146,6 @@ impl Detector {
             features: VecDeque::new(),
             samples_seen: 0,
         })
-    }
-
-    pub fn words(&self) -> impl Iterator<Item = &str> {
-        self.words.iter().map(|w| w.name.as_str())
     }
 
     /// Feeds 16 kHz mono samples (-1 to 1), in pieces of any size; returns a step

@@ -126,8 +126,6 @@ struct Output<'a> {
     closed: bool,
     /// Time spent waiting on tts (a full queue, the first sentence's audio).
     paused: std::time::Duration,
-    /// The last piece sent runs on into the next (a phrase cut).
-    ran_on: bool,
 }
 
 impl Output<'_> {
@@ -137,7 +135,6 @@ impl Output<'_> {
         if self.index == 0 && !text.is_empty() {
             self.notes.send(Note::FirstSentence { turn: self.turn, at: Instant::now(), text: text.clone() });
         }
-        self.ran_on = runs_on;
         let s = Sentence { turn: self.turn, index: self.index, text, anchor: self.anchor, cancel: self.cancel.clone(), last, runs_on };
         self.index += 1;
         let started = Instant::now();
@@ -182,7 +179,7 @@ impl LlmStage {
                 continue;
             }
             pulse.busy(turn);
-            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default(), ran_on: false };
+            let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default() };
             let tools = match job {
                 Job::Say(text) => {
                     speak(&text, &mut out);
@@ -241,7 +238,7 @@ impl LlmStage {
                 };
                 for sentence in splitter.push(words) {
                     // The first piece, or the one a phrase cut runs on into.
-                    let wait = out.index == 0 || (out.index == 1 && out.ran_on);
+                    let wait = out.index == 0 || (out.index == 1 && splitter.first_runs_on());
                     let (index, runs_on) = (out.index, out.index == 0 && splitter.first_runs_on());
                     out.send(sentence, false, runs_on);
                     if wait {

@@ -87,8 +87,8 @@ impl Splitter {
 
     /// The first boundary at punctuation: sentence punctuation followed by whitespace,
     /// or at the very end of what has arrived when it cannot be anything else: '!' and
-    /// '?' always, '.' after a word that is no abbreviation (a '.' after a digit may be "3.5" and waits for the next
-    /// token). Waiting one token less matters: it is on the path to the first sound.
+    /// '?' always, '.' after a word that is no abbreviation (a '.' after a digit may be
+    /// "3.5" and waits for the next token). Waiting one token less matters: it is on the path to the first sound.
     fn punctuation(&self) -> Option<usize> {
         let s = &self.pending;
         let mut chars = s.char_indices().peekable();
