@@ -395,7 +395,9 @@ fn a_tool_that_asks_first_runs_only_after_a_yes() {
 fn eval_tools_scores_the_test_model_in_every_home() {
     let dir = tempdir();
     let json = dir.path().join("eval.json");
-    let r = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--json", json.to_str().unwrap()]);
+    // The quick pass (a fifth of each home's requests) in CI; docs/tools-homes.md has
+    // the whole evaluation's figures.
+    let r = run_ok(&["eval-tools", "--quick", "--model", "qwen2.5-coder-0.5b-instruct", "--json", json.to_str().unwrap()]);
     for category in ["lights", "climate", "covers", "locks", "scenes", "state", "chitchat", "ambiguous", "unsafe", "overall"] {
         assert!(r.stdout.contains(category), "no {category} row:\n{}", r.stdout);
     }
@@ -405,18 +407,19 @@ fn eval_tools_scores_the_test_model_in_every_home() {
     assert_eq!(names, ["tuned", "no-examples", "renamed", "mqtt-only", "62-entities"]);
     for home in homes {
         let (name, r) = (home[0].as_str().unwrap(), &home[1]);
-        assert!(r["cases"].as_u64().unwrap() >= 15, "{name}");
+        assert!(r["cases"].as_u64().unwrap() >= 3, "{name}");
         assert_eq!(r["grammar"], true);
         // The grammar makes every call well-formed JSON of a known tool with typed,
         // enumerated arguments; numbers out of range are the validator's (answered).
         assert!(r["valid_rate"].as_f64().unwrap() >= 0.95, "{name}: {r}");
     }
-    // The gates take the worst home; measured at 72 % (the 62-entity home) with this
-    // 0.5B model, 84-100 % in the others.
+    // The gates take the worst home; over every request measured at 72 % (the
+    // 62-entity home) with this 0.5B model, 84-100 % in the others; 86-100 % in the
+    // quick pass.
     let worst = report["worst_call_accuracy"].as_f64().unwrap();
     assert!(worst >= 0.5 && homes.iter().all(|h| h[1]["call_accuracy"].as_f64().unwrap() >= worst), "{}", r.stdout);
     assert_eq!((report["invented_states"].as_u64(), report["leaks"].as_u64()), (Some(0), Some(0)), "{}", r.stdout);
-    let free = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--home", "mqtt-only", "--no-grammar", "--json", json.to_str().unwrap()]);
+    let free = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--home", "mqtt-only", "--quick", "--no-grammar", "--json", json.to_str().unwrap()]);
     assert!(free.stdout.contains("grammar off") && free.stdout.contains("mqtt-only"), "{}", free.stdout);
     // The model's own call format: Qwen's template has `<tool_call>`; SmolLM2's none.
     let native = run_ok(&["eval-tools", "--model", "qwen2.5-coder-0.5b-instruct", "--home", "mqtt-only", "--call-format", "native", "--json", json.to_str().unwrap()]);
@@ -428,7 +431,7 @@ fn eval_tools_scores_the_test_model_in_every_home() {
     // measured at 100 % in this home (docs/tools-homes.md).
     assert!(home["valid_rate"].as_f64().unwrap() >= 0.95 && home["call_accuracy"].as_f64().unwrap() >= 0.8, "{}", native.stdout);
     assert_eq!((report["invented_states"].as_u64(), report["leaks"].as_u64()), (Some(0), Some(0)), "{}", native.stdout);
-    let without = run_ok(&["eval-tools", "--model", "smollm2-135m-instruct", "--home", "mqtt-only", "--call-format", "native"]);
+    let without = run_ok(&["eval-tools", "--model", "smollm2-135m-instruct", "--home", "mqtt-only", "--quick", "--call-format", "native"]);
     assert!(without.stdout.contains("calls as json"), "no format of its own: voxd's\n{}", without.stdout);
     run_fails_with(&["eval-tools", "--home", "castle"], &["--home \"castle\": no such home", "62-entities"]);
 }

@@ -178,7 +178,7 @@ pub(super) fn bench_asr(env: &Env, model: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, model: Option<&str>, style: &crate::tools::ToolsConfig, json: Option<&Path>) -> Result<()> {
+pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, quick: bool, model: Option<&str>, style: &crate::tools::ToolsConfig, json: Option<&Path>) -> Result<()> {
     use crate::tools::eval::{self, EvalSet};
     let homes: Vec<(String, EvalSet)> = match set {
         Some(p) => {
@@ -186,7 +186,7 @@ pub(super) fn eval_tools(env: &Env, set: Option<&Path>, home: Option<&str>, mode
             vec![(p.display().to_string(), EvalSet::parse(&text, p)?)]
         }
         None => {
-            let all = eval::homes()?;
+            let all = if quick { eval::quick(eval::homes()?) } else { eval::homes()? };
             let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
             let chosen: Vec<(String, EvalSet)> = all.into_iter().filter(|(n, _)| home.is_none_or(|h| h == n)).collect();
             if chosen.is_empty() {

@@ -161,6 +161,9 @@ pub enum Command {
         /// where its chat template has one) [default: `[tools] call_format`].
         #[arg(long, value_name = "FORMAT", value_parser = ["json", "native"])]
         call_format: Option<String>,
+        /// A quick pass (for tests): a fifth of each built-in home's requests.
+        #[arg(long, conflicts_with = "set")]
+        quick: bool,
         /// Also write every case's result as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -185,7 +188,8 @@ pub enum Command {
         /// Measure only this candidate (repeatable) [default: every installed LLM].
         #[arg(long = "model", value_name = "ID")]
         models: Vec<String>,
-        /// A quick pass (for tests): one repetition, a third of each gate's cases.
+        /// A quick pass (for tests): one repetition, a fifth of each home's requests and
+        /// a few of the other gates' questions.
         #[arg(long)]
         quick: bool,
         /// Report only: leave the current selection as it is.
@@ -350,10 +354,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::BenchTools { model, gap_s } => bench_tools(&env, model, gap_s),
                 Command::Select { models, quick, dry_run, report, repetitions } => select(&env, &models, quick, dry_run, report, repetitions.unwrap_or(if quick { 1 } else { 3 })),
                 Command::SelectMeasure { id, out, quick, repetitions } => select_measure(&env, &id, &out, quick, repetitions),
-                Command::EvalTools { set, home, model, no_grammar, no_hints, call_format, json } => {
+                Command::EvalTools { set, home, model, no_grammar, no_hints, call_format, quick, json } => {
                     let call_format = call_format.unwrap_or_else(|| env.config.tools.call_format.clone());
                     let style = crate::tools::ToolsConfig { grammar: !no_grammar, device_hints: env.config.tools.device_hints && !no_hints, call_format, ..env.config.tools.clone() };
-                    eval_tools(&env, set.as_deref(), home.as_deref(), model.as_deref(), &style, json.as_deref())
+                    eval_tools(&env, set.as_deref(), home.as_deref(), quick, model.as_deref(), &style, json.as_deref())
                 }
                 Command::Bench { corpus, latency_log, gap_s, no_reference, ablate, llm } => bench_pipeline(&env, corpus, latency_log, gap_s, no_reference, ablate, llm),
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),

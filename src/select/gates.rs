@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::llm::{Llm, Message, Role};
-use crate::tools::eval::{self, EvalSet};
+use crate::tools::eval;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Quality {
@@ -59,9 +59,9 @@ pub fn measure(llm: &Llm, persona: &str, quick: bool) -> anyhow::Result<Quality>
     // none are written); the gates take the worst home.
     let mut worst = (1.0f64, 1.0f64, 1.0f64);
     let (mut invented_states, mut leaks, mut homes) = (0, 0, Vec::new());
-    for (name, set) in eval::homes()? {
-        let subset = EvalSet { cases: set.cases.iter().enumerate().filter(|(i, _)| !quick || i % 3 == 0).map(|(_, c)| c.clone()).collect(), ..set };
-        let report = eval::run_home(llm, persona, &subset, &crate::tools::ToolsConfig::default(), |_, r| {
+    let all = eval::homes()?;
+    for (name, set) in if quick { eval::quick(all) } else { all } {
+        let report = eval::run_home(llm, persona, &set, &crate::tools::ToolsConfig::default(), |_, r| {
             if !r.correct {
                 tracing::debug!("eval {name}: {:?} → {}", r.say, r.output);
             }
