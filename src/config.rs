@@ -216,6 +216,41 @@ section! {
 }
 
 section! {
+    /// Listening: which speech voxd answers. The wake words are openWakeWord models
+    /// (models.toml role `wake`); `voxd bench-wake` measures them.
+    WakeConfig "wake" {
+        /// "wake_word": speech that begins with a wake word, or that starts within
+        /// `follow_up_s` of an answer; "always": every utterance; "push_to_talk": only
+        /// while `voxd ctl ptt` holds. Empty: "wake_word" on a live microphone,
+        /// "always" for a recording (`voxd run --input`, `voxd bench`).
+        mode: String = String::new(), check(|s: &String| ["", "wake_word", "always", "push_to_talk"].contains(&s.as_str()), "\"wake_word\", \"always\" or \"push_to_talk\"");
+        /// Wake words: ids from models.toml (`voxd models list`) or paths to your own
+        /// openWakeWord classifiers (.onnx). Empty: the table's default (hey_jarvis).
+        words: Vec<String> = Vec::new();
+        /// Score (0 to 1) at which a wake word counts; `voxd bench-wake` shows the
+        /// false rejects and false accepts per hour at each threshold.
+        threshold: f32 = 0.5, check(|x: &f32| *x > 0.0 && *x < 1.0, "above 0.0 and below 1.0");
+        /// Per wake word, a threshold of its own: { "alexa_v0.1" = 0.6 }.
+        word_threshold: std::collections::BTreeMap<String, f32> = Default::default(), check(|m: &std::collections::BTreeMap<String, f32>| m.values().all(|x| *x > 0.0 && *x < 1.0), "scores above 0.0 and below 1.0");
+        /// 80 ms steps in a row at or above the threshold before a wake counts
+        /// (openWakeWord's trigger level): more is fewer false wakes, a little later.
+        trigger_steps: u32 = 1, check(|n: &u32| (1..=10).contains(n), "1 to 10");
+        /// Per wake word, a trigger level of its own: { "alexa_v0.1" = 2 }.
+        word_trigger_steps: std::collections::BTreeMap<String, u32> = Default::default(), check(|m: &std::collections::BTreeMap<String, u32>| m.values().all(|n| (1..=10).contains(n)), "1 to 10 steps");
+        /// After a wake, the same word is not heard again for this long.
+        refractory_ms: u32 = 2000, check(|n: &u32| (0..=30_000).contains(n), "0 to 30000");
+        /// After a wake word said on its own, how long voxd waits for the request to
+        /// begin before it stops listening.
+        listen_s: f32 = 6.0, check(|x: &f32| (1.0..=60.0).contains(x), "1.0 to 60.0");
+        /// After each answer, how long the user may begin speaking again without the
+        /// wake word. 0: always the wake word.
+        follow_up_s: f32 = 5.0, check(|x: &f32| (0.0..=60.0).contains(x), "0.0 to 60.0");
+        /// A short sound (a WAV file) played when voxd wakes. Empty: none.
+        earcon: String = String::new();
+    }
+}
+
+section! {
     /// Live audio devices (`voxd run` without --input; `voxd devices` lists them).
     AudioConfig "audio" {
         /// The audio system: "pulseaudio" (a PulseAudio server, or PipeWire's pulse
@@ -355,6 +390,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub tts: TtsConfig,
     pub vad: VadConfig,
+    pub wake: WakeConfig,
     pub agent: AgentConfig,
     pub audio: AudioConfig,
     pub log: LogConfig,
@@ -376,6 +412,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (LlmConfig::KEY, LlmConfig::FIELDS),
     (TtsConfig::KEY, TtsConfig::FIELDS),
     (VadConfig::KEY, VadConfig::FIELDS),
+    (WakeConfig::KEY, WakeConfig::FIELDS),
     (AgentConfig::KEY, AgentConfig::FIELDS),
     (AudioConfig::KEY, AudioConfig::FIELDS),
     (LogConfig::KEY, LogConfig::FIELDS),
@@ -447,6 +484,9 @@ impl Config {
         }
         if let Some(t) = section(VadConfig::KEY, &mut problems) {
             config.vad = VadConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(WakeConfig::KEY, &mut problems) {
+            config.wake = WakeConfig::from_table(t, &mut problems);
         }
         if let Some(t) = section(AgentConfig::KEY, &mut problems) {
             config.agent = AgentConfig::from_table(t, &mut problems);

@@ -423,6 +423,7 @@ impl Handle {
             audio_s: 0.0,
             stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: false },
             typed: true,
+            started: crate::pipeline::wake::Started::Typed,
             failed: None,
         };
         let Some(transcripts) = self.transcripts.upgrade() else {

@@ -62,6 +62,10 @@ struct Totals {
     /// "cancelled", "error").
     turns: BTreeMap<(&'static str, &'static str), u64>,
     cancel_reasons: BTreeMap<String, u64>,
+    /// By how the turn began ("wake", "follow_up", "push_to_talk", "typed", "always").
+    started: BTreeMap<&'static str, u64>,
+    /// Turns a wake word began that the user cancelled (a false wake, mostly).
+    wake_turns_cancelled: u64,
     round_trip: Histogram,
     /// Each stage's own time, by the short names of `bench::STAGES`.
     stages: BTreeMap<String, Histogram>,
@@ -109,6 +113,17 @@ impl Metrics {
             _ => "answered",
         };
         *totals.turns.entry((source, outcome)).or_default() += 1;
+        let started = match t.wake.as_str() {
+            "follow_up" => "follow_up",
+            "push_to_talk" => "push_to_talk",
+            "typed" => "typed",
+            "always" | "" => "always",
+            _ => "wake",
+        };
+        *totals.started.entry(started).or_default() += 1;
+        if started == "wake" && outcome == "cancelled" {
+            totals.wake_turns_cancelled += 1;
+        }
         if let Some(reason) = t.cancel_reason.as_ref().filter(|_| t.cancelled) {
             *totals.cancel_reasons.entry(reason.clone()).or_default() += 1;
         }
@@ -159,6 +174,12 @@ impl Metrics {
         for (reason, n) in &totals.cancel_reasons {
             let _ = writeln!(out, "voxd_turns_cancelled_total{{reason=\"{}\"}} {n}", label(reason));
         }
+        family(&mut out, "voxd_turns_started_total", "counter", "Turns by how they began: a wake word, a follow-up after an answer, push-to-talk, typed, or every utterance ([wake] mode = \"always\").");
+        for by in ["wake", "follow_up", "push_to_talk", "typed", "always"] {
+            let _ = writeln!(out, "voxd_turns_started_total{{by=\"{by}\"}} {}", totals.started.get(by).copied().unwrap_or(0));
+        }
+        family(&mut out, "voxd_wake_turns_cancelled_total", "counter", "Turns a wake word began that the user cancelled (most are false wakes).");
+        let _ = writeln!(out, "voxd_wake_turns_cancelled_total {}", totals.wake_turns_cancelled);
         family(&mut out, "voxd_round_trip_seconds", "histogram", "End of the user's speech to the first sample of the answer at the output (spoken, answered turns).");
         totals.round_trip.render(&mut out, "voxd_round_trip_seconds", "");
         family(&mut out, "voxd_stage_seconds", "histogram", "Each stage's own time in a turn (as in `voxd latency report`).");
@@ -171,7 +192,10 @@ impl Metrics {
             let _ = writeln!(out, "voxd_tool_calls_total{{tool=\"{}\",result=\"{result}\"}} {n}", label(tool));
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counts: [(&str, &str, &str, u64); 12] = [
+        let counts: [(&str, &str, &str, u64); 15] = [
+            ("voxd_wakes_total", "", "Wake words heard (while listening for them).", load(&counters.wakes)),
+            ("voxd_wakes_unanswered_total", "", "Wake words no request followed within [wake] listen_s (most are false wakes).", load(&counters.wakes_unanswered)),
+            ("voxd_wake_frames_dropped_total", "", "Audio frames the wake-word detector was too far behind to take.", load(&counters.wake_drops)),
             ("voxd_xruns_total", "device=\"microphone\"", "Overruns and underruns the audio devices reported.", load(&counters.capture_xruns)),
             ("voxd_xruns_total", "device=\"speaker\"", "", load(&counters.playback_xruns)),
             ("voxd_device_reopens_total", "device=\"microphone\"", "Times an audio device was reopened after it failed or went silent.", load(&counters.input_reopens)),

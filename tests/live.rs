@@ -141,7 +141,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(pulse: &Pulse, dir: &tempfile::TempDir, config_extra: &str) -> Daemon {
+    pub fn start(pulse: &Pulse, dir: &tempfile::TempDir, config_extra: &str) -> Daemon {
         Daemon::start_with(pulse, dir, config_extra, &[])
     }
 

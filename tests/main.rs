@@ -14,3 +14,4 @@ mod properties;
 mod select;
 mod service;
 mod tools;
+mod wake;

@@ -276,6 +276,7 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
         tts_rate_hz: rate_hz,
         models: voxd::pipeline::telemetry::Models { asr: "tiny".into(), llm: "smollm2".into(), tts: "test".into() },
         toolbox: voxd::tools::Toolbox::default(),
+        wake: None,
     }
 }
 
@@ -284,6 +285,7 @@ fn run_options(realtime: bool) -> voxd::pipeline::RunOptions {
     voxd::pipeline::RunOptions {
         realtime,
         vad: config.vad,
+        wake: config.wake,
         agent: config.agent,
         llm: config.llm,
         multi_turn: true,

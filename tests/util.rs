@@ -86,7 +86,10 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn deterministic_config(dir: &tempfile::TempDir, extra: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let path = dir.path().join(format!("voxd-{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-    std::fs::write(&path, format!("{extra}\n[tts]\nvariability = 0.0\n")).unwrap();
+    // Every utterance is a turn, as before wake words, unless the test is about them
+    // (live, voxd's default is to wait for one).
+    let listening = if extra.contains("[wake]") { "" } else { "[wake]\nmode = \"always\"\n" };
+    std::fs::write(&path, format!("{extra}\n{listening}[tts]\nvariability = 0.0\n")).unwrap();
     path
 }
 

@@ -24,7 +24,7 @@ pub(super) fn bench_pipeline(env: &Env, corpus: Option<PathBuf>, latency_log: Op
     let mut heard: Vec<(String, bench::HeardBack)> = Vec::new();
     for (i, (name, config)) in variants.into_iter().enumerate() {
         let variant = env.with_config(config);
-        let engines = variant.engines()?;
+        let engines = variant.engines(false)?;
         let models = engines.models.clone();
         if i == 0 {
             println!(
@@ -289,7 +289,7 @@ pub(super) fn bench_tools(env: &Env, model: Option<String>, gap_s: f64) -> Resul
         config.home_assistant.token_file = token_file.display().to_string();
         let variant = env.with_config(config);
         eprintln!("bench-tools: {label} …");
-        let engines = variant.engines()?;
+        let engines = variant.engines(false)?;
         let llm_id = engines.models.llm.clone();
         let report = pipeline::run(engines, variant.run_options(true, None)?, pipeline::Io::File(audio.clone()))?;
         // Per command (turns follow the commands in order): done right? by an intent? round trip.

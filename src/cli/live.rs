@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) fn run_file(env: &Env, input: &Path, output: &Path, latency_log: Option<PathBuf>, realtime: bool) -> Result<()> {
     let clip = audio::read_wav(input, audio::ASR_RATE_HZ)?;
-    let engines = env.engines()?;
+    let engines = env.engines(false)?;
     let options = env.run_options(realtime, latency_log)?;
     let log = options.latency_log.clone();
     let report = pipeline::run(engines, options, pipeline::Io::File(clip.samples.clone()))?;
@@ -61,7 +61,7 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
         path => Some(crate::control::bind(Path::new(path))?),
     };
     let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind(&sv.metrics_listen)).transpose()?;
-    let engines = env.engines()?;
+    let engines = env.engines(true)?;
     let a = &env.config.audio;
     let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;
     let speaker = crate::device::Endpoint::resolve(&a.backend, &a.output_device, false)?;

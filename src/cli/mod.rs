@@ -492,9 +492,27 @@ impl Env {
 }
 
 impl Env {
+    /// openWakeWord's feature models and the `[wake] words` (ids or paths), checked.
+    fn wake_models(&self) -> Result<crate::engine::wake::WakeModels> {
+        let feature = |id: &str| self.resolve_verified(Role::Wake, Some(id)).map(|r| r.path);
+        let words: Vec<&str> = if self.config.wake.words.is_empty() { vec![""] } else { self.config.wake.words.iter().map(String::as_str).collect() };
+        let words = words.into_iter().map(|w| self.resolve_verified(Role::Wake, Some(w)).map(|r| (r.id, r.path))).collect::<Result<Vec<_>>>().context("[wake] words")?;
+        Ok(crate::engine::wake::WakeModels { melspectrogram: feature("openwakeword-melspectrogram")?, embedding: feature("openwakeword-embedding")?, words })
+    }
+
     /// Loads the three engines for the pipeline and warms them up, so the first turn
-    /// is not slower than the rest.
-    fn engines(&self) -> Result<pipeline::Engines> {
+    /// is not slower than the rest; and, when voxd listens for a wake word (`live`:
+    /// on the microphone, where that is the default), the wake-word detector.
+    fn engines(&self, live: bool) -> Result<pipeline::Engines> {
+        // A bad wake model is said before the seconds spent loading the rest.
+        let wake = match pipeline::wake::Mode::of(&self.config.wake, live) {
+            pipeline::wake::Mode::WakeWord => {
+                let models = self.wake_models()?;
+                let detector = crate::engine::wake::Detector::load(&models)?;
+                Some(pipeline::wake::WakeWords { detector, words: models.words.into_iter().map(|(id, _)| id).collect() })
+            }
+            _ => None,
+        };
         // All three checked before any loads: a damaged voice is said at once, not
         // after seconds spent loading Whisper and the LLM.
         let (asr, llm, tts) = (self.resolve_verified(Role::Asr, None)?, self.resolve_verified(Role::Llm, None)?, self.resolve_verified(Role::Tts, None)?);
@@ -508,7 +526,7 @@ impl Env {
         let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
         let tts_rate_hz = tts.rate_hz;
         let toolbox = crate::tools::Toolbox::start(&self.config)?;
-        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models, toolbox })
+        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models, toolbox, wake })
     }
 
     fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> Result<pipeline::RunOptions> {
@@ -516,6 +534,7 @@ impl Env {
         Ok(pipeline::RunOptions {
             realtime,
             vad: self.config.vad.clone(),
+            wake: self.config.wake.clone(),
             agent: self.config.agent.clone(),
             llm: self.config.llm.clone(),
             multi_turn: self.multi_turn()?,

@@ -332,6 +332,7 @@ impl Conversation<'_> {
             asr: t.stats.clone(),
             models: self.agent.models.clone(),
             typed: t.typed,
+            started: t.started.clone(),
         })));
         let mut c = Current {
             turn: t.turn,

@@ -43,6 +43,8 @@ pub struct Transcript {
     pub stats: AsrStats,
     /// Typed through the control socket rather than spoken.
     pub typed: bool,
+    /// How the turn began (a wake word, a follow-up, push-to-talk, typed…).
+    pub started: super::wake::Started,
     /// Whisper failed on this utterance (why): the turn is answered with an apology
     /// and logged as failed.
     pub failed: Option<String>,
@@ -87,7 +89,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
             Some(s) => s,
             None => {
                 let (text, ms, audio_ctx) = match asr.transcribe(&u.samples) {
-                    Ok(t) => (strip_annotations(&t.text), t.elapsed_ms, t.audio_ctx),
+                    Ok(t) => (words_of(&t.text, &u), t.elapsed_ms, t.audio_ctx),
                     // Survived: this utterance gets an apology, the next one Whisper again.
                     Err(e) => {
                         tracing::error!(turn = u.turn, "asr: {e:#}");
@@ -102,7 +104,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
         if failed.is_some() {
             // A guess that failed is simply not made; a final utterance is answered.
             if !u.speculative {
-                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, failed };
+                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, started: u.started.clone(), failed };
                 if tx.blocking_send(transcript).is_err() {
                     break;
                 }
@@ -121,6 +123,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
             audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64,
             stats: AsrStats { ms: s.ms, audio_ctx: s.audio_ctx, speculative_hit: hit, capped: u.capped },
             typed: false,
+            started: u.started.clone(),
             failed: None,
         };
         if u.speculative {
@@ -153,7 +156,7 @@ fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript
             return None;
         }
     };
-    let text = strip_annotations(&t.text);
+    let text = words_of(&t.text, u);
     tracing::debug!(turn = u.turn, asr_ms = t.elapsed_ms as u64, %text, "partial transcript");
     (!text.is_empty()).then(|| Transcript {
         turn: u.turn,
@@ -166,6 +169,7 @@ fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript
         audio_s: t.audio_s,
         stats: AsrStats { ms: t.elapsed_ms, audio_ctx: t.audio_ctx, speculative_hit: false, capped: false },
         typed: false,
+        started: u.started.clone(),
         failed: None,
     })
 }
@@ -173,6 +177,16 @@ fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript
 /// Whisper writes what it hears that is not speech in brackets or asterisks
 /// ("[BLANK_AUDIO]", "(wind blowing)", "*music*"); on noise that is all it writes.
 /// None of it is something the user said.
+/// What the user asked: Whisper's text without its annotations and, in a turn a
+/// wake word began, without the wake phrase.
+fn words_of(text: &str, u: &Utterance) -> String {
+    let text = strip_annotations(text);
+    match &u.started {
+        super::wake::Started::Wake { word, .. } => super::wake::strip_phrase(&text, word),
+        _ => text,
+    }
+}
+
 pub fn strip_annotations(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut depth = 0i32;

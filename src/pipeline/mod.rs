@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! capture ─Frame─▶ vad ─Utterance─▶ asr ─Transcript─▶ agent ─Request─▶ llm ─Sentence─▶ tts ─Speech─▶ playback
+//!            wake ◀─Frame─┤ (wake words heard: `Heard`, back to vad's gate)       answers ended ─▶ vad │
 //!                   └─ user voice (watch) ──────────▶ agent ◀── playback status (watch) ──────────────┘
 //!                                                     └──── confirmed turn (watch) ────────────────────▶ playback
 //!                                                     agent ─Job─▶ tools ─Outcome─▶ agent (per job)
@@ -20,6 +21,11 @@
 //! that audio until the end of the turn is confirmed; if the user speaks on, vad
 //! gives the utterance a new turn id and the tentative turn is abandoned unheard.
 //!
+//! Listening (`wake`): vad endpoints all speech, and its gate lets a turn through
+//! only when the utterance holds a wake word (heard by the wake stage on a copy of
+//! every frame), begins soon after one said on its own or after an answer, or
+//! push-to-talk is held — as `[wake] mode` says.
+//!
 //! Read-ahead: while the user is still speaking, every `vad.partial_every_ms` of
 //! speech, asr drafts the words so far (dropped the moment a guess or an end is
 //! queued: vad's `Backlog`) and the agent has the llm stage read them into its KV
@@ -36,6 +42,7 @@ pub mod telemetry;
 pub mod tools;
 pub mod tts;
 pub mod vad;
+pub mod wake;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,6 +77,9 @@ pub struct Edge {
 /// The topology, in data-flow order. (The audio-device rings of the live-audio
 /// stage sit before `capture` and after `playback`.)
 pub const CAPTURE_TO_VAD: Edge = Edge { name: "capture → vad", capacity: 16, when_full: WhenFull::Block };
+/// A copy of every frame for the wake-word detector (~1 s of audio); vad never waits
+/// for it live (Block for a recording played as fast as possible).
+pub const VAD_TO_WAKE: Edge = Edge { name: "vad → wake", capacity: 50, when_full: WhenFull::DropNewest };
 /// (Block instead when the input is a file played as fast as possible: nothing live to
 /// protect. Drafts of speech still going on are never waited for: dropped, uncounted.)
 pub const VAD_TO_ASR: Edge = Edge { name: "vad → asr", capacity: 4, when_full: WhenFull::DropNewest };
@@ -84,7 +94,7 @@ pub const TELEMETRY: Edge = Edge { name: "→ telemetry", capacity: 1024, when_f
 /// Commands from outside (the control socket, the stop deadline); typed turns from
 /// the control socket join `ASR_TO_AGENT`.
 pub const CONTROL_TO_AGENT: Edge = Edge { name: "control → agent", capacity: 4, when_full: WhenFull::Block };
-pub const EDGES: [&Edge; 9] = [&CAPTURE_TO_VAD, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &AGENT_TO_TOOLS, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY, &CONTROL_TO_AGENT];
+pub const EDGES: [&Edge; 10] = [&CAPTURE_TO_VAD, &VAD_TO_WAKE, &VAD_TO_ASR, &ASR_TO_AGENT, &AGENT_TO_LLM, &AGENT_TO_TOOLS, &LLM_TO_TTS, &TTS_TO_PLAYBACK, &TELEMETRY, &CONTROL_TO_AGENT];
 
 fn channel<T>(edge: &Edge) -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
     mpsc::channel(edge.capacity)
@@ -143,6 +153,12 @@ pub struct Counters {
     pub capture_overflows: AtomicU64,
     /// Utterances vad dropped because asr was behind.
     pub vad_drops: AtomicU64,
+    /// Frames the wake stage had no room for (it was behind).
+    pub wake_drops: AtomicU64,
+    /// Wake words heard, and of those the ones no request followed (most are
+    /// false wakes: the television, a word that sounded like it).
+    pub wakes: AtomicU64,
+    pub wakes_unanswered: AtomicU64,
     /// Utterances that held no speech once transcribed (noise, coughs).
     pub utterances_dropped: AtomicU64,
     /// Times the output ran dry in the middle of a reply (a device: callbacks that

@@ -272,7 +272,15 @@ struct Output {
     counters: Arc<Counters>,
 }
 
-pub async fn run(speaker: Speaker, mut rx: mpsc::Receiver<Speech>, mut confirmed: watch::Receiver<TurnId>, status: watch::Sender<Status>, notes: Notes, counters: Arc<Counters>) -> anyhow::Result<Option<Recording>> {
+/// A short sound played when voxd wakes (`[wake] earcon`).
+pub struct Earcon {
+    pub clip: Vec<f32>,
+    pub rate_hz: u32,
+    /// From vad: where on the input the newest wake word was heard (0: none yet).
+    pub wakes: watch::Receiver<u64>,
+}
+
+pub async fn run(speaker: Speaker, mut rx: mpsc::Receiver<Speech>, mut confirmed: watch::Receiver<TurnId>, mut earcon: Option<Earcon>, status: watch::Sender<Status>, notes: Notes, counters: Arc<Counters>) -> anyhow::Result<Option<Recording>> {
     let mut out = Output { speaker, playing: None, status, notes, counters };
     // Audio of a tentative turn (started before the end of the turn was certain),
     // waiting for the agent to confirm the turn — or to cancel it, unheard.
@@ -302,6 +310,10 @@ pub async fn run(speaker: Speaker, mut rx: mpsc::Receiver<Speech>, mut confirmed
                     input_open = false;
                     out.no_more_audio();
                 }
+            },
+            woke = async { earcon.as_mut().expect("guarded").wakes.changed().await }, if earcon.is_some() => match woke {
+                Ok(()) => out.chime(earcon.as_mut().expect("guarded")),
+                Err(_) => earcon = None, // vad is done
             },
             changed = confirmed.changed(), if agent_open && !held.is_empty() => {
                 if changed.is_err() {
@@ -363,6 +375,18 @@ impl Output {
             s.speaking = false;
             s.done_turn = s.done_turn.max(done.turn);
         });
+    }
+
+    /// The earcon, unless an answer is playing (a wake word then interrupts it, or
+    /// is ignored: no chime over the voice).
+    fn chime(&mut self, earcon: &mut Earcon) {
+        let at_sample = *earcon.wakes.borrow_and_update();
+        if self.playing.is_some() || at_sample == 0 {
+            return;
+        }
+        // A recording has it where the wake word was heard; a device plays it now.
+        self.speaker.queue(&earcon.clip, earcon.rate_hz, at_sample as f64 / crate::audio::ASR_RATE_HZ as f64);
+        self.speaker.reply_complete();
     }
 
     /// When to look at the speaker next: in real time while a turn plays or audio

@@ -20,7 +20,7 @@ use super::telemetry::{Models, Note, Notes, TurnRecord};
 use super::tts::Voice as TtsVoice;
 use super::vad::Voice;
 use super::*;
-use crate::config::{AgentConfig, AudioConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig};
+use crate::config::{AgentConfig, AudioConfig, IntentConfig, LlmConfig, ToolConfig, ToolsConfig, VadConfig, WakeConfig};
 use crate::metrics::Metrics;
 use crate::{control, device};
 use crate::tools::intents::Intents;
@@ -36,12 +36,15 @@ pub struct Engines {
     pub tts_rate_hz: u32,
     pub models: Models,
     pub toolbox: Toolbox,
+    /// The wake-word detector, for `[wake] mode = "wake_word"`.
+    pub wake: Option<wake::WakeWords>,
 }
 
 pub struct RunOptions {
     /// Pace the input as a microphone would (else as fast as possible).
     pub realtime: bool,
     pub vad: VadConfig,
+    pub wake: WakeConfig,
     pub agent: AgentConfig,
     /// The persona and how replies are streamed (the engine itself is in `Engines`).
     pub llm: LlmConfig,
@@ -186,13 +189,46 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
     // vad counts the guesses and ends it sends; asr drops a partial pass for them.
     let backlog = vad::Backlog::default();
+    // Which speech is a turn: in wake-word mode the wake stage listens beside vad.
+    let mode = wake::Mode::of(&options.wake, live);
+    // vad → playback: a wake word heard, for the earcon.
+    let (woke_tx, woke_rx) = watch::channel(0u64);
+    let earcon = match options.wake.earcon.as_str() {
+        "" => None,
+        path => {
+            let clip = crate::audio::read_wav(std::path::Path::new(path), engines.tts_rate_hz).context("[wake] earcon")?;
+            Some(playback::Earcon { clip: clip.samples, rate_hz: engines.tts_rate_hz, wakes: woke_rx })
+        }
+    };
+    let wake_words = engines.wake.as_ref().map(|w| w.words.join(", ")).unwrap_or_default();
+    let wake_link = match (mode, engines.wake) {
+        (wake::Mode::WakeWord, Some(w)) => {
+            let (tx, rx) = channel(&VAD_TO_WAKE);
+            let heard = wake::Heard::default();
+            let words = w.words.iter().map(|word| (word.clone(), wake::Trigger::for_word(&options.wake, word))).collect();
+            let (heard_for_wake, counters, pulse) = (heard.clone(), counters.clone(), health.pulse("wake"));
+            stages.push(("wake", spawn("wake", &health, move || wake::run(w.detector, words, rx, heard_for_wake, counters, pulse))?));
+            Some((tx, heard))
+        }
+        (wake::Mode::WakeWord, None) => return Err(anyhow!("[wake] mode is \"wake_word\" but no wake-word model is loaded")),
+        _ => None,
+    };
     {
         let backlog = backlog.clone();
         let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
         // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
         let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
+        // A recording played as fast as possible has no time for its answers on its
+        // timeline: there an answer opens no follow-up window.
+        let wake_config = crate::config::WakeConfig { follow_up_s: if clock.realtime { options.wake.follow_up_s } else { 0.0 }, ..options.wake.clone() };
+        let listening = vad::Listening { gate: wake::Gate::new(mode, &wake_config, options.vad.min_speech_ms), wake: wake_link, answers: status_rx.clone(), woke: woke_tx };
+        tracing::info!("listening: {}", match mode {
+            wake::Mode::Always => "every utterance is answered".to_string(),
+            wake::Mode::PushToTalk => "push-to-talk only (`voxd ctl ptt`)".to_string(),
+            wake::Mode::WakeWord => format!("for {wake_words} (threshold {}), and for {} s after each answer", options.wake.threshold, options.wake.follow_up_s),
+        });
         let pulse = health.pulse("vad");
-        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
+        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, listening, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
     }
     {
         let (asr, notes, pulse) = (engines.asr, notes.clone(), health.pulse("asr"));
@@ -300,7 +336,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         drop(command_tx);
         let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
         let agent = tokio::spawn(task("agent", health.clone(), agent.run(text_rx, command_rx, voice_rx, status_rx, links)));
-        let playback = tokio::spawn(task("playback", health.clone(), playback::run(speaker, speech_rx, confirmed_rx, status_tx, notes.clone(), counters.clone())));
+        let playback = tokio::spawn(task("playback", health.clone(), playback::run(speaker, speech_rx, confirmed_rx, earcon, status_tx, notes.clone(), counters.clone())));
         let telemetry = tokio::spawn(task("telemetry", health.clone(), telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone())));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {

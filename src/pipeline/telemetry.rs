@@ -66,6 +66,7 @@ pub struct TurnStart {
     pub models: Models,
     /// Typed through the control socket, not spoken.
     pub typed: bool,
+    pub started: super::wake::Started,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +208,14 @@ pub struct TurnRecord {
     /// round trip runs from the moment the text arrived.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub typed: bool,
+    /// How the turn began: the wake word's id ("hey_jarvis_v0.1"), "follow_up"
+    /// (within `[wake] follow_up_s` of an answer), "push_to_talk", "typed", or
+    /// "always" (`[wake] mode = "always"`).
+    #[serde(default)]
+    pub wake: String,
+    /// The wake word's score when it woke voxd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_score: Option<f32>,
     /// The reply was started at a pause, before the end of the turn was certain, and
     /// kept when the pause became the end: its marks before `endpoint` are work done
     /// during the hangover.
@@ -569,6 +578,8 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
         marks: t.marks,
         transcript: start.transcript,
         typed: start.typed,
+        wake: start.started.name().to_string(),
+        wake_score: start.started.score(),
         speculative: start.speculative,
         reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },
         first_piece: t.first_piece,

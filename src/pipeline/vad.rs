@@ -30,6 +30,7 @@ use webrtc_vad::{SampleRate, Vad, VadMode};
 use super::capture::Frame;
 use super::health::Pulse;
 use super::telemetry::Notes;
+use super::wake::{Gate, Heard, Lapse, Mode};
 use super::{Anchor, Clock, Counters, Switches, TurnId, TurnIds};
 use crate::config::VadConfig;
 
@@ -55,6 +56,9 @@ pub struct Utterance {
     pub anchor: Anchor,
     /// When vad declared the end of the turn; None while speculative.
     pub endpoint_at: Option<Instant>,
+    /// How the turn began: a wake word (its phrase is taken off the transcript),
+    /// a follow-up, push-to-talk, or every utterance is a turn.
+    pub started: super::wake::Started,
 }
 
 /// Whether the user is speaking now (for barge-in).
@@ -112,6 +116,8 @@ pub struct Cut {
     /// Where the decision was taken (end of the current frame).
     pub decided_sample: u64,
     pub capped: bool,
+    /// How the turn began (the gate stamps it; `Always` from the endpointer).
+    pub started: super::wake::Started,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -256,6 +262,7 @@ impl Endpointer {
             speech_end_sample: speech_end,
             decided_sample: decided,
             capped,
+            started: super::wake::Started::Always,
         }
     }
 
@@ -277,12 +284,24 @@ pub struct Deafen {
     pub tail: std::time::Duration,
 }
 
+/// Which speech is a turn: the gate, the wake stage (wake-word mode), and the
+/// speaker's status (an answer that ends opens the follow-up window).
+pub struct Listening {
+    pub gate: Gate,
+    /// vad → wake: a copy of each frame (`VAD_TO_WAKE`), and what it heard.
+    pub wake: Option<(mpsc::Sender<Frame>, Heard)>,
+    pub answers: watch::Receiver<super::playback::Status>,
+    /// To playback (the earcon): where the newest wake word was heard.
+    pub woke: watch::Sender<u64>,
+}
+
 /// Runs webrtc-vad and the endpointer over frames until capture ends.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     config: VadConfig,
     clock: Clock,
     deafen: Option<Deafen>,
+    mut listening: Listening,
     switches: Arc<Switches>,
     turn_ids: TurnIds,
     mut frames: mpsc::Receiver<Frame>,
@@ -318,7 +337,10 @@ pub fn run(
                 v.speaking = true;
                 v.turn = turn;
             }),
-            Event::Discarded => {}
+            // (Speech let through for its wake word, which was all it held.)
+            Event::Discarded => {
+                voice.send_if_modified(|v| std::mem::replace(&mut v.speaking, false));
+            }
             Event::Speculate(cut) | Event::Final(cut) if cut.samples.is_empty() => {
                 tracing::debug!(turn = cut.turn, "empty utterance ignored");
             }
@@ -338,8 +360,17 @@ pub fn run(
     };
     let mut deaf_until: Option<Instant> = None;
     let mut held = false;
+    let mut answered = listening.answers.borrow().done_turn;
     while let Some(frame) = frames.blocking_recv() {
         pulse.busy(0);
+        if let Some((wake, _)) = &listening.wake {
+            // Live, the wake stage must not hold capture up: a frame it has no room
+            // for is dropped and counted. A recording played as fast as possible waits.
+            let handed = if clock.realtime { wake.try_send(frame).is_ok() } else { wake.blocking_send(frame).is_ok() };
+            if !handed {
+                Counters::bump(&counters.wake_drops);
+            }
+        }
         let audio = frame.audio();
         for (dst, src) in pcm.iter_mut().zip(audio) {
             *dst = (src.clamp(-1.0, 1.0) * i16::MAX as f32) as i16;
@@ -347,31 +378,61 @@ pub fn run(
         let voiced = vad.is_voice_segment(&pcm[..audio.len()]).map_err(|()| anyhow::anyhow!("webrtc-vad rejected a {}-sample frame", audio.len()))?;
         end_sample = frame.start_sample + audio.len() as u64;
         let now = Instant::now();
-        let voiced = match &deafen {
+        let deaf = match &deafen {
             Some(d) => {
                 if d.speaker.borrow().speaking {
                     deaf_until = Some(now + d.tail);
                 }
-                voiced && deaf_until.map_or(true, |until| now >= until)
+                deaf_until.is_some_and(|until| now < until)
             }
-            None => voiced,
+            None => false,
         };
+        let voiced = voiced && !deaf;
         // Push-to-talk overrides muting, deafness and the detector: the user says
         // when they speak. Letting go ends the turn now.
         let (was_held, muted) = (held, switches.muted());
         held = switches.push_to_talk();
+        let gate = &mut listening.gate;
         if was_held && !held {
-            if let Some(event) = endpointer.finish(frame.start_sample) {
+            for event in endpointer.finish(frame.start_sample).map(|e| gate.pass(e, true)).unwrap_or_default() {
                 emit(event, now)?;
             }
         }
-        let voiced = held || (voiced && !muted);
+        // An answer that ended opens the follow-up window.
+        let done = listening.answers.borrow().done_turn;
+        if done > answered {
+            answered = done;
+            gate.answered(end_sample);
+        }
+        // Wake words heard (not the assistant's own voice, not while muted).
+        if let Some((_, heard)) = &listening.wake {
+            for detection in heard.take((!clock.realtime).then_some(end_sample)) {
+                if deaf || muted {
+                    tracing::debug!(word = detection.word, "wake word while not listening: ignored");
+                    continue;
+                }
+                listening.woke.send_replace(detection.at_sample.max(1));
+                for event in gate.woke(&detection) {
+                    emit(event, now)?;
+                }
+            }
+        }
+        if let Some(Lapse::Unanswered { word }) = gate.tick(end_sample) {
+            Counters::bump(&counters.wakes_unanswered);
+            tracing::info!("woke by {word}, but no request followed");
+        }
+        let voiced = match gate.mode() {
+            Mode::PushToTalk => held,
+            _ => held || (voiced && !muted),
+        };
         for event in endpointer.push(audio, frame.start_sample, voiced) {
-            emit(event, now)?;
+            for event in gate.pass(event, held) {
+                emit(event, now)?;
+            }
         }
         pulse.idle();
     }
-    if let Some(event) = endpointer.finish(end_sample) {
+    for event in endpointer.finish(end_sample).map(|e| listening.gate.pass(e, held)).unwrap_or_default() {
         emit(event, Instant::now())?;
     }
     Ok(())
@@ -392,6 +453,7 @@ fn to_utterance(cut: Cut, endpoint_at: Option<Instant>, clock: &Clock, now: Inst
         capped: cut.capped,
         anchor: Anchor { speech_end_s, speech_end_at: clock.arrival(speech_end_s, late_s, now) },
         endpoint_at,
+        started: cut.started,
     }
 }
 

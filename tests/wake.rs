@@ -1,0 +1,107 @@
+//! Listening for the wake word: only speech addressed to voxd becomes a turn, the
+//! words said in the same breath are kept and the wake phrase is not.
+
+use std::time::Duration;
+
+use crate::live::{Daemon, Pulse};
+use crate::util::*;
+
+/// A recording in wake-word mode: a question without the wake word is not answered;
+/// one said in one breath after it is, without the wake phrase in its words; the wake
+/// word said on its own and the question after a pause make one turn too. The earcon
+/// sounds where the wake word was heard.
+#[test]
+fn a_recording_in_wake_word_mode_answers_only_what_is_addressed_to_it() {
+    let dir = tempdir();
+    let parts = [
+        (0.5, "What is the capital of France?"),
+        (1.5, "Hey Jarvis, what is the capital of Italy?"),
+        (2.0, "Hey Jarvis."),
+        (1.2, "What is the capital of Spain?"),
+        (2.0, "Tell me a joke."),
+    ];
+    let (input, _) = conversation(&dir, "wake", &parts, 2.0);
+    let chime = dir.path().join("chime.wav");
+    let tone: Vec<f32> = (0..2400).map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 1000.0 / 16_000.0).sin()).collect();
+    voxd::audio::write_wav(&chime, &tone, 16_000).unwrap();
+    let config = deterministic_config(&dir, &format!("[wake]\nmode = \"wake_word\"\nearcon = {:?}\n", chime.to_str().unwrap()));
+    let (out, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let r = run_cmd(voxd().args(["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]));
+    assert!(r.ok, "{}", r.stderr);
+    let turns = turns(&log);
+    let heard: Vec<String> = turns.iter().map(|t| t.transcript.to_lowercase()).collect();
+    assert_eq!(turns.len(), 2, "two questions were addressed to voxd; heard {heard:?}\n{}", r.stderr);
+    assert!(heard[0].contains("capital of italy") && heard[1].contains("capital of spain"), "{heard:?}");
+    for t in &turns {
+        assert!(!t.transcript.to_lowercase().contains("jarvis"), "the wake phrase stays out of the words: {:?}", t.transcript);
+        assert!(t.transcript.starts_with("What"), "from the request's first word: {:?}", t.transcript);
+        assert_eq!(t.wake, "hey_jarvis_v0.1", "{t:?}");
+        assert!(t.wake_score.is_some_and(|s| s >= 0.5), "{t:?}");
+        assert!(!t.reply.is_empty(), "{t:?}");
+    }
+    // The first wake (nothing was playing then): the earcon is in the output there.
+    let line = r.stderr.lines().find(|l| l.contains("wake word: hey_jarvis_v0.1")).unwrap_or_else(|| panic!("no wake logged:\n{}", r.stderr));
+    let at_s: f64 = line.split("at_s=").nth(1).and_then(|v| v.trim_matches('"').split('"').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let played = voxd::audio::read_wav(&out, 16_000).unwrap();
+    let rms = |from_s: f64, len_s: f64| {
+        let w = &played.samples[(from_s * 16_000.0) as usize..((from_s + len_s) * 16_000.0) as usize];
+        (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt()
+    };
+    assert!(rms(at_s, 0.15) > 0.1, "no earcon at {at_s} s (rms {})", rms(at_s, 0.15));
+    assert!(rms(at_s - 0.5, 0.5) < 0.01, "nothing played before the wake");
+}
+
+/// A wake model that cannot be used stops voxd at start with its name, before the
+/// other engines load.
+#[test]
+fn a_bad_wake_model_is_an_error_at_start_naming_it() {
+    let dir = tempdir();
+    let bad = dir.path().join("my_word.onnx");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let (input, _) = conversation(&dir, "q", &[(0.3, "Hello.")], 0.5);
+    let config = deterministic_config(&dir, &format!("[wake]\nmode = \"wake_word\"\nwords = [{:?}]\n", bad.to_str().unwrap()));
+    let out = dir.path().join("out.wav");
+    let r = run_cmd(voxd().args(["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]));
+    assert!(!r.ok);
+    assert!(r.stderr.contains("my_word.onnx") && r.stderr.contains("is it an .onnx file"), "{}", r.stderr);
+    let missing = dir.path().join("gone.onnx");
+    let config = deterministic_config(&dir, &format!("[wake]\nmode = \"wake_word\"\nwords = [{:?}]\n", missing.to_str().unwrap()));
+    let r = run_cmd(voxd().args(["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]));
+    assert!(!r.ok && r.stderr.contains("gone.onnx"), "{}", r.stderr);
+    let config = deterministic_config(&dir, "[wake]\nmode = \"wake_words\"\nthreshold = 1.5\n");
+    let r = run_cmd(voxd().args(["--config", config.to_str().unwrap(), "run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]));
+    assert!(!r.ok && r.stderr.contains("wake.mode") && r.stderr.contains("wake.threshold"), "both problems at once: {}", r.stderr);
+}
+
+/// Live, with voxd's default listening (the wake word): questions without it make no
+/// turn; the same questions after "Hey Jarvis" in one breath are answered without
+/// the wake phrase in the log; a follow-up right after an answer needs none.
+#[test]
+fn live_only_questions_after_the_wake_word_are_answered_and_a_follow_up_needs_none() {
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let (unaddressed, _) = conversation(&dir, "plain", &[(0.3, "What is the capital of France?"), (1.5, "Turn off the kitchen light.")], 0.5);
+    let (first, _) = conversation(&dir, "woken", &[(0.3, "Hey Jarvis, what is the capital of France?")], 0.3);
+    let (follow_up, _) = conversation(&dir, "follow", &[(0.3, "And what is the capital of Italy?")], 0.3);
+    // An empty [wake] section: the default mode.
+    let voxd = Daemon::start(&pulse, &dir, "[wake]\nfollow_up_s = 8.0\n");
+    assert!(voxd.stderr().contains("listening: for hey_jarvis_v0.1"), "{}", voxd.stderr());
+    pulse.say(&unaddressed);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(turns(&voxd.log).is_empty(), "speech without the wake word made a turn: {:?}", turns(&voxd.log));
+    pulse.say(&first);
+    let answered = voxd.wait_for_turns(1, Duration::from_secs(60));
+    // The answer has been played (the turn is logged at its last sample): follow up.
+    std::thread::sleep(Duration::from_millis(800));
+    pulse.say(&follow_up);
+    let turns = voxd.wait_for_turns(2, Duration::from_secs(60));
+    let stderr = voxd.stop();
+    let (woken, followed) = (&turns[0], &turns[1]);
+    assert_eq!(answered[0].turn, woken.turn);
+    assert!(woken.transcript.to_lowercase().contains("capital of france") && !woken.transcript.to_lowercase().contains("jarvis"), "{:?}", woken.transcript);
+    assert_eq!(woken.wake, "hey_jarvis_v0.1");
+    assert!(woken.round_trip_ms.is_some() && !woken.reply.is_empty(), "{woken:?}");
+    assert!(followed.transcript.to_lowercase().contains("capital of italy"), "{:?}", followed.transcript);
+    assert_eq!(followed.wake, "follow_up", "{followed:?}");
+    assert_eq!(turns.len(), 2, "{stderr}");
+}
