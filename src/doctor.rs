@@ -76,6 +76,10 @@ pub fn examine(s: &Subject<'_>) -> Vec<Check> {
         checks.push(check);
         model_bytes += bytes;
     }
+    // Listening for a wake word (the default on a microphone) needs its model.
+    if crate::pipeline::wake::Mode::of(&config.wake, true) == crate::pipeline::wake::Mode::WakeWord {
+        checks.push(model(s, Role::Wake).0);
+    }
     checks.push(context(s, config));
     checks.push(espeak(config));
     checks.push(onnx_runtime());

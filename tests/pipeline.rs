@@ -340,9 +340,10 @@ fn a_slow_voice_does_not_stall_capture_and_nothing_deadlocks() {
 #[test]
 fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     let dir = tempdir();
-    // The second question starts 2.5 s after the first ends: the long first answer is
-    // still being spoken.
-    let parts = [(0.5, "Please tell me a long story about a brave little dragon."), (2.5, "Stop. What is two plus two?")];
+    // The second question starts 5 s after the first ends: the long first answer is
+    // being spoken (however slow the machine is to begin it: a question before the
+    // first audio would supersede the answer, not interrupt it).
+    let parts = [(0.5, "Please tell me a long story about a brave little dragon."), (5.0, "Stop. What is two plus two?")];
     let (input, ends) = conversation(&dir, "barge", &parts, 8.0);
     let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
     let config = deterministic_config(&dir, "[agent]\nmulti_turn = \"on\"");
@@ -361,6 +362,29 @@ fn speaking_during_a_reply_cancels_it_and_history_keeps_only_what_was_heard() {
     let peak = peak(&dir, &output, cut_s, second_start - 0.05);
     assert!(peak < 500, "the cancelled answer kept playing (peak {peak})");
     assert_eq!(second.llm.history_turns, usize::from(!first.spoken.is_empty()), "history holds the heard part only");
+}
+
+/// Listening for the wake word with barge-in on: talk in the room during a reply
+/// leaves it playing; the wake word interrupts it, and what follows it is the next turn.
+#[test]
+fn only_the_wake_word_interrupts_a_reply_when_listening_for_it() {
+    let dir = tempdir();
+    let parts = [(0.5, "Hey Jarvis, please tell me a long story about a brave little dragon."), (5.0, "I wonder what is on television tonight."), (1.0, "Hey Jarvis, stop. What is two plus two?")];
+    let (input, ends) = conversation(&dir, "wake-barge", &parts, 8.0);
+    let (output, log) = (dir.path().join("out.wav"), dir.path().join("turns.jsonl"));
+    let config = deterministic_config(&dir, "[wake]\nmode = \"wake_word\"\n[agent]\nmulti_turn = \"on\"");
+    let r = run_ok(&["--config", config.to_str().unwrap(), "run", "--realtime", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--latency-log", log.to_str().unwrap()]);
+    let turns = turns(&log);
+    assert_eq!(turns.len(), 2, "the talk in the room is no turn: {:?}\n{}", turns.iter().map(|t| &t.transcript).collect::<Vec<_>>(), r.stderr);
+    let (first, second) = (&turns[0], &turns[1]);
+    assert!(first.cancelled && first.cancel_reason.as_deref() == Some("barge-in"), "{first:?}");
+    // The answer was playing through the talk (it began 5 s after the question).
+    let talk_start = ends[0] + 5.0;
+    let peak = peak(&dir, &output, talk_start + 0.3, ends[1]);
+    assert!(peak > 500, "the talk in the room cut the answer (peak {peak} while it was said)");
+    let asked = second.transcript.to_lowercase().replace(' ', "");
+    assert!(["twoplustwo", "2plus2", "2+2"].iter().any(|w| asked.contains(w)) && !asked.contains("jarvis"), "{:?}", second.transcript);
+    assert_eq!(second.wake, "hey_jarvis_v0.1");
 }
 
 /// A voice that fails on the first sentence it is given, and speaks (a tone) after.

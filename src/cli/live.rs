@@ -40,7 +40,7 @@ pub(super) struct Listened {
     seconds: f64,
     turns: usize,
     /// Process CPU time (user + system) over wall time: 0.01 = 1 % of one core.
-    cpu_share: f64,
+    pub(super) cpu_share: f64,
     capture_ms: f64,
     output_ms: f64,
     xruns: u64,

@@ -24,8 +24,9 @@ mod engines;
 mod install;
 mod live;
 mod service;
+mod wake;
 
-use self::{bench::*, engines::*, install::*, live::*, service::*};
+use self::{bench::*, engines::*, install::*, live::*, service::*, wake::*};
 
 /// voxd: a local voice assistant (VAD → Whisper → small LLM → Piper).
 #[derive(Debug, Parser)]
@@ -134,6 +135,22 @@ pub enum Command {
     BenchLive {
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+    },
+    /// How well the wake word works: false rejects on spoken positives (Piper and
+    /// espeak-ng voices, several speeds, clean and in noise, with and without a pause
+    /// before the command) and false accepts per hour on speech without it, at each
+    /// threshold; how soon it wakes; what listening for it costs (idle, on the live
+    /// devices). Takes a few minutes per hour of negatives.
+    BenchWake {
+        /// Hours of negative speech (looped and varied from what can be spoken here).
+        #[arg(long, default_value_t = 1.0)]
+        hours: f64,
+        /// Seconds of idle listening on the live devices in each mode (0: skip).
+        #[arg(long, default_value_t = 30.0)]
+        idle_s: f64,
+        /// Also write the figures as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// How well the LLM calls tools: the evaluation set's spoken-style requests (lights,
     /// climate, covers, locks, scenes, state questions, chit-chat, ambiguous and unsafe
@@ -363,6 +380,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
                 Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
                 Command::BenchLive { seconds } => bench_live(&env, seconds),
+                Command::BenchWake { hours, idle_s, json } => bench_wake(&env, hours, idle_s, json.as_deref()),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),
@@ -401,8 +419,8 @@ impl Env {
             Role::Asr => &self.config.asr.model,
             Role::Llm => &self.config.llm.model,
             Role::Tts => &self.config.tts.voice,
-            // No [wake] section yet: the table's default.
-            Role::Wake => "",
+            // The first wake word (`wake_models` resolves them all).
+            Role::Wake => self.config.wake.words.first().map_or("", String::as_str),
         });
         // No LLM named: the one `voxd select` chose, while it is installed.
         if role == Role::Llm && requested.is_empty() {

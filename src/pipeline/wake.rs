@@ -289,6 +289,14 @@ impl Gate {
     /// Passes an endpointer event on, holds it back, or turns it into another.
     /// `push_to_talk`: the button is held (what is heard is addressed).
     pub fn pass(&mut self, event: Event, push_to_talk: bool) -> Vec<Event> {
+        // Push-to-talk pressed while speech not addressed to voxd goes on: it is now.
+        if let (true, Current::Held { turn }) = (push_to_talk, &self.current) {
+            let turn = *turn;
+            self.current = Current::Addressed { by: Started::PushToTalk, wake_at: None };
+            let mut events = vec![Event::Started { turn }];
+            events.extend(self.pass(event, true));
+            return events;
+        }
         match event {
             // (A window that ran out was closed by `tick` before this frame.)
             Event::Started { turn } => self.begin(turn, push_to_talk),
@@ -566,6 +574,12 @@ mod tests {
         ptt.pass(Event::Final(cut(1, 0.0, 2.0)), false);
         assert_eq!(ptt.pass(Event::Started { turn: 2 }, true), vec![Event::Started { turn: 2 }]);
         assert_eq!(finals(&ptt.pass(Event::Final(cut(2, 3.0, 5.0)), true))[0].started, Started::PushToTalk);
+        // Pressed while unaddressed speech goes on (wake-word mode): from then on it is a turn.
+        let mut wake = Gate::new(Mode::WakeWord, &config(), 200);
+        assert!(wake.pass(Event::Started { turn: 3 }, false).is_empty());
+        let events = wake.pass(Event::Final(cut(3, 0.0, 2.0)), true);
+        assert_eq!(events[0], Event::Started { turn: 3 });
+        assert_eq!(finals(&events)[0].started, Started::PushToTalk);
         assert_eq!(Mode::of(&WakeConfig::default(), true), Mode::WakeWord, "the default on a microphone");
         assert_eq!(Mode::of(&WakeConfig::default(), false), Mode::Always, "and for a recording");
     }
