@@ -105,3 +105,27 @@ fn live_only_questions_after_the_wake_word_are_answered_and_a_follow_up_needs_no
     assert_eq!(followed.wake, "follow_up", "{followed:?}");
     assert_eq!(turns.len(), 2, "{stderr}");
 }
+
+/// `voxd bench-wake`'s short pass: every threshold judged on positives and negatives
+/// made here, the test voice woken at the configured one, the figures in JSON.
+#[test]
+fn bench_wake_measures_false_rejects_false_accepts_and_what_listening_costs() {
+    let dir = tempdir();
+    let json = dir.path().join("wake.json");
+    let r = run_ok(&["bench-wake", "--quick", "--hours", "0.02", "--idle-s", "0", "--json", json.to_str().unwrap()]);
+    for needle in ["false rejects", "false accepts per hour", "wake to listening", "◀ configured", "the detector's work", "idle daemon             not measured"] {
+        assert!(r.stdout.contains(needle), "no {needle:?} in:\n{}", r.stdout);
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Two voices, two commands, at once and after a pause, clean and in noise.
+    assert_eq!(report["positives"], 16, "{report}");
+    assert!(report["negative_hours"].as_f64().unwrap() >= 0.02 && report["negative_utterances"].as_u64().unwrap() > 10, "{report}");
+    assert!(report["step_ms"].as_f64().unwrap() > 0.0);
+    let thresholds = report["thresholds"].as_array().unwrap();
+    assert_eq!(thresholds.len(), 8, "0.2 to 0.9, the configured 0.5 among them");
+    let configured = thresholds.iter().find(|t| t["threshold"] == 0.5).unwrap();
+    // The voice the classifier was trained on (Piper) wakes it every time (measured
+    // 0 misses in 30 clips at every threshold up to 0.9).
+    assert_eq!(configured["frr_piper"], 0.0, "{configured}");
+    assert!(configured["detection_ms"][0].as_f64().unwrap().abs() < 1000.0, "{configured}");
+}

@@ -148,6 +148,9 @@ pub enum Command {
         /// Seconds of idle listening on the live devices in each mode (0: skip).
         #[arg(long, default_value_t = 30.0)]
         idle_s: f64,
+        /// A short pass (for tests): two voices, two commands, twenty texts.
+        #[arg(long)]
+        quick: bool,
         /// Also write the figures as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -380,7 +383,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
                 Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
                 Command::BenchLive { seconds } => bench_live(&env, seconds),
-                Command::BenchWake { hours, idle_s, json } => bench_wake(&env, hours, idle_s, json.as_deref()),
+                Command::BenchWake { hours, idle_s, quick, json } => bench_wake(&env, hours, idle_s, quick, json.as_deref()),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),

@@ -301,7 +301,8 @@ struct WakeReport {
     idle_wake_word: Option<f64>,
 }
 
-pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>) -> Result<()> {
+/// `quick` (the tests'): two voices, two commands, twenty texts.
+pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, quick: bool, json: Option<&Path>) -> Result<()> {
     let models = env.wake_models()?;
     let word = models.words.first().map(|(id, _)| id.clone()).context("no wake word")?;
     if models.words.len() > 1 {
@@ -314,7 +315,11 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
 
     // Positives, one stream: each clip, then silence enough for the detector to forget it.
-    let voices: Vec<Voice> = PIPER_RATES.iter().map(|&rate| Voice::Piper { rate }).chain(ESPEAK_VOICES.iter().flat_map(|&voice| ESPEAK_WPM.iter().map(move |&wpm| Voice::Espeak { voice, wpm }))).collect();
+    let mut voices: Vec<Voice> = PIPER_RATES.iter().map(|&rate| Voice::Piper { rate }).chain(ESPEAK_VOICES.iter().flat_map(|&voice| ESPEAK_WPM.iter().map(move |&wpm| Voice::Espeak { voice, wpm }))).collect();
+    let commands = if quick { &COMMANDS[..2] } else { &COMMANDS[..] };
+    if quick {
+        voices = vec![Voice::Piper { rate: 1.0 }, Voice::Espeak { voice: "en-us", wpm: 175 }];
+    }
     let bar = models::progress::Progress::items("speaking positives", voices.len() as u64);
     let (mut stream, mut positives) = (silence(1.0), Vec::new());
     for voice in &voices {
@@ -323,7 +328,7 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>
         let (mut at_once, mut alone) = (speakers.say(*voice, &format!("{phrase},"))?, speakers.say(*voice, &format!("{phrase}."))?);
         audio::trim_silent_end(&mut at_once, RATE, 0);
         audio::trim_silent_end(&mut alone, RATE, 0);
-        for command in COMMANDS {
+        for command in commands {
             let said = speakers.say(*voice, &(command[..1].to_uppercase() + &command[1..]))?;
             for (pause, wake) in [(false, &at_once), (true, &alone)] {
                 for noisy in [false, true] {
@@ -357,10 +362,15 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>
     texts.sort();
     texts.dedup();
     texts.retain(|t| !t.to_lowercase().contains(&last));
-    let pool_voices = [Voice::Piper { rate: 0.8 }, Voice::Piper { rate: 1.0 }, Voice::Piper { rate: 1.25 }, Voice::Espeak { voice: "en-us", wpm: 175 }, Voice::Espeak { voice: "en-gb", wpm: 160 }, Voice::Espeak { voice: "en-us+f3", wpm: 190 }];
+    let mut pool_voices = vec![Voice::Piper { rate: 0.8 }, Voice::Piper { rate: 1.0 }, Voice::Piper { rate: 1.25 }, Voice::Espeak { voice: "en-us", wpm: 175 }, Voice::Espeak { voice: "en-gb", wpm: 160 }, Voice::Espeak { voice: "en-us+f3", wpm: 190 }];
+    if quick {
+        texts.truncate(20);
+        pool_voices.truncate(1);
+        pool_voices.push(Voice::Espeak { voice: "en-us", wpm: 175 });
+    }
     let bar = models::progress::Progress::items("speaking negatives", (texts.len() * pool_voices.len()) as u64);
     let mut pool: Vec<Vec<f32>> = Vec::new();
-    for voice in pool_voices {
+    for &voice in &pool_voices {
         for text in &texts {
             pool.push(speakers.say(voice, text)?);
             bar.advance(1);
@@ -439,7 +449,7 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>
         idle_always,
         idle_wake_word,
     };
-    print!("{}", report.text(&texts, recorded.len()));
+    print!("{}", report.text(&texts, pool_voices.len(), recorded.len(), &voices, commands.len()));
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -447,18 +457,19 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, json: Option<&Path>
 }
 
 impl WakeReport {
-    fn text(&self, texts: &[String], recordings: usize) -> String {
+    fn text(&self, texts: &[String], pool_voices: usize, recordings: usize, voices: &[Voice], commands: usize) -> String {
         use std::fmt::Write as _;
         let pct = |x: f64| format!("{:.1} %", x * 100.0);
         let mut out = String::new();
         let _ = writeln!(out, "voxd bench-wake: {}, trigger {} step(s) of 80 ms, refractory {} ms", self.word, self.trigger_steps, self.refractory_ms);
+        let voices: Vec<String> = voices.iter().map(Voice::label).collect();
         let _ = writeln!(
             out,
-            "positives: {} clips — Piper at {PIPER_RATES:?}x and espeak-ng {ESPEAK_VOICES:?} at {ESPEAK_WPM:?} wpm; {} commands, each right after the wake phrase and after a {PAUSE_S} s pause; clean and in room noise {NOISE_SNR_DB} dB below the speech",
+            "positives: {} clips — {}; {commands} commands, each right after the wake phrase and after a {PAUSE_S} s pause; clean and in room noise {NOISE_SNR_DB} dB below the speech",
             self.positives,
-            COMMANDS.len()
+            voices.join(", ")
         );
-        let _ = writeln!(out, "negatives: {:.2} h of speech without the wake word: {} utterances from {} texts in 6 voices and {recordings} recordings, looped at 3 speeds, some with a second talker or noise\n", self.negative_hours, self.negative_utterances, texts.len());
+        let _ = writeln!(out, "negatives: {:.2} h of speech without the wake word: {} utterances from {} texts in {pool_voices} voices and {recordings} recordings, looped at 3 speeds, some with a second talker or noise\n", self.negative_hours, self.negative_utterances, texts.len());
         let _ = writeln!(out, "threshold  false rejects: clean  noisy  (piper / espeak-ng, clean)   false accepts   per hour   detection after the phrase p50 / p95");
         for t in &self.thresholds {
             let mark = if t.threshold == self.configured_threshold { " ◀ configured" } else { "" };

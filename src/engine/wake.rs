@@ -22,6 +22,12 @@ const MEL_BANDS: usize = 32;
 /// Mel frames per embedding.
 const MEL_WINDOW: usize = 76;
 const FEATURE: usize = 96;
+/// A chunk this quiet (RMS, −60 dBFS, in the 16-bit scale the models take) holds no
+/// wake word: speech at a microphone is 30-40 dB louder, and even the breath of an
+/// /h/ that begins "hey" is above it.
+const QUIET_RMS: f32 = 0.001 * 32767.0;
+/// Steps whose mel frames fill the embedding's window (76 frames of 8 per step).
+const MEL_STEPS: usize = MEL_WINDOW.div_ceil(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WakeError {
@@ -115,6 +121,13 @@ pub struct Detector {
     mels: VecDeque<[f32; MEL_BANDS]>,
     features: VecDeque<Vec<f32>>,
     samples_seen: u64,
+    /// Quiet steps in a row, and what the models made of a quiet room: once the
+    /// embedding's window (and then every classifier's) holds nothing but quiet, its
+    /// output is the same as last time and the model is not run again — the idle cost
+    /// of listening is the melspectrogram's alone.
+    quiet_steps: usize,
+    quiet_feature: Option<Vec<f32>>,
+    quiet_scores: Option<Vec<f32>>,
 }
 
 impl Detector {
@@ -145,6 +158,9 @@ impl Detector {
             mels: std::iter::repeat([1.0; MEL_BANDS]).take(MEL_WINDOW).collect(),
             features: VecDeque::new(),
             samples_seen: 0,
+            quiet_steps: 0,
+            quiet_feature: None,
+            quiet_scores: None,
         })
     }
 
@@ -184,15 +200,34 @@ impl Detector {
         while self.mels.len() > MEL_WINDOW {
             self.mels.pop_front();
         }
-        let window: Vec<f32> = self.mels.iter().flatten().copied().collect();
-        let feature = self.embedding.run(&[1, MEL_WINDOW, MEL_BANDS, 1], window)?;
-        if feature.len() != FEATURE {
-            return Err(self.embedding.gave(feature.len(), "96 values"));
+        let chunk = &self.audio[self.audio.len() - CHUNK..];
+        let quiet = (chunk.iter().map(|x| x * x).sum::<f32>() / CHUNK as f32).sqrt() < QUIET_RMS;
+        self.quiet_steps = if quiet { self.quiet_steps + 1 } else { 0 };
+        if !quiet {
+            (self.quiet_feature, self.quiet_scores) = (None, None);
         }
+        let feature = match &self.quiet_feature {
+            Some(f) if self.quiet_steps > MEL_STEPS => f.clone(),
+            _ => {
+                let window: Vec<f32> = self.mels.iter().flatten().copied().collect();
+                let feature = self.embedding.run(&[1, MEL_WINDOW, MEL_BANDS, 1], window)?;
+                if feature.len() != FEATURE {
+                    return Err(self.embedding.gave(feature.len(), "96 values"));
+                }
+                if self.quiet_steps > MEL_STEPS {
+                    self.quiet_feature = Some(feature.clone());
+                }
+                feature
+            }
+        };
         self.features.push_back(feature);
         let longest = self.words.iter().map(|w| w.frames).max().unwrap_or(0);
         while self.features.len() > longest {
             self.features.pop_front();
+        }
+        let all_quiet = self.quiet_steps > MEL_STEPS + longest;
+        if let Some(scores) = self.quiet_scores.as_ref().filter(|_| all_quiet) {
+            return Ok(Step { end_sample: self.samples_seen, scores: scores.clone() });
         }
         let mut scores = Vec::with_capacity(self.words.len());
         for word in &mut self.words {
@@ -203,6 +238,9 @@ impl Detector {
             let newest: Vec<f32> = self.features.iter().skip(self.features.len() - word.frames).flatten().copied().collect();
             let score = word.model.run(&[1, word.frames, FEATURE], newest)?;
             scores.push(score.first().copied().unwrap_or(0.0));
+        }
+        if all_quiet {
+            self.quiet_scores = Some(scores.clone());
         }
         Ok(Step { end_sample: self.samples_seen, scores })
     }
