@@ -225,7 +225,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         tracing::info!("listening: {}", match mode {
             wake::Mode::Always => "every utterance is answered".to_string(),
             wake::Mode::PushToTalk => "push-to-talk only (`voxd ctl ptt`)".to_string(),
-            wake::Mode::WakeWord => format!("for {wake_words} (threshold {}), and for {} s after each answer", options.wake.threshold, options.wake.follow_up_s),
+            wake::Mode::WakeWord => format!("for {wake_words} (threshold {}), and for {} s after each answer", wake_config.threshold, wake_config.follow_up_s),
         });
         let pulse = health.pulse("vad");
         stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, listening, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));

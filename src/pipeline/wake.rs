@@ -205,10 +205,9 @@ impl Drop for CloseOnDrop {
 }
 
 /// Runs the detector over the frames vad hands on until they end.
-pub fn run(mut detector: Detector, words: Vec<(String, Trigger)>, mut frames: mpsc::Receiver<Frame>, heard: Heard, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
+pub fn run(mut detector: Detector, mut words: Vec<(String, Trigger)>, mut frames: mpsc::Receiver<Frame>, heard: Heard, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     let heard = CloseOnDrop(heard);
     let mut fed = 0u64;
-    let mut words = words;
     while let Some(frame) = frames.blocking_recv() {
         pulse.busy(0);
         let audio = frame.audio();
@@ -276,14 +275,6 @@ impl Gate {
 
     pub fn mode(&self) -> Mode {
         self.mode
-    }
-
-    /// How the utterance under way began (for its `Utterance`).
-    pub fn started(&self) -> Started {
-        match &self.current {
-            Current::Addressed { by, .. } => by.clone(),
-            _ => Started::Always,
-        }
     }
 
     /// Passes an endpointer event on, holds it back, or turns it into another.
