@@ -322,6 +322,19 @@ section! {
 }
 
 section! {
+    /// The Wyoming server (`voxd wyoming`): Home Assistant and other Wyoming clients
+    /// use voxd's Whisper and Piper.
+    WyomingConfig "wyoming" {
+        /// Where `voxd wyoming` listens: "tcp://HOST:PORT". Empty: "tcp://0.0.0.0:10300"
+        /// (Wyoming's usual port for speech to text).
+        listen: String = String::new(), check(|s: &String| s.is_empty() || crate::wyoming::tcp_address(s).is_ok(), "empty or \"tcp://HOST:PORT\", e.g. \"tcp://0.0.0.0:10300\"");
+        /// Requests that may wait for each engine while it works on another; one more
+        /// is refused at once with an `error` event (code "busy").
+        queue: u32 = 4, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+    }
+}
+
+section! {
     /// Logs.
     LogConfig "log" {
         /// Per-turn latency log (JSON lines). Empty: none, unless --latency-log is given.
@@ -391,6 +404,7 @@ pub struct Config {
     pub tts: TtsConfig,
     pub vad: VadConfig,
     pub wake: WakeConfig,
+    pub wyoming: WyomingConfig,
     pub agent: AgentConfig,
     pub audio: AudioConfig,
     pub log: LogConfig,
@@ -413,6 +427,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (TtsConfig::KEY, TtsConfig::FIELDS),
     (VadConfig::KEY, VadConfig::FIELDS),
     (WakeConfig::KEY, WakeConfig::FIELDS),
+    (WyomingConfig::KEY, WyomingConfig::FIELDS),
     (AgentConfig::KEY, AgentConfig::FIELDS),
     (AudioConfig::KEY, AudioConfig::FIELDS),
     (LogConfig::KEY, LogConfig::FIELDS),
@@ -487,6 +502,9 @@ impl Config {
         }
         if let Some(t) = section(WakeConfig::KEY, &mut problems) {
             config.wake = WakeConfig::from_table(t, &mut problems);
+        }
+        if let Some(t) = section(WyomingConfig::KEY, &mut problems) {
+            config.wyoming = WyomingConfig::from_table(t, &mut problems);
         }
         if let Some(t) = section(AgentConfig::KEY, &mut problems) {
             config.agent = AgentConfig::from_table(t, &mut problems);

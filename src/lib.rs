@@ -23,3 +23,4 @@ pub mod pipeline;
 pub mod select;
 pub mod service;
 pub mod tools;
+pub mod wyoming;

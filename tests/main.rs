@@ -15,3 +15,4 @@ mod select;
 mod service;
 mod tools;
 mod wake;
+mod wyoming;

@@ -25,8 +25,9 @@ mod install;
 mod live;
 mod service;
 mod wake;
+mod wyoming;
 
-use self::{bench::*, engines::*, install::*, live::*, service::*, wake::*};
+use self::{bench::*, engines::*, install::*, live::*, service::*, wake::*, wyoming::*};
 
 /// voxd: a local voice assistant (VAD → Whisper → small LLM → Piper).
 #[derive(Debug, Parser)]
@@ -96,6 +97,15 @@ pub enum Command {
         /// then what a user hears); else as fast as possible.
         #[arg(long)]
         realtime: bool,
+    },
+    /// Serve voxd's Whisper and Piper over Wyoming, Home Assistant's voice protocol,
+    /// until stopped (Ctrl-C, SIGTERM): add the Wyoming integration in Home Assistant
+    /// with this machine's address and the port.
+    Wyoming {
+        /// tcp://HOST:PORT [default: wyoming.listen from the config, else
+        /// tcp://0.0.0.0:10300].
+        #[arg(long, value_name = "URI")]
+        listen: Option<String>,
     },
     /// The pipeline's latency on a spoken corpus, played in real time: p50/p95 of every
     /// mark and each stage's share; with the reference stack installed
@@ -383,6 +393,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Run { input: Some(input), output: Some(output), latency_log, realtime } => run_file(&env, &input, &output, latency_log, realtime),
                 Command::Run { latency_log, .. } => run_live(&env, latency_log, None).map(|_| ()),
                 Command::BenchLive { seconds } => bench_live(&env, seconds),
+                Command::Wyoming { listen } => wyoming_serve(&env, listen.as_deref()),
                 Command::BenchWake { hours, idle_s, quick, json } => bench_wake(&env, hours, idle_s, quick, json.as_deref()),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),

@@ -97,6 +97,17 @@ impl Asr {
         self.options.temperature_fallback = on;
     }
 
+    /// The languages this model, as set up, hears (ISO 639-1): an English-only
+    /// model "en"; a multilingual one the configured language, or all of Whisper's
+    /// with "auto".
+    pub fn languages(&self) -> Vec<String> {
+        match (self.multilingual, self.options.language.as_str()) {
+            (false, _) => vec!["en".into()],
+            (true, "auto") => (0..=whisper_rs::get_lang_max_id()).filter_map(whisper_rs::get_lang_str).map(str::to_string).collect(),
+            (true, language) => vec![language.to_string()],
+        }
+    }
+
     /// Transcribes one utterance (16 kHz mono f32).
     pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, AsrError> {
         self.run(samples, None, self.options.min_encoder_s)

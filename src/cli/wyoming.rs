@@ -1,0 +1,69 @@
+//! `voxd wyoming`: the Wyoming server (src/wyoming).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::wyoming::desk::Desk;
+use crate::wyoming::{bind, serve, tcp_address, Services, WakeService, MAX_DETECTORS};
+
+/// Wyoming's usual port for speech to text.
+const DEFAULT_LISTEN: &str = "tcp://0.0.0.0:10300";
+
+pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
+    let config = &env.config.wyoming;
+    let uri = listen.unwrap_or(if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }).to_string();
+    tcp_address(&uri).map_err(|why| anyhow::anyhow!("--listen: {why}"))?;
+    let asr = env.asr(None)?;
+    let tts = env.tts(None)?;
+    // Wake words are offered when their models are installed; one that is there but
+    // does not load is an error now, not at a client's first detect.
+    let wake = match env.wake_models() {
+        Ok(models) => {
+            crate::engine::wake::Detector::load(&models)?;
+            Some(WakeService { models, config: env.config.wake.clone(), detectors: Arc::new(tokio::sync::Semaphore::new(MAX_DETECTORS)) })
+        }
+        Err(e) => {
+            eprintln!("wyoming: no wake words offered: {e:#}");
+            None
+        }
+    };
+    let queue = config.queue as usize;
+    let services = Services {
+        asr_model: asr.model_id.clone(),
+        asr_languages: asr.languages(),
+        voice: tts.voice_id.clone(),
+        voice_language: voice_language(&tts.voice_id),
+        first_phrase_words: env.config.llm.first_phrase_words as usize,
+        wake,
+        asr: Desk::open("asr", asr, queue)?,
+        tts: Desk::open("tts", tts, queue)?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind(&uri).await?;
+        let address = listener.local_addr()?;
+        eprintln!(
+            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}; Ctrl-C stops",
+            services.asr_model,
+            services.asr_languages.join(", "),
+            services.voice,
+            services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "))
+        );
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = serve(listener, Arc::new(services)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("wyoming: stopped");
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// A Piper voice's language from its name ("en_US-joe-medium" → "en_US"); "en" when
+/// the name does not start with one.
+fn voice_language(voice: &str) -> String {
+    let first = voice.split('-').next().unwrap_or_default();
+    let is_code = first.len() == 5 && first.as_bytes()[2] == b'_' && first[..2].chars().all(|c| c.is_ascii_lowercase());
+    if is_code { first.to_string() } else { "en".into() }
+}

@@ -1,0 +1,546 @@
+//! voxd as a Wyoming server: Home Assistant's Assist pipelines (and anything else
+//! that speaks Wyoming) use voxd's Whisper and Piper — `voxd wyoming`.
+//!
+//! ```text
+//! client ─describe──────────────────────────────▶ info (the models installed)
+//!        ─transcribe, audio-start, audio-chunk*, audio-stop ─▶ asr desk ─▶ transcript
+//!        ─synthesize ─▶ splitter ─▶ tts desk, piece by piece ─▶ audio-start, audio-chunk*, audio-stop
+//!        ─synthesize-start, synthesize-chunk*, synthesize-stop ─▶ per piece: audio-start…audio-stop,
+//!                                                                   then synthesize-stopped
+//!        ─detect, audio-start, audio-chunk*, audio-stop ─▶ the connection's own detector
+//!                                      ─▶ detection (each time), not-detected (at the end, if none)
+//! ```
+//!
+//! Wake-word detection streams (a satellite may send audio for hours), so each
+//! listening connection has a detector of its own, loaded at its audio-start; at most
+//! `MAX_DETECTORS` at once.
+//!
+//! Each of Whisper and Piper sits behind a `Desk`: one thread, its clients' jobs in order, at most
+//! `[wyoming] queue` waiting; the next client gets an `error` event at once (code
+//! `busy`). Audio arrives at any rate, sample width (1, 2 or 4 bytes) and channel
+//! count and is converted to Whisper's 16 kHz mono. A malformed or oversized event
+//! closes its own connection and no other; so does audio over `MAX_AUDIO_S`.
+//!
+//! Speech is sent as soon as each piece is synthesised: the first piece may be a
+//! phrase of `[llm] first_phrase_words` words, the rest are sentences — a long text
+//! starts sounding after its first words, not after its first sentence.
+
+pub mod desk;
+pub mod event;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use self::desk::Desk;
+use self::event::{read_event, write_event, Event, Limits};
+use crate::engine::asr::Asr;
+use crate::config::WakeConfig;
+use crate::engine::tts::Tts;
+use crate::engine::wake::{Detector, WakeModels};
+use crate::pipeline::wake::{phrase_words, Trigger};
+use crate::pipeline::splitter::{clean, Splitter};
+
+/// The longest audio one `transcribe` takes (Whisper hears 30 s at a time; a voice
+/// command is a few seconds).
+pub const MAX_AUDIO_S: f64 = 60.0;
+/// Connections served at once; the next is closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections listening for a wake word at once (each has its own detector).
+pub const MAX_DETECTORS: usize = 4;
+/// Samples per audio-chunk sent (wyoming-piper's default).
+const SAMPLES_PER_CHUNK: usize = 1024;
+
+/// What the server offers, and the engines behind it.
+pub struct Services {
+    pub asr: Desk<Asr>,
+    pub asr_model: String,
+    /// The languages the Whisper model is set up to hear.
+    pub asr_languages: Vec<String>,
+    pub tts: Desk<Tts>,
+    pub voice: String,
+    pub voice_language: String,
+    /// The first piece of a text may be a phrase of this many words (0: a sentence).
+    pub first_phrase_words: usize,
+    /// Wake-word detection, when the wake models are installed.
+    pub wake: Option<WakeService>,
+}
+
+pub struct WakeService {
+    pub models: WakeModels,
+    /// Thresholds, trigger levels and the refractory period, as for the microphone.
+    pub config: WakeConfig,
+    pub detectors: Arc<Semaphore>,
+}
+
+/// "tcp://HOST:PORT" → "HOST:PORT" (the only scheme served).
+pub fn tcp_address(uri: &str) -> Result<&str, String> {
+    let address = uri.strip_prefix("tcp://").ok_or_else(|| format!("{uri:?} is not a tcp:// address; expected e.g. \"tcp://0.0.0.0:10300\""))?;
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address),
+        _ => Err(format!("{uri:?} has no HOST:PORT after tcp://; expected e.g. \"tcp://0.0.0.0:10300\"")),
+    }
+}
+
+/// Answers connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, services: Arc<Services>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("wyoming: refused {peer}: {MAX_CONNECTIONS} connections are open");
+            continue;
+        };
+        let services = services.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let (read, mut write) = stream.into_split();
+            let mut session = Session::default();
+            let mut reader = BufReader::new(read);
+            loop {
+                let event = match read_event(&mut reader, Limits::SERVED).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("wyoming: closed the connection from {peer}: {e}");
+                        hang_up(&mut reader, &mut write, Event::error(e.to_string(), "bad-event")).await;
+                        break;
+                    }
+                };
+                tracing::debug!("wyoming: {peer}: {}", event.kind);
+                match session.handle(event, &services, &mut write).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Close(why)) => {
+                        tracing::warn!("wyoming: closed the connection from {peer}: {why}");
+                        hang_up(&mut reader, &mut write, Event::error(why, "bad-audio")).await;
+                        break;
+                    }
+                    // The client went away while being answered.
+                    Err(_) => break,
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Sends `last` and hangs up without losing it: the write side is shut, then what
+/// the client still sends is read and dropped for a moment — a socket closed with
+/// unread input is reset, and the client would lose the error before reading it.
+async fn hang_up(reader: &mut (impl AsyncRead + Unpin), write: &mut (impl AsyncWrite + Unpin), last: Event) {
+    let _ = write_event(write, &last).await;
+    let _ = write.shutdown().await;
+    let mut sink = vec![0u8; 64 * 1024];
+    let drain = async {
+        let mut total = 0;
+        while let Ok(n @ 1..) = reader.read(&mut sink).await {
+            total += n;
+            if total > 64 * 1024 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
+
+enum Flow {
+    Continue,
+    /// Close the connection, telling the client why.
+    Close(String),
+}
+
+/// One connection's state: audio being received, a text being streamed in.
+#[derive(Default)]
+struct Session {
+    audio: Option<Incoming>,
+    /// Set by `transcribe`: the language asked for.
+    language: Option<String>,
+    /// Set by `detect`: the next audio is listened to for these wake words (all: None).
+    detect: Option<Option<Vec<String>>>,
+    listening: Option<Listening>,
+    /// The text being streamed in (synthesize-start … synthesize-stop).
+    stream: Option<Splitter>,
+}
+
+/// A wake-word detector on one connection's audio stream.
+struct Listening {
+    detector: Detector,
+    /// (word, its index in the detector's scores, its rule).
+    words: Vec<(String, usize, Trigger)>,
+    resampler: crate::audio::StreamResampler,
+    samples: Vec<f32>,
+    detected: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Audio between audio-start and audio-stop, as mono samples at the client's rate.
+struct Incoming {
+    rate: u32,
+    width: u32,
+    channels: u32,
+    samples: Vec<f32>,
+}
+
+impl Session {
+    async fn handle(&mut self, event: Event, services: &Services, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<Flow> {
+        match event.kind.as_str() {
+            "describe" => write_event(out, &info(services)).await?,
+            "transcribe" => {
+                self.language = event.text("language").map(str::to_string);
+                self.detect = None;
+            }
+            "detect" => {
+                let names = event.data.get("names").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
+                self.detect = Some(names);
+                self.language = None;
+            }
+            "audio-start" => {
+                let (rate, width, channels) = match format(&event) {
+                    Ok(f) => f,
+                    Err(why) => return Ok(Flow::Close(why)),
+                };
+                self.audio = Some(Incoming { rate, width, channels, samples: Vec::new() });
+                if let Some(names) = self.detect.clone() {
+                    match listen(names, rate, services).await {
+                        Ok(listening) => self.listening = Some(listening),
+                        Err(refused) => {
+                            self.audio = None;
+                            write_event(out, &refused).await?;
+                        }
+                    }
+                }
+            }
+            "audio-chunk" => {
+                let Some(audio) = self.audio.as_mut() else {
+                    // After a refused detect the client may still be sending.
+                    return Ok(if self.detect.is_some() { Flow::Continue } else { Flow::Close("audio-chunk before audio-start".into()) });
+                };
+                if let Some(listening) = self.listening.as_mut() {
+                    // A detector listens to a stream of any length: what it has heard
+                    // is not kept.
+                    audio.samples.clear();
+                    if let Err(why) = audio.push_unbounded(&event) {
+                        return Ok(Flow::Close(why));
+                    }
+                    for detection in listening.hear(&audio.samples) {
+                        write_event(out, &detection).await?;
+                    }
+                } else if let Err(why) = audio.push(&event) {
+                    return Ok(Flow::Close(why));
+                }
+            }
+            "audio-stop" => {
+                if let Some(listening) = self.listening.take() {
+                    self.audio = None;
+                    if !listening.detected {
+                        write_event(out, &Event::new("not-detected")).await?;
+                    }
+                } else if let Some(audio) = self.audio.take() {
+                    let language = self.language.take();
+                    write_event(out, &transcribe(audio, language, services).await).await?;
+                }
+            }
+            "synthesize" if self.stream.is_none() => {
+                let Some(text) = event.text("text").map(str::to_string) else {
+                    return write_event(out, &Event::error("synthesize without a \"text\"", "bad-request")).await.map(|_| Flow::Continue);
+                };
+                if let Some(refused) = wrong_voice(&event, services) {
+                    return write_event(out, &refused).await.map(|_| Flow::Continue);
+                }
+                let mut splitter = Splitter::new(services.first_phrase_words);
+                let mut pieces = splitter.push(&text);
+                pieces.extend(splitter.finish());
+                speak(pieces, services, out, true).await?;
+            }
+            // Sent after the chunks of a stream for clients that do not stream:
+            // the stream already says it.
+            "synthesize" => {}
+            "synthesize-start" => {
+                if let Some(refused) = wrong_voice(&event, services) {
+                    return write_event(out, &refused).await.map(|_| Flow::Continue);
+                }
+                self.stream = Some(Splitter::new(services.first_phrase_words));
+            }
+            "synthesize-chunk" => {
+                if let (Some(splitter), Some(text)) = (self.stream.as_mut(), event.text("text")) {
+                    let pieces = splitter.push(text);
+                    speak(pieces, services, out, false).await?;
+                }
+            }
+            "synthesize-stop" => {
+                if let Some(mut splitter) = self.stream.take() {
+                    speak(splitter.finish().into_iter().collect(), services, out, false).await?;
+                    write_event(out, &Event::new("synthesize-stopped")).await?;
+                }
+            }
+            // Events for services voxd does not offer are dropped, as the protocol
+            // asks (a client may probe with them).
+            other => tracing::debug!("wyoming: ignored a {other} event"),
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// The format of an audio-start or audio-chunk: (rate, width, channels).
+fn format(event: &Event) -> Result<(u32, u32, u32), String> {
+    let field = |key: &str| event.data.get(key).and_then(Value::as_u64);
+    let (Some(rate), Some(width), Some(channels)) = (field("rate"), field("width"), field("channels")) else {
+        return Err(format!("{} without its format: rate, width and channels are needed (e.g. 16000, 2, 1)", event.kind));
+    };
+    if !(1000..=384_000).contains(&rate) {
+        return Err(format!("{}: rate {rate} Hz is not an audio rate (1000 to 384000)", event.kind));
+    }
+    if ![1, 2, 4].contains(&width) {
+        return Err(format!("{}: width {width} is not supported; 1, 2 or 4 bytes a sample", event.kind));
+    }
+    if !(1..=16).contains(&channels) {
+        return Err(format!("{}: {channels} channels; 1 to 16 are taken", event.kind));
+    }
+    Ok((rate as u32, width as u32, channels as u32))
+}
+
+impl Incoming {
+    fn push(&mut self, chunk: &Event) -> Result<(), String> {
+        if (self.samples.len() + chunk.payload.len() / (self.width * self.channels) as usize) as f64 > MAX_AUDIO_S * self.rate as f64 {
+            return Err(format!("over {MAX_AUDIO_S} s of audio in one transcription"));
+        }
+        self.push_unbounded(chunk)
+    }
+
+    fn push_unbounded(&mut self, chunk: &Event) -> Result<(), String> {
+        // A chunk may repeat the format; it must be the stream's.
+        if chunk.data.contains_key("rate") && format(chunk)? != (self.rate, self.width, self.channels) {
+            return Err(format!(
+                "an audio-chunk in another format than its audio-start's ({} Hz, {} bytes, {} channels)",
+                self.rate, self.width, self.channels
+            ));
+        }
+        let frame = (self.width * self.channels) as usize;
+        if chunk.payload.len() % frame != 0 {
+            return Err(format!("an audio-chunk of {} bytes is not whole frames of {frame} bytes", chunk.payload.len()));
+        }
+        let width = self.width as usize;
+        for frame in chunk.payload.chunks_exact(frame) {
+            let sum: f32 = frame.chunks_exact(width).map(sample).sum();
+            self.samples.push(sum / self.channels as f32);
+        }
+        Ok(())
+    }
+}
+
+/// One little-endian PCM sample: 8-bit unsigned, 16- or 32-bit signed.
+fn sample(bytes: &[u8]) -> f32 {
+    match bytes.len() {
+        1 => (bytes[0] as f32 - 128.0) / 128.0,
+        2 => i16::from_le_bytes([bytes[0], bytes[1]]) as f32 / 32768.0,
+        _ => i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as f32 / 2_147_483_648.0,
+    }
+}
+
+/// A detector for a `detect` stream at `rate` Hz, listening for `names` (all: None).
+async fn listen(names: Option<Vec<String>>, rate: u32, services: &Services) -> Result<Listening, Event> {
+    let Some(wake) = &services.wake else {
+        return Err(Event::error("no wake words here: install the wake models (`voxd models setup`) and restart voxd wyoming", "wake"));
+    };
+    let installed: Vec<&str> = wake.models.words.iter().map(|(id, _)| id.as_str()).collect();
+    if let Some(unknown) = names.iter().flatten().find(|n| !installed.contains(&n.as_str())) {
+        return Err(Event::error(format!("no wake word {unknown:?} here; voxd listens for {}", installed.join(", ")), "wake"));
+    }
+    let words = installed
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| names.as_ref().is_none_or(|n| n.iter().any(|n| n == *id)))
+        .map(|(i, id)| (id.to_string(), i, Trigger::for_word(&wake.config, id)))
+        .collect();
+    let Ok(slot) = wake.detectors.clone().try_acquire_owned() else {
+        return Err(Event::error(format!("wake words: {MAX_DETECTORS} connections already listen, the most voxd serves at once; try again later"), "busy"));
+    };
+    let models = wake.models.clone();
+    let detector = tokio::task::spawn_blocking(move || Detector::load(&models)).await.expect("loading a detector does not panic");
+    let detector = detector.map_err(|e| Event::error(e.to_string(), "wake"))?;
+    let resampler = crate::audio::StreamResampler::new(rate, crate::audio::ASR_RATE_HZ).map_err(|e| Event::error(e.to_string(), "bad-audio"))?;
+    Ok(Listening { detector, words, resampler, samples: Vec::new(), detected: false, _slot: slot })
+}
+
+impl Listening {
+    /// Feeds audio at the stream's rate; a `detection` for each wake word heard.
+    fn hear(&mut self, audio: &[f32]) -> Vec<Event> {
+        self.samples.clear();
+        self.resampler.push(audio, &mut self.samples);
+        let steps = match self.detector.push(&self.samples) {
+            Ok(steps) => steps,
+            Err(e) => {
+                tracing::warn!("wyoming: a wake-word step failed: {e}");
+                return Vec::new();
+            }
+        };
+        let mut detections = Vec::new();
+        for step in steps {
+            for (word, index, trigger) in &mut self.words {
+                let score = step.scores[*index];
+                if trigger.step(score, step.end_sample) {
+                    self.detected = true;
+                    tracing::info!("wyoming: heard {word} (score {score:.2}) at {:.2} s", step.end_sample as f64 / 16_000.0);
+                    detections.push(Event::with_data("detection", json!({ "name": word, "timestamp": step.end_sample / 16 })));
+                }
+            }
+        }
+        detections
+    }
+}
+
+async fn transcribe(audio: Incoming, language: Option<String>, services: &Services) -> Event {
+    if let Some(language) = language.filter(|l| !services.asr_languages.contains(&l.split(['-', '_']).next().unwrap_or(l).to_string())) {
+        return Event::error(format!("{} hears {}, not {language:?}", services.asr_model, services.asr_languages.join(", ")), "language");
+    }
+    let samples = match crate::audio::resample(&audio.samples, audio.rate, crate::audio::ASR_RATE_HZ) {
+        Ok(samples) => samples,
+        Err(e) => return Event::error(e.to_string(), "bad-audio"),
+    };
+    match services.asr.ask(move |asr| asr.transcribe(&samples)).await {
+        Ok(Ok(t)) => {
+            tracing::info!("wyoming: transcribed {:.2} s in {:.0} ms: {:?}", t.audio_s, t.elapsed_ms, t.text);
+            Event::with_data("transcript", json!({ "text": t.text, "language": services.asr_languages.first() }))
+        }
+        Ok(Err(e)) => Event::error(format!("transcription failed: {e}"), "asr"),
+        Err(busy) => Event::error(busy.to_string(), "busy"),
+    }
+}
+
+/// An error event when the event asks for a voice voxd does not have.
+fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
+    let name = event.data.get("voice")?.get("name")?.as_str()?;
+    (name != services.voice).then(|| Event::error(format!("no voice {name:?} here; voxd speaks with {:?}", services.voice), "voice"))
+}
+
+/// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
+/// `as_one` → one audio-start…audio-stop around them all (a `synthesize`); else one
+/// per piece (a stream, as wyoming-piper sends it).
+async fn speak(pieces: Vec<String>, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<()> {
+    let mut started = false;
+    for piece in pieces.iter().filter_map(|p| clean(p)) {
+        let speech = match services.tts.ask(move |tts| tts.synthesize(&piece)).await {
+            Ok(Ok(speech)) => speech,
+            Ok(Err(e)) => return write_event(out, &Event::error(format!("synthesis failed: {e}"), "tts")).await,
+            Err(busy) => return write_event(out, &Event::error(busy.to_string(), "busy")).await,
+        };
+        let format = json!({ "rate": speech.rate_hz, "width": 2, "channels": 1 });
+        if !started || !as_one {
+            write_event(out, &Event::with_data("audio-start", format.clone())).await?;
+            started = true;
+        }
+        for chunk in speech.samples.chunks(SAMPLES_PER_CHUNK) {
+            let mut event = Event::with_data("audio-chunk", format.clone());
+            event.payload = chunk.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
+            write_event(out, &event).await?;
+        }
+        if !as_one {
+            write_event(out, &Event::new("audio-stop")).await?;
+        }
+    }
+    if as_one {
+        if !started {
+            // Nothing speakable: still a well-formed (empty) answer.
+            write_event(out, &Event::with_data("audio-start", json!({ "rate": 22050, "width": 2, "channels": 1 }))).await?;
+        }
+        write_event(out, &Event::new("audio-stop")).await?;
+    }
+    Ok(())
+}
+
+/// The `info` answer to `describe`: every field the reference's dataclasses require.
+fn info(services: &Services) -> Event {
+    let version = env!("CARGO_PKG_VERSION");
+    let voxd = json!({ "name": "voxd", "url": "https://github.com/voxd/voxd" });
+    let wake = match &services.wake {
+        None => json!([]),
+        Some(wake) => json!([{
+            "name": "voxd-openwakeword", "attribution": voxd, "installed": true, "version": version,
+            "description": "openWakeWord's models on ONNX Runtime in voxd",
+            "models": wake.models.words.iter().map(|(id, _)| json!({
+                "name": id, "installed": true, "version": null, "description": id, "languages": ["en"],
+                "attribution": { "name": "David Scripka (openWakeWord)", "url": "https://github.com/dscripka/openWakeWord" },
+                "phrase": phrase_words(id).join(" "),
+            })).collect::<Vec<_>>(),
+        }]),
+    };
+    Event::with_data(
+        "info",
+        json!({
+            "asr": [{
+                "name": "voxd-whisper", "attribution": voxd, "installed": true, "version": version,
+                "description": "Whisper (whisper.cpp) in voxd",
+                "models": [{
+                    "name": services.asr_model, "installed": true, "version": null, "description": services.asr_model,
+                    "attribution": { "name": "OpenAI", "url": "https://github.com/openai/whisper" },
+                    "languages": services.asr_languages,
+                }],
+                "supports_transcript_streaming": false,
+            }],
+            "tts": [{
+                "name": "voxd-piper", "attribution": voxd, "installed": true, "version": version,
+                "description": "Piper in voxd, speaking each phrase as soon as it is ready",
+                "voices": [{
+                    "name": services.voice, "installed": true, "version": null, "description": services.voice,
+                    "attribution": { "name": "rhasspy", "url": "https://github.com/rhasspy/piper" },
+                    "languages": [services.voice_language], "speakers": null,
+                }],
+                "supports_synthesize_streaming": true,
+            }],
+            "wake": wake,
+            "handle": [], "intent": [], "mic": [], "snd": [],
+        }),
+    )
+}
+
+/// Binds `uri` (tcp://HOST:PORT).
+pub async fn bind(uri: &str) -> Result<TcpListener> {
+    let address = tcp_address(uri).map_err(anyhow::Error::msg)?;
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {uri} (in use? another wyoming server?)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_of_any_width_and_channel_count_becomes_mono_samples() {
+        let mut audio = Incoming { rate: 16000, width: 2, channels: 2, samples: Vec::new() };
+        let mut chunk = Event::new("audio-chunk");
+        chunk.payload = [16384i16, 0, -32768, -32768].iter().flat_map(|s| s.to_le_bytes()).collect();
+        audio.push(&chunk).unwrap();
+        assert_eq!(audio.samples, vec![0.25, -1.0]);
+        chunk.payload.pop();
+        assert!(audio.push(&chunk).unwrap_err().contains("not whole frames of 4 bytes"));
+        let mut other = Event::with_data("audio-chunk", json!({"rate": 22050, "width": 2, "channels": 2}));
+        other.payload = vec![0; 4];
+        assert!(audio.push(&other).unwrap_err().contains("another format"));
+        assert_eq!(sample(&[255]), 127.0 / 128.0);
+        assert_eq!(sample(&i32::MIN.to_le_bytes()), -1.0);
+    }
+
+    #[test]
+    fn formats_outside_the_protocol_are_named() {
+        let start = |v: Value| format(&Event::with_data("audio-start", v));
+        assert_eq!(start(json!({"rate": 16000, "width": 2, "channels": 1})), Ok((16000, 2, 1)));
+        assert!(start(json!({"rate": 16000, "width": 3, "channels": 1})).unwrap_err().contains("width 3"));
+        assert!(start(json!({"rate": 16000, "width": 2})).unwrap_err().contains("rate, width and channels"));
+        assert!(start(json!({"rate": 5, "width": 2, "channels": 1})).unwrap_err().contains("rate 5 Hz"));
+    }
+
+    #[test]
+    fn listen_addresses_are_tcp_host_port() {
+        assert_eq!(tcp_address("tcp://0.0.0.0:10300"), Ok("0.0.0.0:10300"));
+        assert_eq!(tcp_address("tcp://[::1]:10300"), Ok("[::1]:10300"));
+        assert!(tcp_address("0.0.0.0:10300").unwrap_err().contains("not a tcp:// address"));
+        assert!(tcp_address("tcp://host").unwrap_err().contains("no HOST:PORT"));
+    }
+}

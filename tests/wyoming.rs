@@ -1,0 +1,221 @@
+//! The Wyoming server driven by the protocol's reference client (PyPI `wyoming`
+//! 1.10.2, installed by `./scripts/setup` for the tests), as Home Assistant drives it:
+//! describe, transcription of audio in several formats, synthesis whole and streamed
+//! (heard back by Whisper), a full queue, and events that break the protocol.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// `voxd wyoming` on a loopback port, stopped when dropped.
+struct Server {
+    uri: String,
+    port: u16,
+    child: Child,
+}
+
+impl Server {
+    fn start(dir: &tempfile::TempDir, extra: &str) -> Server {
+        let config = deterministic_config(dir, extra);
+        let port = free_port();
+        let uri = format!("tcp://127.0.0.1:{port}");
+        let child = voxd()
+            .args(["-c", config.to_str().unwrap(), "wyoming", "--listen", &uri])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        wait_for_port_a_while(port);
+        Server { uri, port, child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, as systemd stops it; then make sure.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loading the models takes a few seconds before the port opens.
+fn wait_for_port_a_while(port: u16) {
+    wait_until("voxd wyoming to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+}
+
+/// The reference client: one request, its JSON result.
+fn client(args: &[&str]) -> Value {
+    let wyoming = voxd::paths::cache_dir().join("testdata/python-wyoming-1.10.2");
+    assert!(wyoming.join("wyoming").is_dir(), "{} is missing: run VOXD_BUILD_TESTS=1 ./scripts/setup", wyoming.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wyoming_client.py");
+    let out = Command::new("python3").arg(script).args(args).env("PYTHONPATH", wyoming).output().expect("python3 runs");
+    assert!(out.status.success(), "wyoming client {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("client {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn heard(wav: &Path) -> String {
+    run_ok(&["transcribe", wav.to_str().unwrap()]).stdout.trim().to_lowercase()
+}
+
+fn sox(args: &[&str]) {
+    let status = Command::new("sox").args(args).status().expect("sox runs (apt package sox)");
+    assert!(status.success(), "sox {args:?} failed");
+}
+
+#[test]
+fn home_assistants_client_transcribes_and_synthesises_through_voxd() {
+    let dir = tempdir();
+    let server = Server::start(&dir, "");
+    let uri = server.uri.as_str();
+
+    // describe: the reference's dataclasses parse voxd's info; it names the models.
+    let info = client(&["describe", uri]);
+    let asr = &info["asr"][0];
+    assert_eq!(asr["models"][0]["languages"], serde_json::json!(["en"]), "{info}");
+    assert!(asr["models"][0]["name"].as_str().unwrap().contains("tiny"), "{info}");
+    let tts = &info["tts"][0];
+    assert_eq!(tts["supports_synthesize_streaming"], true, "{info}");
+    assert_eq!(tts["voices"][0]["languages"], serde_json::json!(["en_US"]), "{info}");
+
+    // transcribe: jfk.wav as it is (16 kHz mono), and as 44.1 kHz stereo and 8-bit.
+    let jfk = testdata("jfk.wav");
+    let stereo = dir.path().join("jfk-44k-stereo.wav");
+    sox(&[jfk.to_str().unwrap(), "-r", "44100", "-c", "2", stereo.to_str().unwrap()]);
+    let byte = dir.path().join("jfk-8bit.wav");
+    sox(&[jfk.to_str().unwrap(), "-b", "8", "-e", "unsigned-integer", byte.to_str().unwrap()]);
+    for wav in [&jfk, &stereo, &byte] {
+        let t = client(&["transcribe", uri, wav.to_str().unwrap(), "en"]);
+        let text = t["text"].as_str().unwrap_or_else(|| panic!("no transcript for {}: {t}", wav.display())).to_lowercase();
+        assert!(wer("and so my fellow americans ask not what your country can do for you ask what you can do for your country", &text) < 0.2, "{}: {text}", wav.display());
+    }
+    let german = client(&["transcribe", uri, jfk.to_str().unwrap(), "de"]);
+    assert_eq!(german["code"], "language", "{german}");
+
+    // synthesize: the audio, transcribed back, says the text.
+    let out = dir.path().join("said.wav");
+    let said = client(&["synthesize", uri, "Turn on the kitchen light. Then lock the front door, please.", out.to_str().unwrap()]);
+    assert_eq!((said["audio_starts"].as_u64(), said["audio_stops"].as_u64()), (Some(1), Some(1)), "{said}");
+    let words = heard(&out);
+    assert!(words.contains("kitchen light") && words.contains("front door"), "heard {words:?} ({said})");
+
+    // A stream: text in pieces that split words; each spoken piece is its own audio,
+    // the duplicate `synthesize` is not spoken again, and the stream ends with
+    // synthesize-stopped.
+    let out = dir.path().join("streamed.wav");
+    let streamed = client(&["stream", uri, out.to_str().unwrap(), "The weather today is sun", "ny and warm. Tomorrow it will ", "rain in the afternoon."]);
+    let starts = streamed["audio_starts"].as_u64().unwrap();
+    assert!(starts >= 2 && streamed["audio_stops"].as_u64() == Some(starts), "{streamed}");
+    let words = heard(&out);
+    assert!(words.contains("sunny and warm") && words.contains("rain in the afternoon"), "heard {words:?} ({streamed})");
+    assert_eq!(words.matches("sunny").count(), 1, "heard {words:?}: spoken twice?");
+}
+
+#[test]
+fn the_wake_word_is_heard_over_wyoming_as_a_satellite_streams_it() {
+    let dir = tempdir();
+    let server = Server::start(&dir, "");
+    let uri = server.uri.as_str();
+    let config = deterministic_config(&dir, "");
+    // A satellite streams all the time: the phrase comes after 1.5 s of room.
+    let say = |name: &str, text: &str| {
+        let said = dir.path().join(format!("said-{name}"));
+        run_ok(&["-c", config.to_str().unwrap(), "say", text, "-o", said.to_str().unwrap()]);
+        let wav = dir.path().join(name);
+        sox(&[said.to_str().unwrap(), wav.to_str().unwrap(), "pad", "1.5", "0"]);
+        wav.to_str().unwrap().to_string()
+    };
+    // Piper's 22.05 kHz, converted on the way in.
+    let addressed = say("addressed.wav", "Hey Jarvis, turn off the kitchen light.");
+    let unaddressed = say("unaddressed.wav", "Turn off the kitchen light, and tell me the weather.");
+
+    let info = client(&["describe", uri]);
+    let models = &info["wake"][0]["models"];
+    assert!(models.as_array().unwrap().iter().any(|m| m["name"] == "hey_jarvis_v0.1" && m["phrase"] == "hey jarvis"), "{info}");
+
+    let heard = client(&["detect", uri, &addressed]);
+    let detections = heard["detections"].as_array().unwrap();
+    assert_eq!(detections.len(), 1, "{heard}");
+    assert_eq!(detections[0]["name"], "hey_jarvis_v0.1", "{heard}");
+    // Heard as the phrase ends (about 2.3 s in), not at the end of the clip.
+    let at = detections[0]["timestamp"].as_u64().unwrap();
+    assert!((1800..3200).contains(&at), "{heard}");
+    let named = client(&["detect", uri, &addressed, "hey_jarvis_v0.1"]);
+    assert_eq!(named["detections"].as_array().unwrap().len(), 1, "{named}");
+
+    let quiet = client(&["detect", uri, &unaddressed]);
+    assert_eq!((quiet["detections"].as_array().unwrap().len(), quiet["not_detected"].as_bool()), (0, Some(true)), "{quiet}");
+    let unknown = client(&["detect", uri, &addressed, "ok_nabu"]);
+    assert_eq!(unknown["code"], "wake", "{unknown}");
+    assert!(unknown["error"].as_str().unwrap().contains("no wake word \"ok_nabu\" here; voxd listens for hey_jarvis_v0.1"), "{unknown}");
+}
+
+#[test]
+fn a_full_queue_is_told_at_once_and_bad_events_close_only_their_connection() {
+    let dir = tempdir();
+    let server = Server::start(&dir, "[wyoming]\nqueue = 1\n");
+    let uri = server.uri.as_str();
+    let jfk = testdata("jfk.wav");
+
+    // Five clients at once with one waiting place: one is transcribed, one waits, the
+    // rest are refused with code "busy" — and every one gets an answer.
+    let results = client(&["transcribe-many", uri, jfk.to_str().unwrap(), "5"]);
+    let results = results.as_array().unwrap();
+    let done = results.iter().filter(|r| r["text"].as_str().is_some_and(|t| t.to_lowercase().contains("ask not"))).count();
+    let busy: Vec<_> = results.iter().filter(|r| r["code"] == "busy").collect();
+    assert!(done >= 2 && !busy.is_empty() && done + busy.len() == 5, "{results:?}");
+    assert!(busy[0]["error"].as_str().unwrap().contains("1 requests already wait"), "{busy:?}");
+
+    // Events that break the protocol: each connection gets an error and is closed.
+    let bad: &[(&str, &[u8])] = &[
+        ("not JSON", b"hello\n"),
+        ("no type", b"{\"data\":{}}\n"),
+        ("a payload over 4 MiB", b"{\"type\":\"audio-chunk\",\"payload_length\":100000000}\n"),
+        ("a header over 64 KiB", &[b'x'; 70_000]),
+        ("audio without its format", b"{\"type\":\"audio-start\",\"data\":{\"rate\":16000}}\n"),
+        ("audio before audio-start", b"{\"type\":\"audio-chunk\",\"data\":{\"rate\":16000,\"width\":2,\"channels\":1},\"payload_length\":2}\nab"),
+    ];
+    // A well-behaved connection stays open through all of them.
+    let mut good = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for (what, bytes) in bad {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut reader = BufReader::new(&s);
+        let mut reply = String::new();
+        let _ = reader.read_line(&mut reply);
+        let header: Value = serde_json::from_str(&reply).unwrap_or_else(|_| panic!("{what}: no error event, got {reply:?}"));
+        assert_eq!(header["type"], "error", "{what}: {reply}");
+        // The error's data follows; then the server hangs up.
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("\"text\""), "{what}: the error says nothing: {text}");
+        eprintln!("{what}: {text}");
+    }
+    good.write_all(b"{\"type\":\"describe\"}\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&good).read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"info\""), "{reply}");
+    drop(server);
+}
+
+/// Bad settings are named before anything loads.
+#[test]
+fn a_bad_listen_address_is_named() {
+    run_fails_with(&["wyoming", "--listen", "0.0.0.0:10300"], &["--listen", "not a tcp:// address", "tcp://0.0.0.0:10300"]);
+    let dir = tempdir();
+    let config = deterministic_config(&dir, "[wyoming]\nlisten = \"udp://x\"\nqueue = 0\n");
+    run_fails_with(&["-c", config.to_str().unwrap(), "wyoming"], &["wyoming.listen", "wyoming.queue", "1 to 64"]);
+}
