@@ -50,8 +50,8 @@ impl Voice for Tts {
 /// Where a phrase cut joins two pieces: the silence kept after the first (Piper ends
 /// every utterance with ~110 ms of it, and starts with ~45 ms) and before the second.
 /// ~60 ms in all: a breath of a phrase break, not a full stop.
-const JOIN_PAUSE_MS: u32 = 50;
-const JOIN_LEAD_MS: u32 = 10;
+pub const JOIN_PAUSE_MS: u32 = 50;
+pub const JOIN_LEAD_MS: u32 = 10;
 
 pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc::Sender<Speech>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     // The turn whose reply the voice failed on: the rest of it is not attempted.

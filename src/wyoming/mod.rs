@@ -43,7 +43,9 @@ use crate::config::WakeConfig;
 use crate::engine::tts::Tts;
 use crate::engine::wake::{Detector, WakeModels};
 use crate::pipeline::wake::{phrase_words, Trigger};
+use crate::audio::{trim_silent_end, trim_silent_start};
 use crate::pipeline::splitter::{clean, Splitter};
+use crate::pipeline::tts::{JOIN_LEAD_MS, JOIN_PAUSE_MS};
 
 /// The longest audio one `transcribe` takes (Whisper hears 30 s at a time; a voice
 /// command is a few seconds).
@@ -168,6 +170,16 @@ struct Session {
     listening: Option<Listening>,
     /// The text being streamed in (synthesize-start … synthesize-stop).
     stream: Option<Splitter>,
+    /// The pieces of the text (or stream) spoken so far.
+    spoken: Spoken,
+}
+
+/// How far a text's speech has gone: a first piece cut at a phrase runs on into the
+/// second without the voice's pauses between them, as in the pipeline.
+#[derive(Default)]
+struct Spoken {
+    pieces: usize,
+    first_runs_on: bool,
 }
 
 /// A wake-word detector on one connection's audio stream.
@@ -258,7 +270,8 @@ impl Session {
                 let mut splitter = Splitter::new(services.first_phrase_words);
                 let mut pieces = splitter.push(&text);
                 pieces.extend(splitter.finish());
-                speak(pieces, services, out, true).await?;
+                let mut spoken = Spoken { pieces: 0, first_runs_on: splitter.first_runs_on() };
+                speak(pieces, &mut spoken, services, out, true).await?;
             }
             // Sent after the chunks of a stream for clients that do not stream:
             // the stream already says it.
@@ -268,16 +281,18 @@ impl Session {
                     return write_event(out, &refused).await.map(|_| Flow::Continue);
                 }
                 self.stream = Some(Splitter::new(services.first_phrase_words));
+                self.spoken = Spoken::default();
             }
             "synthesize-chunk" => {
                 if let (Some(splitter), Some(text)) = (self.stream.as_mut(), event.text("text")) {
                     let pieces = splitter.push(text);
-                    speak(pieces, services, out, false).await?;
+                    self.spoken.first_runs_on = splitter.first_runs_on();
+                    speak(pieces, &mut self.spoken, services, out, false).await?;
                 }
             }
             "synthesize-stop" => {
                 if let Some(mut splitter) = self.stream.take() {
-                    speak(splitter.finish().into_iter().collect(), services, out, false).await?;
+                    speak(splitter.finish().into_iter().collect(), &mut self.spoken, services, out, false).await?;
                     write_event(out, &Event::new("synthesize-stopped")).await?;
                 }
             }
@@ -424,14 +439,22 @@ fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
 /// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
 /// `as_one` → one audio-start…audio-stop around them all (a `synthesize`); else one
 /// per piece (a stream, as wyoming-piper sends it).
-async fn speak(pieces: Vec<String>, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<()> {
+async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<()> {
     let mut started = false;
     for piece in pieces.iter().filter_map(|p| clean(p)) {
-        let speech = match services.tts.ask(move |tts| tts.synthesize(&piece)).await {
+        let mut speech = match services.tts.ask(move |tts| tts.synthesize(&piece)).await {
             Ok(Ok(speech)) => speech,
             Ok(Err(e)) => return write_event(out, &Event::error(format!("synthesis failed: {e}"), "tts")).await,
             Err(busy) => return write_event(out, &Event::error(busy.to_string(), "busy")).await,
         };
+        if spoken.first_runs_on {
+            match spoken.pieces {
+                0 => trim_silent_end(&mut speech.samples, speech.rate_hz, JOIN_PAUSE_MS),
+                1 => trim_silent_start(&mut speech.samples, speech.rate_hz, JOIN_LEAD_MS),
+                _ => {}
+            }
+        }
+        spoken.pieces += 1;
         let format = json!({ "rate": speech.rate_hz, "width": 2, "channels": 1 });
         if !started || !as_one {
             write_event(out, &Event::with_data("audio-start", format.clone())).await?;
