@@ -4,7 +4,7 @@ Home Assistant does. Used by tests/wyoming.rs; prints one JSON object per reques
   describe URI
   transcribe URI WAV [LANGUAGE]         (the WAV's own rate, width and channels)
   transcribe-many URI WAV N             (N clients at once)
-  synthesize URI TEXT OUT.wav           (one `synthesize`)
+  synthesize URI TEXT OUT.wav [VOICE]   (one `synthesize`)
   stream URI OUT.wav CHUNK...           (synthesize-start, the chunks, synthesize, synthesize-stop)
   detect URI WAV [NAME...]              (detect, then the WAV in 80 ms chunks)
 """
@@ -21,7 +21,19 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.info import Describe, Info
 from wyoming.wake import Detect, Detection, NotDetected
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+from wyoming.tts import Synthesize, SynthesizeVoice, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+
+
+async def refused(c, event):
+    """An error, and whether the server then hung up (Home Assistant skips errors
+    and waits for the answer or the end of the connection)."""
+    e = Error.from_event(event)
+    try:
+        rest = await asyncio.wait_for(c.read_event(), timeout=10)
+        closed = rest is None
+    except asyncio.TimeoutError:
+        closed = False
+    return {"error": e.text, "code": e.code, "closed": closed}
 
 
 def client(uri):
@@ -57,8 +69,7 @@ async def transcribe(uri, path, language=None):
                 done = time.monotonic()
                 return {"text": Transcript.from_event(event).text, "ms_after_stop": (done - sent) * 1000, "ms": (done - started) * 1000}
             if Error.is_type(event.type):
-                e = Error.from_event(event)
-                return {"error": e.text, "code": e.code}
+                return await refused(c, event)
 
 
 async def transcribe_many(uri, path, n):
@@ -73,8 +84,7 @@ async def receive_audio(c, out, until, started):
         if event is None:
             return {"closed": True}
         if Error.is_type(event.type):
-            e = Error.from_event(event)
-            return {"error": e.text, "code": e.code}
+            return await refused(c, event)
         if AudioStart.is_type(event.type):
             starts += 1
             rate = AudioStart.from_event(event).rate
@@ -96,10 +106,10 @@ async def receive_audio(c, out, until, started):
     return {"audio_starts": starts, "audio_stops": stops, "audio_s": len(frames) / 2 / rate, "first_audio_ms": first_audio_ms, "ms": (time.monotonic() - started) * 1000}
 
 
-async def synthesize(uri, text, out):
+async def synthesize(uri, text, out, voice=None):
     async with client(uri) as c:
         started = time.monotonic()
-        await c.write_event(Synthesize(text=text).event())
+        await c.write_event(Synthesize(text=text, voice=SynthesizeVoice(name=voice) if voice else None).event())
         return await receive_audio(c, out, "audio-stop", started)
 
 
@@ -140,8 +150,7 @@ async def detect(uri, path, names):
             elif NotDetected.is_type(event.type):
                 return {"detections": detections, "not_detected": True}
             elif Error.is_type(event.type):
-                e = Error.from_event(event)
-                return {"error": e.text, "code": e.code}
+                return await refused(c, event)
 
 
 def main():
@@ -153,7 +162,7 @@ def main():
     elif command == "transcribe-many":
         result = asyncio.run(transcribe_many(uri, rest[0], int(rest[1])))
     elif command == "synthesize":
-        result = asyncio.run(synthesize(uri, rest[0], rest[1]))
+        result = asyncio.run(synthesize(uri, *rest))
     elif command == "detect":
         result = asyncio.run(detect(uri, rest[0], rest[1:]))
     elif command == "stream":

@@ -64,6 +64,6 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
 /// the name does not start with one.
 fn voice_language(voice: &str) -> String {
     let first = voice.split('-').next().unwrap_or_default();
-    let is_code = first.len() == 5 && first.as_bytes()[2] == b'_' && first[..2].chars().all(|c| c.is_ascii_lowercase());
+    let is_code = first.len() == 5 && first.as_bytes()[2] == b'_' && first.get(..2).is_some_and(|l| l.chars().all(|c| c.is_ascii_lowercase()));
     if is_code { first.to_string() } else { "en".into() }
 }

@@ -1,86 +1,132 @@
 //! An engine behind a counter: one thread owns the engine and does its clients' jobs
-//! one at a time, in order; at most `queue` more wait. A client that finds the queue
-//! full is told at once (`Busy`) instead of waiting without bound — on 2 cores a
-//! queue of Whisper passes is seconds of wait each.
+//! one at a time, in order; at most `queue` more wait. A new request that finds the
+//! queue full is told at once (`Refused::Busy`) instead of waiting without bound — on
+//! 2 cores a queue of Whisper passes is seconds of wait each — while the rest of a
+//! request already under way (a text's next piece) waits its turn (`ask_next`).
 
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 type Job<E> = Box<dyn FnOnce(&mut E) + Send>;
 
 pub struct Desk<E> {
     name: &'static str,
     queue: usize,
-    jobs: SyncSender<Job<E>>,
+    jobs: mpsc::Sender<Job<E>>,
 }
 
-/// The desk's queue is full.
+/// Why a job was not done.
 #[derive(Debug, thiserror::Error)]
-#[error("{name} is busy: {queue} requests already wait for it (`[wyoming] queue`); try again shortly")]
-pub struct Busy {
-    pub name: &'static str,
-    pub queue: usize,
+pub enum Refused {
+    #[error("{name} is busy: {queue} requests already wait for it (`[wyoming] queue`); try again shortly")]
+    Busy { name: &'static str, queue: usize },
+    #[error("{0} failed inside its engine (a bug: see voxd's log); restart voxd wyoming")]
+    Broken(&'static str),
+}
+
+impl Refused {
+    /// The `error` event's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::Busy { .. } => "busy",
+            Refused::Broken(_) => "engine",
+        }
+    }
 }
 
 impl<E: Send + 'static> Desk<E> {
     /// Starts the engine's thread (`voxd-wy-NAME`).
     pub fn open(name: &'static str, mut engine: E, queue: usize) -> std::io::Result<Desk<E>> {
-        let (jobs, inbox) = sync_channel::<Job<E>>(queue);
+        let (jobs, mut inbox) = mpsc::channel::<Job<E>>(queue);
         std::thread::Builder::new().name(format!("voxd-wy-{name}")).spawn(move || {
-            for job in inbox {
-                job(&mut engine);
+            let mut broken = false;
+            while let Some(job) = inbox.blocking_recv() {
+                // A panicking job would leave the engine in an unknown state: it is
+                // logged, and every later job refused (its reply dropped), rather
+                // than each client's connection dying without a word.
+                if broken {
+                    continue;
+                }
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut engine))).is_err() {
+                    tracing::error!("wyoming: the {name} engine panicked; its requests are refused from now on");
+                    broken = true;
+                }
             }
         })?;
         Ok(Desk { name, queue, jobs })
     }
 
-    /// Does `job` on the engine when its turn comes; `Busy` when `queue` jobs
+    /// Does `job` on the engine when its turn comes; `Busy` at once when `queue` jobs
     /// already wait.
-    pub async fn ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> Result<R, Busy> {
+    pub async fn ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> Result<R, Refused> {
+        let (job, answer) = self.wrap(job);
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refused::Busy { name: self.name, queue: self.queue },
+            mpsc::error::TrySendError::Closed(_) => Refused::Broken(self.name),
+        })?;
+        answer.await.map_err(|_| Refused::Broken(self.name))
+    }
+
+    /// Does `job` when its turn comes, waiting for a place in the queue: for the rest
+    /// of a request already accepted.
+    pub async fn ask_next<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> Result<R, Refused> {
+        let (job, answer) = self.wrap(job);
+        self.jobs.send(job).await.map_err(|_| Refused::Broken(self.name))?;
+        answer.await.map_err(|_| Refused::Broken(self.name))
+    }
+
+    fn wrap<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> (Job<E>, oneshot::Receiver<R>) {
         let (reply, answer) = oneshot::channel();
-        let job: Job<E> = Box::new(move |engine| {
-            let _ = reply.send(job(engine));
-        });
-        let busy = Busy { name: self.name, queue: self.queue };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(busy),
-            Err(TrySendError::Disconnected(_)) => panic!("the {} desk's thread ended (a job panicked)", self.name),
-        }
-        Ok(answer.await.unwrap_or_else(|_| panic!("the {} desk's thread ended (a job panicked)", self.name)))
+        (Box::new(move |engine| { let _ = reply.send(job(engine)); }), answer)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
-    fn jobs_beyond_the_queue_are_refused_at_once_and_the_rest_done_in_order() {
+    fn new_requests_beyond_the_queue_are_refused_at_once_the_rest_of_one_waits() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         rt.block_on(async {
-            let desk = std::sync::Arc::new(Desk::open("test", Vec::new(), 1).unwrap());
+            let desk = Arc::new(Desk::open("test", Vec::new(), 1).unwrap());
             let (hold, held) = std::sync::mpsc::channel::<()>();
-            // The first job blocks the engine; the second waits in the queue; the third is refused.
+            let (started, has_started) = oneshot::channel::<()>();
+            // The first job holds the engine until told; the second waits in the
+            // queue; a third new request is refused, a continuation waits.
             let d = desk.clone();
             let first = tokio::spawn(async move {
                 d.ask(move |log: &mut Vec<u32>| {
+                    started.send(()).unwrap();
                     held.recv().unwrap();
                     log.push(1);
                 })
                 .await
             });
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            has_started.await.unwrap();
             let d = desk.clone();
             let second = tokio::spawn(async move { d.ask(|log: &mut Vec<u32>| log.push(2)).await });
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::task::yield_now().await;
             let third = desk.ask(|log: &mut Vec<u32>| log.push(3)).await;
             assert_eq!(third.unwrap_err().to_string(), "test is busy: 1 requests already wait for it (`[wyoming] queue`); try again shortly");
+            let d = desk.clone();
+            let next = tokio::spawn(async move { d.ask_next(|log: &mut Vec<u32>| log.push(4)).await });
             hold.send(()).unwrap();
             first.await.unwrap().unwrap();
             second.await.unwrap().unwrap();
-            assert_eq!(desk.ask(|log: &mut Vec<u32>| log.clone()).await.unwrap(), vec![1, 2]);
+            next.await.unwrap().unwrap();
+            assert_eq!(desk.ask(|log: &mut Vec<u32>| log.clone()).await.unwrap(), vec![1, 2, 4]);
+        });
+    }
+
+    #[test]
+    fn a_job_that_panics_is_answered_and_the_desk_refuses_from_then_on() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let desk = Desk::open("test", 0u32, 2).unwrap();
+            let broken = desk.ask(|_: &mut u32| -> u32 { panic!("the engine broke") }).await;
+            assert!(matches!(broken, Err(Refused::Broken("test"))), "{broken:?}");
+            assert!(matches!(desk.ask(|n: &mut u32| *n).await, Err(Refused::Broken("test"))));
         });
     }
 }

@@ -15,11 +15,15 @@
 //! listening connection has a detector of its own, loaded at its audio-start; at most
 //! `MAX_DETECTORS` at once.
 //!
-//! Each of Whisper and Piper sits behind a `Desk`: one thread, its clients' jobs in order, at most
-//! `[wyoming] queue` waiting; the next client gets an `error` event at once (code
-//! `busy`). Audio arrives at any rate, sample width (1, 2 or 4 bytes) and channel
-//! count and is converted to Whisper's 16 kHz mono. A malformed or oversized event
-//! closes its own connection and no other; so does audio over `MAX_AUDIO_S`.
+//! Each of Whisper and Piper sits behind a `Desk`: one thread, its clients' jobs in
+//! order, at most `[wyoming] queue` waiting; a new request beyond that is answered at
+//! once with an `error` (code `busy`). Audio arrives at 8-48 kHz, 1, 2 or 4 bytes a
+//! sample and any channel count, and is converted to Whisper's 16 kHz mono. An
+//! `error` always ends its connection — a malformed or oversized event, bad audio, a
+//! request that cannot be answered — and no other: Home Assistant's clients skip
+//! `error` events and wait for an answer's last event or the connection's end.
+//! Heavy work (Whisper, Piper, the detectors, resampling) runs off the one thread
+//! that serves every connection.
 //!
 //! Speech is sent as soon as each piece is synthesised: the first piece may be a
 //! phrase of `[llm] first_phrase_words` words, the rest are sentences — a long text
@@ -43,17 +47,22 @@ use crate::config::WakeConfig;
 use crate::engine::tts::Tts;
 use crate::engine::wake::{Detector, WakeModels};
 use crate::pipeline::wake::{phrase_words, Trigger};
-use crate::audio::{trim_silent_end, trim_silent_start};
+use crate::audio::{resample, trim_silent_end, trim_silent_start, StreamResampler, ASR_RATE_HZ};
 use crate::pipeline::splitter::{clean, Splitter};
 use crate::pipeline::tts::{JOIN_LEAD_MS, JOIN_PAUSE_MS};
 
 /// The longest audio one `transcribe` takes (Whisper hears 30 s at a time; a voice
 /// command is a few seconds).
-pub const MAX_AUDIO_S: f64 = 60.0;
+pub const MAX_AUDIO_S: f64 = 30.0;
 /// Connections served at once; the next is closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 32;
 /// Connections listening for a wake word at once (each has its own detector).
 pub const MAX_DETECTORS: usize = 4;
+/// A connection that sends nothing for this long is closed…
+const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+/// …and one listening for a wake word (its audio comes every 80 ms or so) sooner, so
+/// a satellite that vanished gives its detector back.
+const LISTENING_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Samples per audio-chunk sent (wyoming-piper's default).
 const SAMPLES_PER_CHUNK: usize = 1024;
 
@@ -108,21 +117,28 @@ pub async fn serve(listener: TcpListener, services: Arc<Services>) {
             let mut session = Session::default();
             let mut reader = BufReader::new(read);
             loop {
-                let event = match read_event(&mut reader, Limits::SERVED).await {
-                    Ok(Some(event)) => event,
-                    Ok(None) => break,
-                    Err(e) => {
+                // A client that goes quiet is let go: a satellite streams every 80 ms
+                // while it listens, and anything else sends its request at once.
+                let patience = if session.listening.is_some() { LISTENING_IDLE } else { IDLE };
+                let event = match tokio::time::timeout(patience, read_event(&mut reader, Limits::SERVED)).await {
+                    Ok(Ok(Some(event))) => event,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
                         tracing::warn!("wyoming: closed the connection from {peer}: {e}");
                         hang_up(&mut reader, &mut write, Event::error(e.to_string(), "bad-event")).await;
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::info!("wyoming: closed the connection from {peer}: nothing from it for {} s", patience.as_secs());
                         break;
                     }
                 };
                 tracing::debug!("wyoming: {peer}: {}", event.kind);
                 match session.handle(event, &services, &mut write).await {
                     Ok(Flow::Continue) => {}
-                    Ok(Flow::Close(why)) => {
-                        tracing::warn!("wyoming: closed the connection from {peer}: {why}");
-                        hang_up(&mut reader, &mut write, Event::error(why, "bad-audio")).await;
+                    Ok(Flow::Close(error)) => {
+                        tracing::warn!("wyoming: closed the connection from {peer}: {}", error.text("text").unwrap_or_default());
+                        hang_up(&mut reader, &mut write, error).await;
                         break;
                     }
                     // The client went away while being answered.
@@ -155,8 +171,15 @@ async fn hang_up(reader: &mut (impl AsyncRead + Unpin), write: &mut (impl AsyncW
 
 enum Flow {
     Continue,
-    /// Close the connection, telling the client why.
-    Close(String),
+    /// Send this `error` and close the connection. A request that cannot be answered
+    /// ends its connection, as in the reference servers: Home Assistant's clients
+    /// skip `error` events and wait for the answer's last event or the end of the
+    /// connection.
+    Close(Event),
+}
+
+fn close(text: impl Into<String>, code: &str) -> std::io::Result<Flow> {
+    Ok(Flow::Close(Event::error(text, code)))
 }
 
 /// One connection's state: audio being received, a text being streamed in.
@@ -187,7 +210,7 @@ struct Listening {
     detector: Detector,
     /// (word, its index in the detector's scores, its rule).
     words: Vec<(String, usize, Trigger)>,
-    resampler: crate::audio::StreamResampler,
+    resampler: StreamResampler,
     samples: Vec<f32>,
     detected: bool,
     _slot: OwnedSemaphorePermit,
@@ -207,46 +230,51 @@ impl Session {
             "describe" => write_event(out, &info(services)).await?,
             "transcribe" => {
                 self.language = event.text("language").map(str::to_string);
-                self.detect = None;
+                (self.detect, self.listening) = (None, None);
             }
             "detect" => {
                 let names = event.data.get("names").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
-                self.detect = Some(names);
-                self.language = None;
+                (self.detect, self.language) = (Some(names), None);
             }
             "audio-start" => {
+                // A stream that was never stopped ends here (its detector freed first).
+                self.listening = None;
                 let (rate, width, channels) = match format(&event) {
                     Ok(f) => f,
-                    Err(why) => return Ok(Flow::Close(why)),
+                    Err(why) => return close(why, "bad-audio"),
                 };
                 self.audio = Some(Incoming { rate, width, channels, samples: Vec::new() });
                 if let Some(names) = self.detect.clone() {
                     match listen(names, rate, services).await {
                         Ok(listening) => self.listening = Some(listening),
-                        Err(refused) => {
-                            self.audio = None;
-                            write_event(out, &refused).await?;
-                        }
+                        Err(refused) => return Ok(Flow::Close(refused)),
                     }
                 }
             }
             "audio-chunk" => {
                 let Some(audio) = self.audio.as_mut() else {
-                    // After a refused detect the client may still be sending.
-                    return Ok(if self.detect.is_some() { Flow::Continue } else { Flow::Close("audio-chunk before audio-start".into()) });
+                    return close("audio-chunk before audio-start", "bad-audio");
                 };
-                if let Some(listening) = self.listening.as_mut() {
+                if let Some(mut listening) = self.listening.take() {
                     // A detector listens to a stream of any length: what it has heard
-                    // is not kept.
+                    // is not kept. Its models run off the connections' thread.
                     audio.samples.clear();
                     if let Err(why) = audio.push_unbounded(&event) {
-                        return Ok(Flow::Close(why));
+                        return close(why, "bad-audio");
                     }
-                    for detection in listening.hear(&audio.samples) {
+                    let heard = std::mem::take(&mut audio.samples);
+                    let (listening, detections) = tokio::task::spawn_blocking(move || {
+                        let detections = listening.hear(&heard);
+                        (listening, detections)
+                    })
+                    .await
+                    .expect("a wake-word step does not panic");
+                    self.listening = Some(listening);
+                    for detection in detections {
                         write_event(out, &detection).await?;
                     }
                 } else if let Err(why) = audio.push(&event) {
-                    return Ok(Flow::Close(why));
+                    return close(why, "bad-audio");
                 }
             }
             "audio-stop" => {
@@ -257,28 +285,33 @@ impl Session {
                     }
                 } else if let Some(audio) = self.audio.take() {
                     let language = self.language.take();
-                    write_event(out, &transcribe(audio, language, services).await).await?;
+                    match transcribe(audio, language, services).await {
+                        Ok(transcript) => write_event(out, &transcript).await?,
+                        Err(error) => return Ok(Flow::Close(error)),
+                    }
                 }
             }
             "synthesize" if self.stream.is_none() => {
                 let Some(text) = event.text("text").map(str::to_string) else {
-                    return write_event(out, &Event::error("synthesize without a \"text\"", "bad-request")).await.map(|_| Flow::Continue);
+                    return close("synthesize without a \"text\"", "bad-request");
                 };
                 if let Some(refused) = wrong_voice(&event, services) {
-                    return write_event(out, &refused).await.map(|_| Flow::Continue);
+                    return Ok(Flow::Close(refused));
                 }
                 let mut splitter = Splitter::new(services.first_phrase_words);
                 let mut pieces = splitter.push(&text);
                 pieces.extend(splitter.finish());
                 let mut spoken = Spoken { pieces: 0, first_runs_on: splitter.first_runs_on() };
-                speak(pieces, &mut spoken, services, out, true).await?;
+                if let Some(error) = speak(pieces, &mut spoken, services, out, true).await? {
+                    return Ok(Flow::Close(error));
+                }
             }
             // Sent after the chunks of a stream for clients that do not stream:
             // the stream already says it.
             "synthesize" => {}
             "synthesize-start" => {
                 if let Some(refused) = wrong_voice(&event, services) {
-                    return write_event(out, &refused).await.map(|_| Flow::Continue);
+                    return Ok(Flow::Close(refused));
                 }
                 self.stream = Some(Splitter::new(services.first_phrase_words));
                 self.spoken = Spoken::default();
@@ -287,12 +320,16 @@ impl Session {
                 if let (Some(splitter), Some(text)) = (self.stream.as_mut(), event.text("text")) {
                     let pieces = splitter.push(text);
                     self.spoken.first_runs_on = splitter.first_runs_on();
-                    speak(pieces, &mut self.spoken, services, out, false).await?;
+                    if let Some(error) = speak(pieces, &mut self.spoken, services, out, false).await? {
+                        return Ok(Flow::Close(error));
+                    }
                 }
             }
             "synthesize-stop" => {
                 if let Some(mut splitter) = self.stream.take() {
-                    speak(splitter.finish().into_iter().collect(), &mut self.spoken, services, out, false).await?;
+                    if let Some(error) = speak(splitter.finish().into_iter().collect(), &mut self.spoken, services, out, false).await? {
+                        return Ok(Flow::Close(error));
+                    }
                     write_event(out, &Event::new("synthesize-stopped")).await?;
                 }
             }
@@ -310,8 +347,9 @@ fn format(event: &Event) -> Result<(u32, u32, u32), String> {
     let (Some(rate), Some(width), Some(channels)) = (field("rate"), field("width"), field("channels")) else {
         return Err(format!("{} without its format: rate, width and channels are needed (e.g. 16000, 2, 1)", event.kind));
     };
-    if !(1000..=384_000).contains(&rate) {
-        return Err(format!("{}: rate {rate} Hz is not an audio rate (1000 to 384000)", event.kind));
+    // Higher rates would only cost memory: everything is heard at 16 kHz.
+    if !(8000..=48_000).contains(&rate) {
+        return Err(format!("{}: rate {rate} Hz is not taken; 8000 to 48000", event.kind));
     }
     if ![1, 2, 4].contains(&width) {
         return Err(format!("{}: width {width} is not supported; 1, 2 or 4 bytes a sample", event.kind));
@@ -379,9 +417,12 @@ async fn listen(names: Option<Vec<String>>, rate: u32, services: &Services) -> R
         return Err(Event::error(format!("wake words: {MAX_DETECTORS} connections already listen, the most voxd serves at once; try again later"), "busy"));
     };
     let models = wake.models.clone();
-    let detector = tokio::task::spawn_blocking(move || Detector::load(&models)).await.expect("loading a detector does not panic");
-    let detector = detector.map_err(|e| Event::error(e.to_string(), "wake"))?;
-    let resampler = crate::audio::StreamResampler::new(rate, crate::audio::ASR_RATE_HZ).map_err(|e| Event::error(e.to_string(), "bad-audio"))?;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let detector = Detector::load(&models).map_err(|e| Event::error(e.to_string(), "wake"))?;
+        let resampler = StreamResampler::new(rate, ASR_RATE_HZ).map_err(|e| Event::error(e.to_string(), "bad-audio"))?;
+        Ok((detector, resampler))
+    });
+    let (detector, resampler) = loaded.await.expect("loading a detector does not panic")?;
     Ok(Listening { detector, words, resampler, samples: Vec::new(), detected: false, _slot: slot })
 }
 
@@ -403,8 +444,9 @@ impl Listening {
                 let score = step.scores[*index];
                 if trigger.step(score, step.end_sample) {
                     self.detected = true;
-                    tracing::info!("wyoming: heard {word} (score {score:.2}) at {:.2} s", step.end_sample as f64 / 16_000.0);
-                    detections.push(Event::with_data("detection", json!({ "name": word, "timestamp": step.end_sample / 16 })));
+                    tracing::info!("wyoming: heard {word} (score {score:.2}) at {:.2} s", step.end_sample as f64 / ASR_RATE_HZ as f64);
+                    let ms = step.end_sample / (ASR_RATE_HZ as u64 / 1000);
+                    detections.push(Event::with_data("detection", json!({ "name": word, "timestamp": ms })));
                 }
             }
         }
@@ -412,21 +454,28 @@ impl Listening {
     }
 }
 
-async fn transcribe(audio: Incoming, language: Option<String>, services: &Services) -> Event {
-    if let Some(language) = language.filter(|l| !services.asr_languages.contains(&l.split(['-', '_']).next().unwrap_or(l).to_string())) {
-        return Event::error(format!("{} hears {}, not {language:?}", services.asr_model, services.asr_languages.join(", ")), "language");
+/// The transcript of `audio`, or the `error` that ends the request.
+async fn transcribe(audio: Incoming, language: Option<String>, services: &Services) -> Result<Event, Event> {
+    let base = |l: &str| l.split(['-', '_']).next().unwrap_or_default().to_lowercase();
+    if let Some(language) = language.as_deref().filter(|l| !services.asr_languages.contains(&base(l))) {
+        return Err(Event::error(format!("{} hears {}, not {language:?}", services.asr_model, services.asr_languages.join(", ")), "language"));
     }
-    let samples = match crate::audio::resample(&audio.samples, audio.rate, crate::audio::ASR_RATE_HZ) {
-        Ok(samples) => samples,
-        Err(e) => return Event::error(e.to_string(), "bad-audio"),
-    };
-    match services.asr.ask(move |asr| asr.transcribe(&samples)).await {
+    let Incoming { samples, rate, .. } = audio;
+    // Resampled on Whisper's thread, not the connections'.
+    let heard = services.asr.ask(move |asr| {
+        let samples = resample(&samples, rate, ASR_RATE_HZ).map_err(|e| (e.to_string(), "bad-audio"))?;
+        asr.transcribe(&samples).map_err(|e| (format!("transcription failed: {e}"), "asr"))
+    });
+    match heard.await {
         Ok(Ok(t)) => {
             tracing::info!("wyoming: transcribed {:.2} s in {:.0} ms: {:?}", t.audio_s, t.elapsed_ms, t.text);
-            Event::with_data("transcript", json!({ "text": t.text, "language": services.asr_languages.first() }))
+            // The language asked for, or the model's only one (an "auto" model's
+            // guess is not known here).
+            let language = language.or_else(|| (services.asr_languages.len() == 1).then(|| services.asr_languages[0].clone()));
+            Ok(Event::with_data("transcript", json!({ "text": t.text, "language": language })))
         }
-        Ok(Err(e)) => Event::error(format!("transcription failed: {e}"), "asr"),
-        Err(busy) => Event::error(busy.to_string(), "busy"),
+        Ok(Err((why, code))) => Err(Event::error(why, code)),
+        Err(refused) => Err(Event::error(refused.to_string(), refused.code())),
     }
 }
 
@@ -438,14 +487,18 @@ fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
 
 /// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
 /// `as_one` → one audio-start…audio-stop around them all (a `synthesize`); else one
-/// per piece (a stream, as wyoming-piper sends it).
-async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<()> {
+/// per piece (a stream, as wyoming-piper sends it). Returns the `error` that ends the
+/// request when a piece cannot be spoken. Only a text's first piece may find Piper
+/// busy; the rest of a text already begun waits its turn.
+async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<Option<Event>> {
     let mut started = false;
     for piece in pieces.iter().filter_map(|p| clean(p)) {
-        let mut speech = match services.tts.ask(move |tts| tts.synthesize(&piece)).await {
+        let job = move |tts: &mut Tts| tts.synthesize(&piece);
+        let asked = if spoken.pieces == 0 { services.tts.ask(job).await } else { services.tts.ask_next(job).await };
+        let mut speech = match asked {
             Ok(Ok(speech)) => speech,
-            Ok(Err(e)) => return write_event(out, &Event::error(format!("synthesis failed: {e}"), "tts")).await,
-            Err(busy) => return write_event(out, &Event::error(busy.to_string(), "busy")).await,
+            Ok(Err(e)) => return Ok(Some(Event::error(format!("synthesis failed: {e}"), "tts"))),
+            Err(refused) => return Ok(Some(Event::error(refused.to_string(), refused.code()))),
         };
         if spoken.first_runs_on {
             match spoken.pieces {
@@ -476,52 +529,45 @@ async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, ou
         }
         write_event(out, &Event::new("audio-stop")).await?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The `info` answer to `describe`: every field the reference's dataclasses require.
 fn info(services: &Services) -> Event {
-    let version = env!("CARGO_PKG_VERSION");
-    let voxd = json!({ "name": "voxd", "url": "https://github.com/voxd/voxd" });
+    let version = json!(env!("CARGO_PKG_VERSION"));
+    // The protocol requires an attribution URL; voxd has no public home to point at.
+    let voxd = json!({ "name": "voxd", "url": "" });
+    let by = |name: &str, url: &str| json!({ "name": name, "url": url });
     let wake = match &services.wake {
         None => json!([]),
-        Some(wake) => json!([{
-            "name": "voxd-openwakeword", "attribution": voxd, "installed": true, "version": version,
-            "description": "openWakeWord's models on ONNX Runtime in voxd",
-            "models": wake.models.words.iter().map(|(id, _)| json!({
-                "name": id, "installed": true, "version": null, "description": id, "languages": ["en"],
-                "attribution": { "name": "David Scripka (openWakeWord)", "url": "https://github.com/dscripka/openWakeWord" },
-                "phrase": phrase_words(id).join(" "),
-            })).collect::<Vec<_>>(),
-        }]),
+        Some(wake) => json!([artifact("voxd-openwakeword", "openWakeWord's models on ONNX Runtime in voxd", &voxd, &version, json!({
+            "models": wake.models.words.iter().map(|(id, _)| artifact(id, id, &by("David Scripka (openWakeWord)", "https://github.com/dscripka/openWakeWord"), &Value::Null, json!({
+                "languages": ["en"], "phrase": phrase_words(id).join(" "),
+            }))).collect::<Vec<_>>(),
+        }))]),
     };
-    Event::with_data(
-        "info",
-        json!({
-            "asr": [{
-                "name": "voxd-whisper", "attribution": voxd, "installed": true, "version": version,
-                "description": "Whisper (whisper.cpp) in voxd",
-                "models": [{
-                    "name": services.asr_model, "installed": true, "version": null, "description": services.asr_model,
-                    "attribution": { "name": "OpenAI", "url": "https://github.com/openai/whisper" },
-                    "languages": services.asr_languages,
-                }],
-                "supports_transcript_streaming": false,
-            }],
-            "tts": [{
-                "name": "voxd-piper", "attribution": voxd, "installed": true, "version": version,
-                "description": "Piper in voxd, speaking each phrase as soon as it is ready",
-                "voices": [{
-                    "name": services.voice, "installed": true, "version": null, "description": services.voice,
-                    "attribution": { "name": "rhasspy", "url": "https://github.com/rhasspy/piper" },
-                    "languages": [services.voice_language], "speakers": null,
-                }],
-                "supports_synthesize_streaming": true,
-            }],
-            "wake": wake,
-            "handle": [], "intent": [], "mic": [], "snd": [],
-        }),
-    )
+    let asr = artifact("voxd-whisper", "Whisper (whisper.cpp) in voxd", &voxd, &version, json!({
+        "models": [artifact(&services.asr_model, &services.asr_model, &by("OpenAI", "https://github.com/openai/whisper"), &Value::Null, json!({
+            "languages": services.asr_languages,
+        }))],
+        "supports_transcript_streaming": false,
+    }));
+    let tts = artifact("voxd-piper", "Piper in voxd, speaking each phrase as soon as it is ready", &voxd, &version, json!({
+        "voices": [artifact(&services.voice, &services.voice, &by("rhasspy", "https://github.com/rhasspy/piper"), &Value::Null, json!({
+            "languages": [services.voice_language], "speakers": null,
+        }))],
+        "supports_synthesize_streaming": true,
+    }));
+    Event::with_data("info", json!({ "asr": [asr], "tts": [tts], "wake": wake, "handle": [], "intent": [], "mic": [], "snd": [] }))
+}
+
+/// One of info's artifacts (a program, a model, a voice): the fields all share, and `more`.
+fn artifact(name: &str, description: &str, attribution: &Value, version: &Value, more: Value) -> Value {
+    let mut fields = json!({ "name": name, "description": description, "attribution": attribution, "installed": true, "version": version });
+    if let (Value::Object(fields), Value::Object(more)) = (&mut fields, more) {
+        fields.extend(more);
+    }
+    fields
 }
 
 /// Binds `uri` (tcp://HOST:PORT).
