@@ -24,6 +24,8 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     let dir = tempdir();
     let system = std::process::Command::new("systemd-analyze").arg("verify").arg(unit(&dir, "voxd.service")).output().expect("systemd-analyze runs (apt package systemd)");
     assert!(system.status.success() && system.stderr.is_empty(), "voxd.service: {}", String::from_utf8_lossy(&system.stderr));
+    let wyoming = std::process::Command::new("systemd-analyze").arg("verify").arg(unit(&dir, "voxd-wyoming.service")).output().unwrap();
+    assert!(wyoming.status.success() && wyoming.stderr.is_empty(), "voxd-wyoming.service: {}", String::from_utf8_lossy(&wyoming.stderr));
     let runtime = dir.path().join("runtime");
     std::fs::create_dir(&runtime).unwrap();
     let user = std::process::Command::new("systemd-analyze").args(["verify", "--user"]).arg(unit(&dir, "voxd-user.service")).env("XDG_RUNTIME_DIR", &runtime).output().unwrap();
