@@ -315,11 +315,12 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, quick: bool, json: 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
 
     // Positives, one stream: each clip, then silence enough for the detector to forget it.
-    let mut voices: Vec<Voice> = PIPER_RATES.iter().map(|&rate| Voice::Piper { rate }).chain(ESPEAK_VOICES.iter().flat_map(|&voice| ESPEAK_WPM.iter().map(move |&wpm| Voice::Espeak { voice, wpm }))).collect();
+    let voices: Vec<Voice> = if quick {
+        vec![Voice::Piper { rate: 1.0 }, Voice::Espeak { voice: "en-us", wpm: 175 }]
+    } else {
+        PIPER_RATES.iter().map(|&rate| Voice::Piper { rate }).chain(ESPEAK_VOICES.iter().flat_map(|&voice| ESPEAK_WPM.iter().map(move |&wpm| Voice::Espeak { voice, wpm }))).collect()
+    };
     let commands = if quick { &COMMANDS[..2] } else { &COMMANDS[..] };
-    if quick {
-        voices = vec![Voice::Piper { rate: 1.0 }, Voice::Espeak { voice: "en-us", wpm: 175 }];
-    }
     let bar = models::progress::Progress::items("speaking positives", voices.len() as u64);
     let (mut stream, mut positives) = (silence(1.0), Vec::new());
     for voice in &voices {
@@ -362,12 +363,12 @@ pub(super) fn bench_wake(env: &Env, hours: f64, idle_s: f64, quick: bool, json: 
     texts.sort();
     texts.dedup();
     texts.retain(|t| !t.to_lowercase().contains(&last));
-    let mut pool_voices = vec![Voice::Piper { rate: 0.8 }, Voice::Piper { rate: 1.0 }, Voice::Piper { rate: 1.25 }, Voice::Espeak { voice: "en-us", wpm: 175 }, Voice::Espeak { voice: "en-gb", wpm: 160 }, Voice::Espeak { voice: "en-us+f3", wpm: 190 }];
-    if quick {
+    let pool_voices = if quick {
         texts.truncate(20);
-        pool_voices.truncate(1);
-        pool_voices.push(Voice::Espeak { voice: "en-us", wpm: 175 });
-    }
+        vec![Voice::Piper { rate: 0.8 }, Voice::Espeak { voice: "en-us", wpm: 175 }]
+    } else {
+        vec![Voice::Piper { rate: 0.8 }, Voice::Piper { rate: 1.0 }, Voice::Piper { rate: 1.25 }, Voice::Espeak { voice: "en-us", wpm: 175 }, Voice::Espeak { voice: "en-gb", wpm: 160 }, Voice::Espeak { voice: "en-us+f3", wpm: 190 }]
+    };
     let bar = models::progress::Progress::items("speaking negatives", (texts.len() * pool_voices.len()) as u64);
     let mut pool: Vec<Vec<f32>> = Vec::new();
     for &voice in &pool_voices {
