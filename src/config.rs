@@ -323,7 +323,7 @@ section! {
 
 section! {
     /// The Wyoming server (`voxd wyoming`): Home Assistant and other Wyoming clients
-    /// use voxd's Whisper and Piper.
+    /// use voxd's Whisper, Piper, wake words and agent.
     WyomingConfig "wyoming" {
         /// Where `voxd wyoming` listens: "tcp://HOST:PORT". Empty: "tcp://0.0.0.0:10300"
         /// (Wyoming's usual port for speech to text).
@@ -331,6 +331,9 @@ section! {
         /// Requests that may wait for each engine while it works on another; one more
         /// is refused at once with an `error` event (code "busy").
         queue: u32 = 4, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// Offer voxd's agent (the LLM with the `[[tool]]`s) as a conversation agent
+        /// (Wyoming's `handle`): loads the LLM beside Whisper and Piper.
+        handle: bool = true;
     }
 }
 

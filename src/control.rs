@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -31,9 +31,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::agent::Command;
 use crate::pipeline::asr::Transcript;
 use crate::pipeline::playback::Status;
-use crate::pipeline::telemetry::{AsrStats, Models};
+use crate::pipeline::telemetry::Models;
 use crate::pipeline::vad::Voice;
-use crate::pipeline::{Anchor, Clock, Counters, Switches, TurnIds};
+use crate::pipeline::{Clock, Counters, Switches, TurnIds};
 
 /// What a client asks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -409,23 +409,8 @@ impl Handle {
         if text.is_empty() {
             return refusal("ask: the text is empty; give the words to answer, e.g. voxd ctl ask \"what time is it\"");
         }
-        let now = Instant::now();
         let turn = self.turn_ids.next();
-        let anchor = Anchor { speech_end_s: now.duration_since(self.clock.start).as_secs_f64(), speech_end_at: now };
-        let transcript = Transcript {
-            turn,
-            text,
-            speculative: false,
-            partial: false,
-            anchor,
-            endpoint_at: Some(now),
-            done_at: now,
-            audio_s: 0.0,
-            stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: false },
-            typed: true,
-            started: crate::pipeline::wake::Started::Typed,
-            failed: None,
-        };
+        let transcript = Transcript::typed(turn, text, &self.clock, false);
         let Some(transcripts) = self.transcripts.upgrade() else {
             return refusal("voxd is shutting down");
         };
@@ -534,6 +519,7 @@ impl Client {
 mod tests {
     use super::*;
     use std::io::{BufRead, Read, Write};
+    use std::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn an_older_press_running_out_does_not_let_go_of_a_newer_one() {

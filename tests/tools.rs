@@ -9,8 +9,8 @@ use voxd::tools::local_ha::{Behaviour, LocalHomeAssistant};
 
 use crate::util::*;
 
-const TOKEN: &str = "voxd-test-token-3f9a";
-const TOKEN_ENV: &str = "VOXD_TEST_HASS_TOKEN";
+pub(crate) const TOKEN: &str = "voxd-test-token-3f9a";
+pub(crate) const TOKEN_ENV: &str = "VOXD_TEST_HASS_TOKEN";
 
 /// The kitchen lights on MQTT, with a fixed confirmation.
 const KITCHEN_MQTT: &str = r#"
@@ -26,7 +26,7 @@ examples = [{ say = "kitchen lights off", arguments = { state = "off" } }]
 "#;
 
 /// Lights in Home Assistant; the model phrases the confirmation.
-const LIGHTS_HA: &str = r#"
+pub(crate) const LIGHTS_HA: &str = r#"
 [[tool]]
 name = "light_turn_on"
 description = "Turn a light on"
@@ -47,7 +47,7 @@ arguments = { entity_id = "light.{room}" }
 "#;
 
 /// A lock that asks first, reached by an intent that can name any door.
-const LOCK: &str = r#"
+pub(crate) const LOCK: &str = r#"
 [[tool]]
 name = "lock_unlock"
 description = "Unlock a door"

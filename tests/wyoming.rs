@@ -1,7 +1,9 @@
 //! The Wyoming server driven by the protocol's reference client (PyPI `wyoming`
 //! 1.10.2, installed by `./scripts/setup` for the tests), as Home Assistant drives it:
 //! describe, transcription of audio in several formats, synthesis whole and streamed
-//! (heard back by Whisper), a full queue, and events that break the protocol.
+//! (heard back by Whisper), wake words in a satellite's stream, conversations with
+//! voxd's agent calling tools on a loopback Home Assistant, a full queue, and events
+//! that break the protocol.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -22,10 +24,15 @@ struct Server {
 
 impl Server {
     fn start(dir: &tempfile::TempDir, extra: &str) -> Server {
+        Server::start_with(dir, extra, &[])
+    }
+
+    fn start_with(dir: &tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Server {
         let config = deterministic_config(dir, extra);
         let port = free_port();
         let uri = format!("tcp://127.0.0.1:{port}");
         let child = voxd()
+            .envs(env.iter().copied())
             .args(["-c", config.to_str().unwrap(), "wyoming", "--listen", &uri])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -86,6 +93,8 @@ fn home_assistants_client_transcribes_and_synthesises_through_voxd() {
     assert!(asr["models"][0]["name"].as_str().unwrap().contains("tiny"), "{info}");
     let tts = &info["tts"][0];
     assert_eq!(tts["supports_synthesize_streaming"], true, "{info}");
+    // The agent is offered by default; with no tools it does not control the home.
+    assert_eq!((info["handle"][0]["name"].as_str(), info["handle"][0]["supports_home_control"].as_bool()), (Some("voxd-agent"), Some(false)), "{info}");
     assert_eq!(tts["voices"][0]["languages"], serde_json::json!(["en_US"]), "{info}");
 
     // transcribe: jfk.wav as it is (16 kHz mono), and as 44.1 kHz stereo and 8-bit.
@@ -128,7 +137,7 @@ fn home_assistants_client_transcribes_and_synthesises_through_voxd() {
 #[test]
 fn the_wake_word_is_heard_over_wyoming_as_a_satellite_streams_it() {
     let dir = tempdir();
-    let server = Server::start(&dir, "");
+    let server = Server::start(&dir, "[wyoming]\nhandle = false\n");
     let uri = server.uri.as_str();
     let config = deterministic_config(&dir, "");
     // A satellite streams all the time: the phrase comes after 1.5 s of room.
@@ -171,7 +180,7 @@ fn the_wake_word_is_heard_over_wyoming_as_a_satellite_streams_it() {
 #[test]
 fn a_full_queue_is_told_at_once_and_bad_events_close_only_their_connection() {
     let dir = tempdir();
-    let server = Server::start(&dir, "[wyoming]\nqueue = 1\n");
+    let server = Server::start(&dir, "[wyoming]\nqueue = 1\nhandle = false\n");
     let uri = server.uri.as_str();
     let jfk = testdata("jfk.wav");
 
@@ -218,6 +227,63 @@ fn a_full_queue_is_told_at_once_and_bad_events_close_only_their_connection() {
     BufReader::new(&good).read_line(&mut reply).unwrap();
     assert!(reply.contains("\"info\""), "{reply}");
     drop(server);
+}
+
+/// Home Assistant's Wyoming conversation agent sends each sentence as a
+/// `transcript` with its conversation's id and waits for `handled`: voxd answers with
+/// its whole agent — the model's calls and the fast-path intents reach Home Assistant,
+/// a confirmation is asked and answered within its conversation only.
+#[test]
+fn home_assistant_converses_with_voxds_agent_which_calls_the_homes_tools() {
+    use crate::tools::{LIGHTS_HA, LOCK, TOKEN, TOKEN_ENV};
+    use voxd::tools::local_ha::LocalHomeAssistant;
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    let setup = format!("[llm]\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n[home_assistant]\nurl = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n[wyoming]\nqueue = 1\n{LIGHTS_HA}{LOCK}", ha.url());
+    let server = Server::start_with(&dir, &setup, &[(TOKEN_ENV, TOKEN)]);
+    let uri = server.uri.as_str();
+    let calls = || ha.requests().into_iter().map(|r| format!("{} {}", r.path, r.body.replace(' ', ""))).collect::<Vec<_>>();
+
+    let info = client(&["describe", uri]);
+    let agent = &info["handle"][0];
+    assert_eq!((agent["models"][0]["name"].as_str(), agent["supports_home_control"].as_bool()), (Some("qwen2.5-coder-0.5b-instruct"), Some(true)), "{info}");
+    assert_eq!(agent["models"][0]["languages"], serde_json::json!(["en"]), "{info}");
+
+    // The model's call, made and confirmed in words.
+    let lit = client(&["handle", uri, "one", "Turn on the kitchen light."]);
+    assert_eq!((lit["type"].as_str(), lit["context"]["conversation_id"].as_str()), (Some("handled"), Some("one")), "{lit}");
+    let said = lit["text"].as_str().unwrap();
+    assert!(!said.is_empty() && !said.contains('{'), "{lit}");
+    assert_eq!(calls(), vec![r#"/api/services/light/turn_on {"entity_id":"light.kitchen"}"#], "{lit}");
+
+    // A tool that asks first: the question, then the yes in the same conversation.
+    let asked = client(&["handle", uri, "two", "Unlock the front door."]);
+    assert!(asked["type"] == "handled" && asked["text"].as_str().unwrap().contains("yes or no"), "{asked}");
+    assert_eq!(calls().len(), 1, "nothing is unlocked before the yes: {asked}");
+    let yes = client(&["handle", uri, "two", "Yes."]);
+    assert_eq!((yes["type"].as_str(), yes["text"].as_str()), (Some("handled"), Some("The door is unlocked.")), "{yes}");
+    assert_eq!(calls()[1], r#"/api/services/lock/unlock {"entity_id":"lock.front_door"}"#, "{yes}");
+
+    // A yes from another conversation does not answer the question.
+    let asked = client(&["handle", uri, "three", "Unlock the front door."]);
+    assert!(asked["text"].as_str().unwrap().contains("yes or no"), "{asked}");
+    let stranger = client(&["handle", uri, "four", "Yes."]);
+    assert!(stranger["type"].as_str().is_some() && stranger["text"] != "The door is unlocked.", "{stranger}");
+    // (What the 0.5 B model makes of a bare "Yes." is its own; the door stays shut.)
+    let unlocks = calls().iter().filter(|c| c.contains("lock/unlock")).count();
+    assert_eq!(unlocks, 1, "another conversation's yes unlocked the door: {stranger} {:?}", calls());
+
+    // One being answered and one waiting at most: the rest are told at once, and
+    // every asker gets an answer.
+    let many = client(&["handle-many", uri, "4", "What is the capital of France?"]);
+    let many = many.as_array().unwrap();
+    let answered = many.iter().filter(|r| r["type"] == "handled" && !r["text"].as_str().unwrap_or_default().is_empty()).count();
+    let busy = many.iter().filter(|r| r["code"] == "busy" && r["closed"] == true).count();
+    assert!(answered >= 1 && busy >= 2 && answered + busy == 4, "{many:?}");
+
+    // A transcript with nothing to answer is refused, and its connection closed.
+    let empty = client(&["handle", uri, "five", " "]);
+    assert_eq!((empty["code"].as_str(), empty["closed"].as_bool()), (Some("bad-request"), Some(true)), "{empty}");
 }
 
 /// Bad settings are named before anything loads.

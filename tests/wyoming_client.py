@@ -7,6 +7,9 @@ Home Assistant does. Used by tests/wyoming.rs; prints one JSON object per reques
   synthesize URI TEXT OUT.wav [VOICE]   (one `synthesize`)
   stream URI OUT.wav CHUNK...           (synthesize-start, the chunks, synthesize, synthesize-stop)
   detect URI WAV [NAME...]              (detect, then the WAV in 80 ms chunks)
+  handle URI CONVERSATION TEXT          (a transcript to answer, as Home Assistant's
+                                         Wyoming conversation agent sends it)
+  handle-many URI N TEXT                (N conversations at once)
 """
 
 import asyncio
@@ -19,6 +22,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
+from wyoming.handle import Handled, NotHandled
 from wyoming.info import Describe, Info
 from wyoming.wake import Detect, Detection, NotDetected
 from wyoming.tts import Synthesize, SynthesizeVoice, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
@@ -153,6 +157,25 @@ async def detect(uri, path, names):
                 return await refused(c, event)
 
 
+async def handle(uri, conversation, text):
+    async with client(uri) as c:
+        started = time.monotonic()
+        await c.write_event(Transcript(text=text, context={"conversation_id": conversation}, language="en").event())
+        while True:
+            event = await c.read_event()
+            if event is None:
+                return {"closed": True}
+            if Handled.is_type(event.type) or NotHandled.is_type(event.type):
+                answer = (Handled if Handled.is_type(event.type) else NotHandled).from_event(event)
+                return {"type": event.type, "text": answer.text, "context": answer.context, "ms": (time.monotonic() - started) * 1000}
+            if Error.is_type(event.type):
+                return await refused(c, event)
+
+
+async def handle_many(uri, n, text):
+    return await asyncio.gather(*(handle(uri, f"many-{i}", text) for i in range(n)))
+
+
 def main():
     command, uri, *rest = sys.argv[1:]
     if command == "describe":
@@ -165,6 +188,10 @@ def main():
         result = asyncio.run(synthesize(uri, *rest))
     elif command == "detect":
         result = asyncio.run(detect(uri, rest[0], rest[1:]))
+    elif command == "handle":
+        result = asyncio.run(handle(uri, rest[0], rest[1]))
+    elif command == "handle-many":
+        result = asyncio.run(handle_many(uri, int(rest[0]), rest[1]))
     elif command == "stream":
         result = asyncio.run(stream(uri, rest[0], rest[1:]))
     else:

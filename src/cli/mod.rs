@@ -558,7 +558,16 @@ impl Env {
         let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
         let tts_rate_hz = tts.rate_hz;
         let toolbox = crate::tools::Toolbox::start(&self.config)?;
-        Ok(pipeline::Engines { asr, llm, tts: Box::new(tts), tts_rate_hz, models, toolbox, wake })
+        Ok(pipeline::Engines { asr: Some(asr), llm, tts: Box::new(tts), tts_rate_hz, models, toolbox, wake })
+    }
+
+    /// The LLM and the tools alone, for a text run (Wyoming's `handle`): no Whisper,
+    /// no voice.
+    fn text_engines(&self) -> Result<pipeline::Engines> {
+        let llm = self.load_llm(&self.resolve_verified(Role::Llm, None)?)?;
+        let models = pipeline::telemetry::Models { asr: String::new(), llm: llm.model_id.clone(), tts: String::new() };
+        let toolbox = crate::tools::Toolbox::start(&self.config)?;
+        Ok(pipeline::Engines { asr: None, llm, tts: Box::new(pipeline::tts::Unvoiced), tts_rate_hz: 22_050, models, toolbox, wake: None })
     }
 
     fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> Result<pipeline::RunOptions> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::wyoming::desk::Desk;
-use crate::wyoming::{bind, serve, tcp_address, Services, WakeService, MAX_DETECTORS};
+use crate::wyoming::{bind, serve, tcp_address, AgentService, Services, WakeService, MAX_DETECTORS};
 
 /// Wyoming's usual port for speech to text.
 const DEFAULT_LISTEN: &str = "tcp://0.0.0.0:10300";
@@ -28,6 +28,7 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         }
     };
     let queue = config.queue as usize;
+    let agent = if config.handle { Some(start_agent(env, queue)?) } else { None };
     let services = Services {
         asr_model: asr.model_id.clone(),
         asr_languages: asr.languages(),
@@ -35,6 +36,7 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         voice_language: voice_language(&tts.voice_id),
         first_phrase_words: env.config.llm.first_phrase_words as usize,
         wake,
+        agent,
         asr: Desk::open("asr", asr, queue)?,
         tts: Desk::open("tts", tts, queue)?,
     };
@@ -43,11 +45,12 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         let listener = bind(&uri).await?;
         let address = listener.local_addr()?;
         eprintln!(
-            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}; Ctrl-C stops",
+            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; Ctrl-C stops",
             services.asr_model,
             services.asr_languages.join(", "),
             services.voice,
-            services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "))
+            services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")),
+            services.agent.as_ref().map_or("nobody ([wyoming] handle = false)".to_string(), |a| format!("{} and {} tools", a.model, a.tools))
         );
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -58,6 +61,26 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         eprintln!("wyoming: stopped");
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// voxd's agent for Home Assistant's conversations: a text run of the pipeline (the
+/// LLM with the tools, as `voxd run` answers) on a thread of its own, taking up to
+/// `queue` asks waiting. Its turns go to the latency log like any others.
+fn start_agent(env: &Env, queue: usize) -> Result<AgentService> {
+    let engines = env.text_engines()?;
+    let model = engines.models.llm.clone();
+    let options = env.run_options(true, None)?;
+    let tools = options.tool.len();
+    let (asks, rx) = tokio::sync::mpsc::channel(queue);
+    std::thread::Builder::new()
+        .name("voxd-wy-agent".into())
+        .spawn(move || {
+            if let Err(e) = pipeline::run(engines, options, pipeline::Io::Text(rx)) {
+                tracing::error!("wyoming: voxd's agent stopped: {e:#}; conversations are refused until voxd wyoming is restarted");
+            }
+        })
+        .context("starting the agent's thread")?;
+    Ok(AgentService { model, tools, queue, asks })
 }
 
 /// A Piper voice's language from its name ("en_US-joe-medium" → "en_US"); "en" when

@@ -263,6 +263,9 @@ impl Conversation<'_> {
             return Ok(());
         }
         self.newest = t.turn;
+        if t.new_conversation {
+            self.forget();
+        }
         match self.current.take() {
             Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
                 // The pause was the end: the reply under way is the answer.
@@ -290,6 +293,14 @@ impl Conversation<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A new conversation: nothing said before it is in the next prompt, and a
+    /// question left open is not answered by it.
+    fn forget(&mut self) {
+        self.history.clear();
+        self.history_chars = 0;
+        self.pending = None;
     }
 
     /// The user's words so far, while they go on speaking: the llm stage reads them

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::health::Pulse;
 use super::telemetry::{AsrStats, Notes};
 use super::vad::{Backlog, Utterance};
-use super::{Anchor, TurnId};
+use super::{Anchor, Clock, TurnId};
 use crate::engine::asr::Asr;
 
 /// What the user said.
@@ -48,6 +48,33 @@ pub struct Transcript {
     /// Whisper failed on this utterance (why): the turn is answered with an apology
     /// and logged as failed.
     pub failed: Option<String>,
+    /// Begins a new conversation: the history before it, and a question left open,
+    /// are forgotten (a Home Assistant conversation voxd has not been in).
+    pub new_conversation: bool,
+}
+
+impl Transcript {
+    /// A typed turn: words with no audio behind them, whose "end of speech" is now
+    /// (its round trip runs from here).
+    pub fn typed(turn: TurnId, text: String, clock: &Clock, new_conversation: bool) -> Transcript {
+        let now = Instant::now();
+        let anchor = Anchor { speech_end_s: now.duration_since(clock.start).as_secs_f64(), speech_end_at: now };
+        Transcript {
+            turn,
+            text,
+            speculative: false,
+            partial: false,
+            anchor,
+            endpoint_at: Some(now),
+            done_at: now,
+            audio_s: 0.0,
+            stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: false },
+            typed: true,
+            started: super::wake::Started::Typed,
+            failed: None,
+            new_conversation,
+        }
+    }
 }
 
 /// The last speculative result: the audio it was made from and what it said.
@@ -104,7 +131,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
         if failed.is_some() {
             // A guess that failed is simply not made; a final utterance is answered.
             if !u.speculative {
-                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, started: u.started.clone(), failed };
+                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, started: u.started.clone(), failed, new_conversation: false };
                 if tx.blocking_send(transcript).is_err() {
                     break;
                 }
@@ -125,6 +152,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
             typed: false,
             started: u.started.clone(),
             failed: None,
+            new_conversation: false,
         };
         if u.speculative {
             speculation = Some(s);
@@ -171,6 +199,7 @@ fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript
         typed: false,
         started: u.started.clone(),
         failed: None,
+        new_conversation: false,
     })
 }
 

@@ -10,6 +10,11 @@
 //! every stage ─Note─▶ telemetry ─▶ latency log (one JSON line per turn)
 //! ```
 //!
+//! A text run (`Io::Text`, Wyoming's `handle`) is the same pipeline without ears or
+//! voice: no capture, vad or asr — each `Ask` enters as a typed transcript — and a
+//! silent voice and speaker, so the reply's pieces are "heard" as they come and the
+//! turn's record (telemetry's, as written) is the answer.
+//!
 //! Data flows left to right only; feedback (the user is speaking, what has been
 //! played) goes back through `watch` channels and per-turn cancel flags, so there is
 //! no cycle of bounded channels to deadlock on. Every edge, its capacity and what
@@ -282,6 +287,6 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
     }
 }
 
-pub use runner::{run, Engines, Io, OnListening, RunOptions, RunReport, Service};
+pub use runner::{run, Ask, Engines, Io, OnListening, RunOptions, RunReport, Service};
 
 mod runner;

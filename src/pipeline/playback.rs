@@ -75,6 +75,9 @@ pub enum Speaker {
     Recording { rec: Recording, clock: Clock, cursor_s: f64 },
     /// The output device; its timeline is the frames it has played (seconds).
     Device(DeviceSpeaker),
+    /// A text run (Wyoming's `handle`): nothing is played, every piece is "heard" the
+    /// moment it is ready, and its words are the answer. Its timeline is the wall clock.
+    Silent,
 }
 
 pub struct DeviceSpeaker {
@@ -103,7 +106,7 @@ impl Speaker {
     fn realtime(&self) -> bool {
         match self {
             Speaker::Recording { clock, .. } => clock.realtime,
-            Speaker::Device(_) => true,
+            Speaker::Device(_) | Speaker::Silent => true,
         }
     }
 
@@ -111,6 +114,7 @@ impl Speaker {
     fn now_s(&self, now: Instant, anchor: &Anchor) -> f64 {
         match self {
             Speaker::Recording { clock, .. } if clock.realtime => anchor.stream_s(now),
+            Speaker::Silent => anchor.stream_s(now),
             Speaker::Recording { .. } => f64::INFINITY,
             Speaker::Device(d) => frames_to_s(d.out.consumed(), d.out.rate_hz),
         }
@@ -119,7 +123,7 @@ impl Speaker {
     /// The instant at which the speaker is (or was) at `pos_s`.
     fn instant_of(&self, pos_s: f64, now: Instant, anchor: &Anchor) -> Instant {
         match self {
-            Speaker::Recording { .. } => anchor.speech_end_at + secs(pos_s - anchor.speech_end_s),
+            Speaker::Recording { .. } | Speaker::Silent => anchor.speech_end_at + secs(pos_s - anchor.speech_end_s),
             Speaker::Device(_) => {
                 let now_s = self.now_s(now, anchor);
                 if pos_s <= now_s {
@@ -141,6 +145,7 @@ impl Speaker {
                 *cursor_s = start + audio.len() as f64 / rec.rate_hz as f64;
                 (start, *cursor_s)
             }
+            Speaker::Silent => (now_s, now_s),
             Speaker::Device(d) => {
                 let rate = d.out.rate_hz;
                 let resampled;
@@ -170,6 +175,7 @@ impl Speaker {
                 *cursor_s = at;
                 at
             }
+            Speaker::Silent => now_s,
             Speaker::Device(d) => {
                 // What waits here was never written; what is in the ring the device
                 // drops and counts as past, so the timeline stays whole.
@@ -328,7 +334,7 @@ pub async fn run(speaker: Speaker, mut rx: mpsc::Receiver<Speech>, mut confirmed
     }
     Ok(match out.speaker {
         Speaker::Recording { rec, .. } => Some(rec),
-        Speaker::Device(_) => None,
+        Speaker::Device(_) | Speaker::Silent => None,
     })
 }
 
@@ -444,7 +450,8 @@ impl Output {
             Speaker::Recording { clock, .. } if !clock.realtime => p.anchor.stream_s(now),
             speaker => speaker.now_s(now, &p.anchor),
         };
-        if !speech.samples.is_empty() {
+        // A silent speaker takes every piece's words, though they have no sound.
+        if !speech.samples.is_empty() || (matches!(self.speaker, Speaker::Silent) && !speech.text.is_empty()) {
             let (start_s, end_s) = self.speaker.queue(&speech.samples, speech.rate_hz, now_s);
             // The speaker ran dry between two sentences of one reply (a device counts
             // this in its callback).

@@ -30,7 +30,8 @@ use crate::engine::llm::Llm;
 
 /// The loaded engines (and the connected tool executors), moved into their stages.
 pub struct Engines {
-    pub asr: Asr,
+    /// Whisper; None for a text run, which hears nothing.
+    pub asr: Option<Asr>,
     pub llm: Llm,
     pub tts: Box<dyn TtsVoice>,
     pub tts_rate_hz: u32,
@@ -74,6 +75,20 @@ pub enum Io {
     File(Vec<f32>),
     /// The microphone and the speaker, until `service.stop` is set.
     Devices { input: device::Input, output: device::Output, service: Service },
+    /// Typed turns only, answered in words (Wyoming's `handle`): no microphone, no
+    /// Whisper, no sound (give the engines `tts::Unvoiced`). Each `Ask` is a turn; the
+    /// run ends when every sender of asks is gone.
+    Text(mpsc::Receiver<Ask>),
+}
+
+/// A turn asked for in words, and where its record goes once written (dropped
+/// unanswered only when the pipeline stops first).
+pub struct Ask {
+    pub text: String,
+    /// Whose conversation it continues: one that is not the previous ask's (or none)
+    /// starts afresh, with nothing said before it in the prompt.
+    pub conversation: Option<String>,
+    pub answer: oneshot::Sender<Arc<TurnRecord>>,
 }
 
 /// How a live run is steered and stopped.
@@ -110,6 +125,7 @@ pub struct RunReport {
 /// Runs the whole pipeline on `io`.
 pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let live = matches!(io, Io::Devices { .. });
+    let text = matches!(io, Io::Text(_));
     // A log that cannot be written is an error now, not after the whole run.
     let log = options.latency_log.as_deref().map(telemetry::LatencyLog::open).transpose()?;
     let counters = Arc::new(Counters::default());
@@ -173,7 +189,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     {
         let (notes, stop) = (notes.downgrade(), match &io {
             Io::Devices { service, .. } => Some(service.stop.clone()),
-            Io::File(_) => None,
+            Io::File(_) | Io::Text(_) => None,
         });
         health::monitor(health.clone(), monitor_done.clone(), move |problem| {
             if let Some(turn) = problem.turn {
@@ -186,14 +202,16 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         .context("starting the health monitor")?;
     }
 
-    let clock = if live { Clock::live() } else { Clock::new(options.realtime) };
+    // A text run's turns come when they come, as a microphone's do.
+    let clock = if live || text { Clock::live() } else { Clock::new(options.realtime) };
     // vad counts the guesses and ends it sends; asr drops a partial pass for them.
     let backlog = vad::Backlog::default();
     // Which speech is a turn: in wake-word mode the wake stage listens beside vad.
-    let mode = wake::Mode::of(&options.wake, live);
+    let mode = if text { wake::Mode::Always } else { wake::Mode::of(&options.wake, live) };
     // vad → playback: a wake word heard, for the earcon.
     let (woke_tx, woke_rx) = watch::channel(0u64);
     let earcon = match options.wake.earcon.as_str() {
+        _ if text => None,
         "" => None,
         path => {
             let clip = crate::audio::read_wav(std::path::Path::new(path), engines.tts_rate_hz).context("[wake] earcon")?;
@@ -213,27 +231,33 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         (wake::Mode::WakeWord, None) => return Err(anyhow!("[wake] mode is \"wake_word\" but no wake-word model is loaded")),
         _ => None,
     };
-    {
-        let backlog = backlog.clone();
-        let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
-        // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
-        let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
-        // A recording played as fast as possible has no time for its answers on its
-        // timeline: there an answer opens no follow-up window.
-        let wake_config = crate::config::WakeConfig { follow_up_s: if clock.realtime { options.wake.follow_up_s } else { 0.0 }, ..options.wake.clone() };
-        let listening = vad::Listening { gate: wake::Gate::new(mode, &wake_config, options.vad.min_speech_ms), wake: wake_link, answers: status_rx.clone(), woke: woke_tx };
-        tracing::info!("listening: {}", match mode {
-            wake::Mode::Always => "every utterance is answered".to_string(),
-            wake::Mode::PushToTalk => "push-to-talk only (`voxd ctl ptt`)".to_string(),
-            wake::Mode::WakeWord => format!("for {wake_words} (threshold {}), and for {} s after each answer", wake_config.threshold, wake_config.follow_up_s),
-        });
-        let pulse = health.pulse("vad");
-        stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, listening, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
-    }
-    {
-        let (asr, notes, pulse) = (engines.asr, notes.clone(), health.pulse("asr"));
+    // Listening: vad, and Whisper after it. A text run hears nothing: its asks take
+    // Whisper's place at the agent's door.
+    let typed_tx = if text {
+        Some(text_tx)
+    } else {
+        {
+            let backlog = backlog.clone();
+            let (config, clock, counters, notes, switches, turn_ids) = (options.vad.clone(), clock.clone(), counters.clone(), notes.clone(), switches.clone(), turn_ids.clone());
+            // Live devices hear the speaker: half-duplex keeps the assistant from answering itself.
+            let deafen = (live && options.audio.half_duplex).then(|| vad::Deafen { speaker: status_rx.clone(), tail: std::time::Duration::from_millis(options.audio.echo_tail_ms as u64) });
+            // A recording played as fast as possible has no time for its answers on its
+            // timeline: there an answer opens no follow-up window.
+            let wake_config = crate::config::WakeConfig { follow_up_s: if clock.realtime { options.wake.follow_up_s } else { 0.0 }, ..options.wake.clone() };
+            let listening = vad::Listening { gate: wake::Gate::new(mode, &wake_config, options.vad.min_speech_ms), wake: wake_link, answers: status_rx.clone(), woke: woke_tx };
+            tracing::info!("listening: {}", match mode {
+                wake::Mode::Always => "every utterance is answered".to_string(),
+                wake::Mode::PushToTalk => "push-to-talk only (`voxd ctl ptt`)".to_string(),
+                wake::Mode::WakeWord => format!("for {wake_words} (threshold {}), and for {} s after each answer", wake_config.threshold, wake_config.follow_up_s),
+            });
+            let pulse = health.pulse("vad");
+            stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, listening, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
+        }
+        let asr = engines.asr.ok_or_else(|| anyhow!("the pipeline listens with Whisper, and none was loaded"))?;
+        let (notes, pulse) = (notes.clone(), health.pulse("asr"));
         stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, backlog, text_tx, notes, pulse))?));
-    }
+        None
+    };
     {
         let (voice, notes, counters, pulse) = (engines.tts, notes.clone(), counters.clone(), health.pulse("tts"));
         stages.push(("tts", spawn("tts", &health, move || tts::run(voice, sentence_rx, speech_tx, notes, counters, pulse))?));
@@ -246,15 +270,16 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let frame_len = (options.vad.frame_ms * 16) as usize;
     // A recording is paced by a task below; the microphone by a thread of its own.
     let mut frame_tx = Some(frame_tx);
-    let (file, speaker, mut service) = match io {
-        Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None),
+    let (file, speaker, mut service, asks) = match io {
+        Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None, None),
+        Io::Text(asks) => (None, Speaker::Silent, None, Some(asks)),
         Io::Devices { input, output, mut service } => {
             let (tx, capture_counters, stop_capture, pulse) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone(), health.pulse("capture"));
             stages.push(("capture", spawn("capture", &health, move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters, pulse))?));
             if let Some(listening) = service.on_listening.take() {
                 listening(counters.clone(), health.clone());
             }
-            (None, Speaker::device(output, counters.clone()), Some(service))
+            (None, Speaker::device(output, counters.clone()), Some(service), None)
         }
     };
     let models = engines.models.clone();
@@ -279,6 +304,8 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let timing = telemetry::Timing { realtime: clock.realtime, live };
+    // A text run answers each ask with its turn's record, as telemetry writes it.
+    let announce = text.then(|| tokio::sync::broadcast::channel(16).0);
     let outcome = runtime.block_on(async {
         // The tasks share this thread: one beat for all of them, stepped by a ticker
         // that only runs while the thread is free (a task that blocks it hangs it).
@@ -333,11 +360,15 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
                 tokio::spawn(control::serve(listener_from_std(tokio::net::UnixListener::from_std(listener))?, handle));
             }
         }
+        if let (Some(asks), Some(transcripts), Some(announce)) = (asks, typed_tx, announce.as_ref()) {
+            let answering = Answering { transcripts, turn_ids: turn_ids.clone(), clock: clock.clone(), written: announce.subscribe(), patience: Duration::from_secs_f32(options.agent.max_reply_s) + ANSWER_GRACE };
+            tokio::spawn(task("asks", health.clone(), answering.run(asks)));
+        }
         drop(command_tx);
         let links = super::agent::Links { llm: req_tx, tools: job_tx, confirmed: confirmed_tx, notes: notes.clone() };
         let agent = tokio::spawn(task("agent", health.clone(), agent.run(text_rx, command_rx, voice_rx, status_rx, links)));
         let playback = tokio::spawn(task("playback", health.clone(), playback::run(speaker, speech_rx, confirmed_rx, earcon, status_tx, notes.clone(), counters.clone())));
-        let telemetry = tokio::spawn(task("telemetry", health.clone(), telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone())));
+        let telemetry = tokio::spawn(task("telemetry", health.clone(), telemetry::run(note_rx, log, timing, options.config_id.clone(), counters.clone(), metrics.clone(), announce)));
         drop(notes);
         let (capture, capture_lag_s) = match capture.await {
             Ok(Ok(lag)) => (Ok(()), lag),
@@ -374,6 +405,51 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let capture_lag_s = if options.realtime { capture_lag_s } else { 0.0 };
     let finished = turns?;
     Ok(RunReport { turns: finished.records.into(), turns_total: finished.total, capture_lag_s, recording: recording?, counters })
+}
+
+/// How long past `[agent] max_reply_s` an ask waits for its turn's record (the turn
+/// itself is cut at max_reply_s; this covers its last notes).
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+/// A text run's way in: each ask becomes a typed turn, answered with its record.
+struct Answering {
+    transcripts: mpsc::Sender<asr::Transcript>,
+    turn_ids: TurnIds,
+    clock: Clock,
+    written: tokio::sync::broadcast::Receiver<Arc<TurnRecord>>,
+    patience: Duration,
+}
+
+impl Answering {
+    /// One ask at a time, in order: the next turn starts once the last is written, so
+    /// a conversation's turns never overlap and each record is its own ask's.
+    async fn run(mut self, mut asks: mpsc::Receiver<Ask>) -> Result<()> {
+        let mut conversation: Option<String> = None;
+        while let Some(ask) = asks.recv().await {
+            let new_conversation = ask.conversation.is_none() || ask.conversation != conversation;
+            conversation = ask.conversation;
+            let turn = self.turn_ids.next();
+            let started = tokio::time::Instant::now();
+            if self.transcripts.send(asr::Transcript::typed(turn, ask.text, &self.clock, new_conversation)).await.is_err() {
+                return Ok(()); // the agent has stopped: shutting down
+            }
+            loop {
+                match tokio::time::timeout_at(started + self.patience, self.written.recv()).await {
+                    Ok(Ok(record)) if record.turn == turn => {
+                        let _ = ask.answer.send(record);
+                        break;
+                    }
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(()),
+                    Err(_) => {
+                        tracing::warn!(turn, "no record of the asked turn after {} s; its asker is let go", self.patience.as_secs());
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Once a stop is asked for, the turn in flight has `limit` to finish; then it is

@@ -1,8 +1,8 @@
 //! The latency log: one JSON object per turn.
 //!
 //! Input: `Note` (from every stage, `try_send`) · Output: JSON lines (file), the
-//! running totals (`metrics`), and the records for the caller (bench) · Thread:
-//! tokio task
+//! running totals (`metrics`), and the records for the caller (bench) and, as each
+//! is written, for a text run's asks · Thread: tokio task
 //!
 //! Stages report what happened when, as it happens; telemetry assembles the turn's
 //! record and writes it — flushed — when the turn ends, so a crash loses at most the
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{Anchor, Counters, TurnId};
 
@@ -336,10 +336,15 @@ pub struct Finished {
     pub records: std::collections::VecDeque<TurnRecord>,
     pub total: usize,
     keep: usize,
+    /// Each record as it is written, for whoever waits on a turn (a text run's asks).
+    announce: Option<broadcast::Sender<Arc<TurnRecord>>>,
 }
 
 impl Finished {
     fn push(&mut self, record: TurnRecord) {
+        if let Some(announce) = &self.announce {
+            let _ = announce.send(Arc::new(record.clone()));
+        }
         if self.records.len() == self.keep {
             self.records.pop_front();
         }
@@ -349,8 +354,8 @@ impl Finished {
 }
 
 /// Collects notes into records until every stage has hung up; writes each finished
-/// turn to `log` (append, one line, flushed) and returns them (a live run: the
-/// newest few).
+/// turn to `log` (append, one line, flushed) and returns them (a run that goes on —
+/// live, or answering asks — the newest few).
 pub async fn run(
     mut rx: mpsc::Receiver<Note>,
     mut file: Option<LatencyLog>,
@@ -358,9 +363,10 @@ pub async fn run(
     config_id: String,
     counters: Arc<Counters>,
     metrics: Arc<crate::metrics::Metrics>,
+    announce: Option<broadcast::Sender<Arc<TurnRecord>>>,
 ) -> anyhow::Result<Finished> {
     let mut open: BTreeMap<TurnId, Open> = BTreeMap::new();
-    let mut done = Finished { records: Default::default(), total: 0, keep: if timing.live { LIVE_RECORDS_KEPT } else { usize::MAX } };
+    let mut done = Finished { records: Default::default(), total: 0, keep: if timing.live || announce.is_some() { LIVE_RECORDS_KEPT } else { usize::MAX }, announce };
     while let Some(note) = rx.recv().await {
         let turn = match &note {
             Note::TurnStart(s) => s.turn,

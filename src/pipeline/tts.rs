@@ -47,6 +47,16 @@ impl Voice for Tts {
     }
 }
 
+/// No voice at all, for a text run (Wyoming's `handle`): each piece passes on as
+/// words only, which the silent speaker takes as heard.
+pub struct Unvoiced;
+
+impl Voice for Unvoiced {
+    fn speak(&mut self, _text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        Ok((Vec::new(), 22_050))
+    }
+}
+
 /// Where a phrase cut joins two pieces: the silence kept after the first (Piper ends
 /// every utterance with ~110 ms of it, and starts with ~45 ms) and before the second.
 /// ~60 ms in all: a breath of a phrase break, not a full stop.

@@ -1,5 +1,6 @@
 //! voxd as a Wyoming server: Home Assistant's Assist pipelines (and anything else
-//! that speaks Wyoming) use voxd's Whisper and Piper — `voxd wyoming`.
+//! that speaks Wyoming) use voxd's Whisper, Piper, wake words and agent — `voxd
+//! wyoming`.
 //!
 //! ```text
 //! client ─describe──────────────────────────────▶ info (the models installed)
@@ -9,7 +10,13 @@
 //!                                                                   then synthesize-stopped
 //!        ─detect, audio-start, audio-chunk*, audio-stop ─▶ the connection's own detector
 //!                                      ─▶ detection (each time), not-detected (at the end, if none)
+//!        ─transcript (text, context.conversation_id) ─▶ voxd's agent ─▶ handled / not-handled
 //! ```
+//!
+//! The agent is the pipeline itself run on text (`pipeline::Io::Text`: the LLM, the
+//! intents, the tools with their allow-lists and confirmations, the history), one
+//! conversation at a time: a conversation id other than the last one's starts
+//! afresh, so a confirmation asked in one conversation is answered only in it.
 //!
 //! Wake-word detection streams (a satellite may send audio for hours), so each
 //! listening connection has a detector of its own, loaded at its audio-start; at most
@@ -47,6 +54,7 @@ use crate::config::WakeConfig;
 use crate::engine::tts::Tts;
 use crate::engine::wake::{Detector, WakeModels};
 use crate::pipeline::wake::{phrase_words, Trigger};
+use crate::pipeline::Ask;
 use crate::audio::{resample, trim_silent_end, trim_silent_start, StreamResampler, ASR_RATE_HZ};
 use crate::pipeline::splitter::{clean, Splitter};
 use crate::pipeline::tts::{JOIN_LEAD_MS, JOIN_PAUSE_MS};
@@ -79,6 +87,18 @@ pub struct Services {
     pub first_phrase_words: usize,
     /// Wake-word detection, when the wake models are installed.
     pub wake: Option<WakeService>,
+    /// voxd's agent, unless `[wyoming] handle = false`.
+    pub agent: Option<AgentService>,
+}
+
+/// voxd's agent, answering Home Assistant's conversations (Wyoming's `handle`).
+pub struct AgentService {
+    /// The LLM's id.
+    pub model: String,
+    /// `[[tool]]`s it may call: with any, it controls the home.
+    pub tools: usize,
+    pub queue: usize,
+    pub asks: tokio::sync::mpsc::Sender<Ask>,
 }
 
 pub struct WakeService {
@@ -333,6 +353,10 @@ impl Session {
                     write_event(out, &Event::new("synthesize-stopped")).await?;
                 }
             }
+            "transcript" => match converse(&event, services).await {
+                Ok(answer) => write_event(out, &answer).await?,
+                Err(error) => return Ok(Flow::Close(error)),
+            },
             // Events for services voxd does not offer are dropped, as the protocol
             // asks (a client may probe with them).
             other => tracing::debug!("wyoming: ignored a {other} event"),
@@ -479,6 +503,38 @@ async fn transcribe(audio: Incoming, language: Option<String>, services: &Servic
     }
 }
 
+/// The agent's answer to a `transcript` (Home Assistant's conversation agent):
+/// `handled` with what it said, `not-handled` with its apology when the turn failed
+/// or was cut short; or the `error` that ends the request.
+async fn converse(event: &Event, services: &Services) -> Result<Event, Event> {
+    use tokio::sync::mpsc::error::TrySendError;
+    let Some(agent) = &services.agent else {
+        return Err(Event::error("no conversations here: voxd wyoming runs with [wyoming] handle = false", "handle"));
+    };
+    let Some(text) = event.text("text").map(str::trim).filter(|t| !t.is_empty()) else {
+        return Err(Event::error("transcript without a \"text\" to answer", "bad-request"));
+    };
+    let conversation = event.data.get("context").and_then(|c| c.get("conversation_id")).and_then(Value::as_str).map(str::to_string);
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    match agent.asks.try_send(Ask { text: text.to_string(), conversation: conversation.clone(), answer }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => return Err(Event::error(format!("voxd's agent is busy: {} conversations already wait (`[wyoming] queue`); try again shortly", agent.queue), "busy")),
+        Err(TrySendError::Closed(_)) => return Err(Event::error("voxd's agent has stopped (see voxd's log); restart voxd wyoming", "engine")),
+    }
+    let Ok(record) = answered.await else {
+        return Err(Event::error("voxd's agent gave no answer (it stopped, or the turn never ended: see voxd's log)", "engine"));
+    };
+    // What was said: all of the reply (a text run hears every piece).
+    let said = if record.spoken.is_empty() { record.reply.clone() } else { record.spoken.clone() };
+    tracing::info!("wyoming: {:?} → {:?} ({}, {} tool calls, first words after {:.0} ms)", text, said, record.outcome, record.tool_calls.len(), record.marks.first_sentence.unwrap_or_default());
+    let kind = if record.outcome == "answered" { "handled" } else { "not-handled" };
+    let mut data = json!({ "text": said });
+    if let Some(id) = conversation {
+        data["context"] = json!({ "conversation_id": id });
+    }
+    Ok(Event::with_data(kind, data))
+}
+
 /// An error event when the event asks for a voice voxd does not have.
 fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
     let name = event.data.get("voice")?.get("name")?.as_str()?;
@@ -558,7 +614,15 @@ fn info(services: &Services) -> Event {
         }))],
         "supports_synthesize_streaming": true,
     }));
-    Event::with_data("info", json!({ "asr": [asr], "tts": [tts], "wake": wake, "handle": [], "intent": [], "mic": [], "snd": [] }))
+    let handle = match &services.agent {
+        None => json!([]),
+        Some(agent) => json!([artifact("voxd-agent", "voxd's agent: the LLM with the home's tools", &voxd, &version, json!({
+            "models": [artifact(&agent.model, &agent.model, &by(&agent.model, ""), &Value::Null, json!({ "languages": ["en"] }))],
+            "supports_handled_streaming": false,
+            "supports_home_control": agent.tools > 0,
+        }))]),
+    };
+    Event::with_data("info", json!({ "asr": [asr], "tts": [tts], "wake": wake, "handle": handle, "intent": [], "mic": [], "snd": [] }))
 }
 
 /// One of info's artifacts (a program, a model, a voice): the fields all share, and `more`.
