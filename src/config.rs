@@ -276,6 +276,10 @@ section! {
         /// Half-duplex: how long after the last reply sample the microphone stays deaf
         /// (the room's echo and the devices' buffers).
         echo_tail_ms: u32 = 300, check(|n: &u32| *n <= 5000, "0 to 5000");
+        /// The room the microphone is in ("living room"): its turns carry it in the
+        /// latency log, and the agent is told where the user is ("turn on the light"
+        /// means this room's). Empty: none.
+        room: String = String::new();
     }
 }
 
@@ -334,6 +338,20 @@ section! {
         /// Offer voxd's agent (the LLM with the `[[tool]]`s) as a conversation agent
         /// (Wyoming's `handle`): loads the LLM beside Whisper and Piper.
         handle: bool = true;
+    }
+}
+
+section! {
+    /// A Wyoming satellite `voxd wyoming` dials (`[[satellite]]`, any number): a
+    /// `wyoming-satellite` streaming a room's microphone, answered through voxd's
+    /// wake word, Whisper, agent and voice, with the reply played back there.
+    SatelliteConfig "satellite" {
+        /// Where the satellite listens: "tcp://HOST:PORT" (wyoming-satellite's --uri,
+        /// usually port 10700).
+        uri: String = String::new(), check(|s: &String| crate::wyoming::tcp_address(s).is_ok(), "\"tcp://HOST:PORT\", e.g. \"tcp://kitchen.local:10700\"");
+        /// The room it is in ("kitchen"): its turns carry it in the latency log, and
+        /// the agent is told where the user is. Empty: the satellite's address.
+        room: String = String::new();
     }
 }
 
@@ -419,6 +437,8 @@ pub struct Config {
     pub tool: Vec<ToolConfig>,
     /// `[[intent]]`: commands that skip the model.
     pub intent: Vec<IntentConfig>,
+    /// `[[satellite]]`: rooms `voxd wyoming` hears through Wyoming satellites.
+    pub satellite: Vec<SatelliteConfig>,
 }
 
 /// The sections, for messages and for the example-config test (`tool` and `intent`
@@ -440,6 +460,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     (MqttConfig::KEY, MqttConfig::FIELDS),
     (ToolConfig::KEY, ToolConfig::FIELDS),
     (IntentConfig::KEY, IntentConfig::FIELDS),
+    (SatelliteConfig::KEY, SatelliteConfig::FIELDS),
 ];
 
 impl Config {
@@ -556,6 +577,16 @@ impl Config {
             intent.check(table, &format!("intent[{i}]"), &config.tool, &mut problems);
         }
         config.intent = intents.into_iter().map(|(t, _)| t).collect();
+        let satellites = crate::tools::config::read_list(&doc, SatelliteConfig::KEY, &mut problems, SatelliteConfig::from_table_at);
+        for (i, (satellite, table)) in satellites.iter().enumerate() {
+            let at = table.key("uri").and_then(|k| k.span()).or_else(|| table.span());
+            if table.get("uri").is_none() {
+                problems.add(at, format!("satellite[{i}].uri"), "is required: where the satellite listens, e.g. \"tcp://kitchen.local:10700\"".into());
+            } else if satellites[..i].iter().any(|(s, _)| s.uri == satellite.uri) {
+                problems.add(at, format!("satellite[{i}].uri"), format!("{:?}: another [[satellite]] has this address", satellite.uri));
+            }
+        }
+        config.satellite = satellites.into_iter().map(|(s, _)| s).collect();
         for (k, item) in doc.iter() {
             if !SECTIONS.iter().any(|(name, _)| *name == k) && !other.contains(&k) {
                 let span = doc.key(k).and_then(|key| key.span()).or_else(|| item.span());

@@ -410,7 +410,7 @@ impl Handle {
             return refusal("ask: the text is empty; give the words to answer, e.g. voxd ctl ask \"what time is it\"");
         }
         let turn = self.turn_ids.next();
-        let transcript = Transcript::typed(turn, text, &self.clock, false);
+        let transcript = Transcript::typed(turn, text, &self.clock);
         let Some(transcripts) = self.transcripts.upgrade() else {
             return refusal("voxd is shutting down");
         };

@@ -140,6 +140,20 @@ fn a_spoken_command_reaches_home_assistant_with_the_right_path_body_and_token() 
     assert!(!done.run.stderr.contains(TOKEN) && !log.contains(TOKEN), "the token leaked into a log");
 }
 
+/// The microphone's room (`[audio] room`): "the light" said there is that room's
+/// light, though the words name none, and the turn is logged with the room.
+#[test]
+fn a_light_said_without_its_room_is_the_microphones_rooms() {
+    let dir = tempdir();
+    let ha = LocalHomeAssistant::start(TOKEN).unwrap();
+    let config = config(&dir, Some(&ha.url()), None, &["[audio]\nroom = \"hallway\"\n", LIGHTS_HA]);
+    let (input, _) = conversation(&dir, "room", &[(0.5, "Turn on the light.")], 5.0);
+    let done = run_voxd(&dir, &config, &input, TOKEN);
+    let calls: Vec<String> = ha.requests().iter().map(|r| format!("{} {}", r.path, r.body.replace(' ', ""))).collect();
+    assert_eq!(calls, vec![r#"/api/services/light/turn_on {"entity_id":"light.hallway"}"#], "{}", done.run.stderr);
+    assert_eq!(done.turns[0].room.as_deref(), Some("hallway"));
+}
+
 #[test]
 fn home_assistant_errors_and_timeouts_are_spoken_honestly_and_the_next_command_works() {
     let dir = tempdir();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::wyoming::desk::Desk;
+use crate::wyoming::satellite::{self, Hearing};
 use crate::wyoming::{bind, serve, tcp_address, AgentService, Services, WakeService, MAX_DETECTORS};
 
 /// Wyoming's usual port for speech to text.
@@ -28,6 +29,9 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         }
     };
     let queue = config.queue as usize;
+    if !env.config.satellite.is_empty() && !config.handle {
+        bail!("[[satellite]]s are answered by voxd's agent, but [wyoming] handle = false: set it to true, or remove the satellites");
+    }
     let agent = if config.handle { Some(start_agent(env, queue)?) } else { None };
     let services = Services {
         asr_model: asr.model_id.clone(),
@@ -40,21 +44,26 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         asr: Desk::open("asr", asr, queue)?,
         tts: Desk::open("tts", tts, queue)?,
     };
+    let services = Arc::new(services);
+    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
+    satellite::start(&env.config.satellite, &hearing, &services)?;
+    let satellites = env.config.satellite.iter().map(|s| if s.room.is_empty() { s.uri.clone() } else { format!("{} ({})", s.room, s.uri) }).collect::<Vec<_>>();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = bind(&uri).await?;
         let address = listener.local_addr()?;
         eprintln!(
-            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; Ctrl-C stops",
+            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; satellites: {}; Ctrl-C stops",
             services.asr_model,
             services.asr_languages.join(", "),
             services.voice,
             services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")),
-            services.agent.as_ref().map_or("nobody ([wyoming] handle = false)".to_string(), |a| format!("{} and {} tools", a.model, a.tools))
+            services.agent.as_ref().map_or("nobody ([wyoming] handle = false)".to_string(), |a| format!("{} and {} tools", a.model, a.tools)),
+            if satellites.is_empty() { "none".to_string() } else { satellites.join(", ") }
         );
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = serve(listener, Arc::new(services)) => {}
+            _ = serve(listener, services) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }

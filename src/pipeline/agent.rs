@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::asr::Transcript;
+use super::asr::{Thread, Transcript};
 use super::llm::{Exchange, Job, Reply, Request};
 use super::playback::Status;
 use super::telemetry::{Models, Note, Notes, ToolCallRecord, TurnStart};
@@ -65,6 +65,9 @@ pub struct Agent {
     /// `[tools] device_hints`: the user's words reach the model with the devices they
     /// name (see `tools::grounding`).
     pub device_hints: bool,
+    /// `[audio] room`: where the device's own microphone is (a satellite's turns
+    /// carry their own).
+    pub room: Option<String>,
     /// How calls and their results are written in the conversation (the preamble's
     /// format, `[tools] call_format`).
     pub call_format: CallFormat,
@@ -103,7 +106,7 @@ const TENTATIVE_WITHIN: Duration = Duration::from_secs(10);
 impl Agent {
     pub async fn run(mut self, mut transcripts: mpsc::Receiver<Transcript>, mut commands: mpsc::Receiver<Command>, mut voice: watch::Receiver<Voice>, mut playback: watch::Receiver<Status>, links: Links) -> anyhow::Result<()> {
         let (intents, home) = (std::mem::take(&mut self.intents), self.home.take());
-        let mut c = Conversation { agent: &self, links, intents, home, history: VecDeque::new(), history_chars: 0, exchanges: 0, current: None, newest: 0, barge_at: None, pending: None };
+        let mut c = Conversation { agent: &self, links, intents, home, history: VecDeque::new(), history_chars: 0, exchanges: 0, current: None, newest: 0, barge_at: None, pending: None, thread: Thread::Device, elsewhere: VecDeque::new() };
         let (mut transcripts_open, mut voice_open, mut commands_open) = (true, true, true);
         loop {
             let busy = c.current.is_some();
@@ -230,7 +233,23 @@ struct Conversation<'a> {
     newest: TurnId,
     barge_at: Option<(TurnId, Instant)>,
     pending: Option<Pending>,
+    /// Whose conversation `history` and `pending` are.
+    thread: Thread,
+    /// The other conversations' (Home Assistant's, the satellites'), the most
+    /// recently left last.
+    elsewhere: VecDeque<Elsewhere>,
 }
+
+/// A conversation set aside while another one is answered.
+struct Elsewhere {
+    thread: Thread,
+    history: VecDeque<Arc<Exchange>>,
+    history_chars: usize,
+    pending: Option<Pending>,
+}
+
+/// Conversations set aside and kept; the one left longest ago is forgotten first.
+const CONVERSATIONS_KEPT: usize = 16;
 
 impl Conversation<'_> {
     async fn on_transcript(&mut self, t: Transcript, playback: &watch::Receiver<Status>) -> anyhow::Result<()> {
@@ -263,9 +282,7 @@ impl Conversation<'_> {
             return Ok(());
         }
         self.newest = t.turn;
-        if t.new_conversation {
-            self.forget();
-        }
+        self.switch_to(&t.thread);
         match self.current.take() {
             Some(mut c) if c.tentative && c.turn == t.turn && t.stats.speculative_hit => {
                 // The pause was the end: the reply under way is the answer.
@@ -295,12 +312,29 @@ impl Conversation<'_> {
         Ok(())
     }
 
-    /// A new conversation: nothing said before it is in the next prompt, and a
-    /// question left open is not answered by it.
-    fn forget(&mut self) {
-        self.history.clear();
-        self.history_chars = 0;
-        self.pending = None;
+    /// Answers in `thread` from now on: the conversation so far is set aside with
+    /// its history and open question, and the new one's are taken up (none, if it
+    /// is new) — a "yes" answers only the question asked in its own conversation.
+    fn switch_to(&mut self, thread: &Thread) {
+        if *thread == self.thread && *thread != Thread::Alone {
+            return;
+        }
+        let left = Elsewhere {
+            thread: std::mem::replace(&mut self.thread, thread.clone()),
+            history: std::mem::take(&mut self.history),
+            history_chars: std::mem::take(&mut self.history_chars),
+            pending: self.pending.take(),
+        };
+        if left.thread != Thread::Alone && (!left.history.is_empty() || left.pending.is_some()) {
+            self.elsewhere.push_back(left);
+            if self.elsewhere.len() > CONVERSATIONS_KEPT {
+                self.elsewhere.pop_front();
+            }
+        }
+        if let Some(i) = self.elsewhere.iter().position(|e| e.thread == *thread) {
+            let back = self.elsewhere.remove(i).expect("found");
+            (self.history, self.history_chars, self.pending) = (back.history, back.history_chars, back.pending);
+        }
     }
 
     /// The user's words so far, while they go on speaking: the llm stage reads them
@@ -320,12 +354,20 @@ impl Conversation<'_> {
         let _ = self.links.llm.try_send(request);
     }
 
+    /// Where the turn was said: its satellite's room, or the microphone's.
+    fn room_of(&self, t: &Transcript) -> Option<String> {
+        t.room.clone().or_else(|| if t.thread == Thread::Device { self.agent.room.clone() } else { None })
+    }
+
     /// The user's words as the model gets them: with the devices they name, if the
     /// hints are on.
-    fn asked(&self, said: &str) -> String {
-        match &self.home {
-            Some(home) => crate::tools::grounding::asked(said, &self.agent.tools, &home.borrow(), self.agent.device_hints),
-            None => said.to_string(),
+    fn asked(&self, said: &str, room: Option<&str>) -> String {
+        use crate::tools::grounding;
+        match (&self.home, room) {
+            (Some(home), Some(room)) => grounding::asked_in(said, room, &self.agent.tools, &home.borrow(), self.agent.device_hints),
+            (Some(home), None) => grounding::asked(said, &self.agent.tools, &home.borrow(), self.agent.device_hints),
+            (None, Some(room)) => format!("{said}\n(Said in the {room}.)"),
+            (None, None) => said.to_string(),
         }
     }
 
@@ -344,6 +386,7 @@ impl Conversation<'_> {
             models: self.agent.models.clone(),
             typed: t.typed,
             started: t.started.clone(),
+            room: self.room_of(&t),
         })));
         let mut c = Current {
             turn: t.turn,
@@ -353,7 +396,7 @@ impl Conversation<'_> {
             tentative,
             waiting: Waiting::Nothing,
             reply: None,
-            messages: vec![Message { role: Role::User, content: self.asked(&t.text) }],
+            messages: vec![Message { role: Role::User, content: self.asked(&t.text, self.room_of(&t).as_deref()) }],
             held: None,
             repaired: false,
             failed: false,

@@ -48,15 +48,28 @@ pub struct Transcript {
     /// Whisper failed on this utterance (why): the turn is answered with an apology
     /// and logged as failed.
     pub failed: Option<String>,
-    /// Begins a new conversation: the history before it, and a question left open,
-    /// are forgotten (a Home Assistant conversation voxd has not been in).
-    pub new_conversation: bool,
+    /// Whose conversation it continues: each has its own history and open question.
+    pub thread: Thread,
+    /// Where it was said (a satellite's `room`), for the log and the agent.
+    pub room: Option<String>,
+}
+
+/// Whose conversation a turn belongs to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Thread {
+    /// The device's own: its microphone and the control socket.
+    #[default]
+    Device,
+    /// One named by whoever asks (a Home Assistant conversation's id, a satellite).
+    Named(String),
+    /// A conversation of its own, with nothing said before it and nothing kept.
+    Alone,
 }
 
 impl Transcript {
     /// A typed turn: words with no audio behind them, whose "end of speech" is now
     /// (its round trip runs from here).
-    pub fn typed(turn: TurnId, text: String, clock: &Clock, new_conversation: bool) -> Transcript {
+    pub fn typed(turn: TurnId, text: String, clock: &Clock) -> Transcript {
         let now = Instant::now();
         let anchor = Anchor { speech_end_s: now.duration_since(clock.start).as_secs_f64(), speech_end_at: now };
         Transcript {
@@ -72,7 +85,8 @@ impl Transcript {
             typed: true,
             started: super::wake::Started::Typed,
             failed: None,
-            new_conversation,
+            thread: Thread::Device,
+            room: None,
         }
     }
 }
@@ -131,7 +145,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
         if failed.is_some() {
             // A guess that failed is simply not made; a final utterance is answered.
             if !u.speculative {
-                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, started: u.started.clone(), failed, new_conversation: false };
+                let transcript = Transcript { turn: u.turn, text: String::new(), speculative: false, partial: false, anchor: u.anchor, endpoint_at: u.endpoint_at, done_at: s.done_at, audio_s: u.samples.len() as f64 / crate::audio::ASR_RATE_HZ as f64, stats: AsrStats { ms: 0.0, audio_ctx: 0, speculative_hit: false, capped: u.capped }, typed: false, started: u.started.clone(), failed, thread: Thread::Device, room: None };
                 if tx.blocking_send(transcript).is_err() {
                     break;
                 }
@@ -152,7 +166,8 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
             typed: false,
             started: u.started.clone(),
             failed: None,
-            new_conversation: false,
+            thread: Thread::Device,
+            room: None,
         };
         if u.speculative {
             speculation = Some(s);
@@ -199,7 +214,8 @@ fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript
         typed: false,
         started: u.started.clone(),
         failed: None,
-        new_conversation: false,
+        thread: Thread::Device,
+        room: None,
     })
 }
 

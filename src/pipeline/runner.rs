@@ -85,9 +85,15 @@ pub enum Io {
 /// unanswered only when the pipeline stops first).
 pub struct Ask {
     pub text: String,
-    /// Whose conversation it continues: one that is not the previous ask's (or none)
-    /// starts afresh, with nothing said before it in the prompt.
+    /// Whose conversation it continues (each keeps its own history and open
+    /// question); None: a conversation of its own, with nothing said before it.
     pub conversation: Option<String>,
+    /// Where it was said (a satellite's room), for the log and the agent.
+    pub room: Option<String>,
+    /// How it began (a satellite's wake word), for the log; typed otherwise.
+    pub started: super::wake::Started,
+    /// When it was asked: a wait behind other turns is logged.
+    pub asked: std::time::Instant,
     pub answer: oneshot::Sender<Arc<TurnRecord>>,
 }
 
@@ -299,6 +305,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
         call_format: format,
         device_hints: options.tools.device_hints,
         tools: options.tool,
+        room: Some(options.audio.room.clone()).filter(|r| !r.is_empty()),
         max_reply: Duration::from_secs_f32(options.agent.max_reply_s),
         confirm_within: Duration::from_secs_f32(options.tools.confirm_within_s),
     };
@@ -411,6 +418,9 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
 /// itself is cut at max_reply_s; this covers its last notes).
 const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
+/// An ask that waits longer than this for the turns before it says so in the log.
+const QUEUED_LONG: Duration = Duration::from_secs(1);
+
 /// A text run's way in: each ask becomes a typed turn, answered with its record.
 struct Answering {
     transcripts: mpsc::Sender<asr::Transcript>,
@@ -424,13 +434,17 @@ impl Answering {
     /// One ask at a time, in order: the next turn starts once the last is written, so
     /// a conversation's turns never overlap and each record is its own ask's.
     async fn run(mut self, mut asks: mpsc::Receiver<Ask>) -> Result<()> {
-        let mut conversation: Option<String> = None;
         while let Some(ask) = asks.recv().await {
-            let new_conversation = ask.conversation.is_none() || ask.conversation != conversation;
-            conversation = ask.conversation;
             let turn = self.turn_ids.next();
             let started = tokio::time::Instant::now();
-            if self.transcripts.send(asr::Transcript::typed(turn, ask.text, &self.clock, new_conversation)).await.is_err() {
+            let waited = ask.asked.elapsed();
+            if waited > QUEUED_LONG {
+                let from = ask.room.as_deref().map_or(String::new(), |room| format!(" from the {room}"));
+                tracing::info!(turn, "an ask{from} waited {:.1} s for the turns before it (or for voxd to start)", waited.as_secs_f64());
+            }
+            let thread = ask.conversation.map_or(asr::Thread::Alone, asr::Thread::Named);
+            let transcript = asr::Transcript { thread, room: ask.room, started: ask.started, ..asr::Transcript::typed(turn, ask.text, &self.clock) };
+            if self.transcripts.send(transcript).await.is_err() {
                 return Ok(()); // the agent has stopped: shutting down
             }
             loop {

@@ -67,6 +67,8 @@ pub struct TurnStart {
     /// Typed through the control socket, not spoken.
     pub typed: bool,
     pub started: super::wake::Started,
+    /// Where it was said (a satellite's room).
+    pub room: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +215,10 @@ pub struct TurnRecord {
     /// "always" (`[wake] mode = "always"`).
     #[serde(default)]
     pub wake: String,
+    /// The room it was said in: a satellite's `room` (`voxd wyoming`); absent for
+    /// the device's own microphone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
     /// The wake word's score when it woke voxd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_score: Option<f32>,
@@ -585,6 +591,7 @@ fn finish(t: Open, timing: Timing, config_id: &str, counters: &Counters) -> Turn
         transcript: start.transcript,
         typed: start.typed,
         wake: start.started.name().to_string(),
+        room: start.room,
         wake_score: start.started.score(),
         speculative: start.speculative,
         reply: if t.reply.is_empty() { spoken.clone() } else { t.reply },

@@ -31,6 +31,22 @@ pub fn asked(said: &str, tools: &[ToolConfig], home: &Home, hints: bool) -> Stri
     }
 }
 
+/// The user's words said in `room` (a satellite's), as the model gets them: when
+/// they name a kind of device but no device ("turn on the light"), the room's devices
+/// of that kind are hinted — the light said in the kitchen is the kitchen's — and the
+/// room is named.
+pub fn asked_in(said: &str, room: &str, tools: &[ToolConfig], home: &Home, hints: bool) -> String {
+    let asked = asked(said, tools, home, hints);
+    let names_a_kind = words(said).any(|w| KINDS.contains(&w.as_str()));
+    if hints && asked == said && names_a_kind {
+        let named = devices_named(&format!("{said} {room}"), tools, home);
+        if !named.is_empty() {
+            return format!("{said}\n(Devices named: {}.)\n(Said in the {room}.)", named.join(", "));
+        }
+    }
+    format!("{asked}\n(Said in the {room}.)")
+}
+
 /// The user's words as the model sees them: with a line naming the devices they
 /// match, when they match any the tools may touch.
 pub fn with_hint(said: &str, tools: &[ToolConfig], home: &Home) -> String {
@@ -130,5 +146,18 @@ mod tests {
         let hinted = with_hint("Lower the living room blinds.", &tools, &home);
         assert_eq!(hinted, "Lower the living room blinds.\n(Devices named: cover.lr_blinds.)");
         assert_eq!(with_hint("Hello.", &tools, &home), "Hello.");
+    }
+
+    #[test]
+    fn a_device_said_without_its_room_is_the_rooms_where_it_was_said() {
+        let tools = [tool("light_on", &["light.*"]), tool("read", &["sensor.*"])];
+        let home = home();
+        let hint = |said: &str, room: &str| asked_in(said, room, &tools, &home, true);
+        assert_eq!(hint("Turn on the light.", "kitchen"), "Turn on the light.\n(Devices named: light.kitchen, light.kitchen_under_cabinet.)\n(Said in the kitchen.)");
+        // Words that name a device keep their own hint; the room is only told.
+        assert_eq!(hint("Open the skylight.", "kitchen"), "Open the skylight.\n(Said in the kitchen.)", "no skylight tool: no hint");
+        assert_eq!(hint("Turn on the reading lamp.", "kitchen"), "Turn on the reading lamp.\n(Devices named: light.lr_lamp_1.)\n(Said in the kitchen.)");
+        assert_eq!(hint("What time is it?", "kitchen"), "What time is it?\n(Said in the kitchen.)");
+        assert_eq!(asked_in("Turn on the light.", "kitchen", &tools, &home, false), "Turn on the light.\n(Said in the kitchen.)");
     }
 }

@@ -14,9 +14,12 @@
 //! ```
 //!
 //! The agent is the pipeline itself run on text (`pipeline::Io::Text`: the LLM, the
-//! intents, the tools with their allow-lists and confirmations, the history), one
-//! conversation at a time: a conversation id other than the last one's starts
-//! afresh, so a confirmation asked in one conversation is answered only in it.
+//! intents, the tools with their allow-lists and confirmations), one turn at a time;
+//! each conversation id keeps its own history and open question, so a confirmation
+//! asked in one conversation is answered only in it.
+//!
+//! voxd also dials the home's `wyoming-satellite`s and answers what is said in each
+//! room (`satellite`), with the same engines and agent.
 //!
 //! Wake-word detection streams (a satellite may send audio for hours), so each
 //! listening connection has a detector of its own, loaded at its audio-start; at most
@@ -38,6 +41,7 @@
 
 pub mod desk;
 pub mod event;
+pub mod satellite;
 
 use std::sync::Arc;
 
@@ -53,7 +57,7 @@ use crate::engine::asr::Asr;
 use crate::config::WakeConfig;
 use crate::engine::tts::Tts;
 use crate::engine::wake::{Detector, WakeModels};
-use crate::pipeline::wake::{phrase_words, Trigger};
+use crate::pipeline::wake::{phrase_words, Detection, Started, Trigger};
 use crate::pipeline::Ask;
 use crate::audio::{resample, trim_silent_end, trim_silent_start, StreamResampler, ASR_RATE_HZ};
 use crate::pipeline::splitter::{clean, Splitter};
@@ -223,6 +227,8 @@ struct Session {
 struct Spoken {
     pieces: usize,
     first_runs_on: bool,
+    /// Seconds of audio sent.
+    seconds: f64,
 }
 
 /// A wake-word detector on one connection's audio stream.
@@ -257,21 +263,18 @@ impl Session {
                 (self.detect, self.language) = (Some(names), None);
             }
             "audio-start" => {
-                // A stream that was never stopped ends here (its detector freed first).
-                self.listening = None;
-                let (rate, width, channels) = match format(&event) {
-                    Ok(f) => f,
-                    Err(why) => return close(why, "bad-audio"),
-                };
-                self.audio = Some(Incoming { rate, width, channels, samples: Vec::new() });
-                if let Some(names) = self.detect.clone() {
-                    match listen(names, rate, services).await {
-                        Ok(listening) => self.listening = Some(listening),
-                        Err(refused) => return Ok(Flow::Close(refused)),
-                    }
+                if let Some(refused) = self.begin_audio(&event, services).await {
+                    return Ok(Flow::Close(refused));
                 }
             }
             "audio-chunk" => {
+                // wyoming-satellite streams to its wake service without an
+                // audio-start: after a detect, the first chunk's format begins it.
+                if self.audio.is_none() && self.detect.is_some() {
+                    if let Some(refused) = self.begin_audio(&event, services).await {
+                        return Ok(Flow::Close(refused));
+                    }
+                }
                 let Some(audio) = self.audio.as_mut() else {
                     return close("audio-chunk before audio-start", "bad-audio");
                 };
@@ -290,8 +293,8 @@ impl Session {
                     .await
                     .expect("a wake-word step does not panic");
                     self.listening = Some(listening);
-                    for detection in detections {
-                        write_event(out, &detection).await?;
+                    for detection in &detections {
+                        write_event(out, &detection_event(detection)).await?;
                     }
                 } else if let Err(why) = audio.push(&event) {
                     return close(why, "bad-audio");
@@ -318,11 +321,7 @@ impl Session {
                 if let Some(refused) = wrong_voice(&event, services) {
                     return Ok(Flow::Close(refused));
                 }
-                let mut splitter = Splitter::new(services.first_phrase_words);
-                let mut pieces = splitter.push(&text);
-                pieces.extend(splitter.finish());
-                let mut spoken = Spoken { pieces: 0, first_runs_on: splitter.first_runs_on() };
-                if let Some(error) = speak(pieces, &mut spoken, services, out, true).await? {
+                if let Err(error) = say_whole(&text, services, out).await? {
                     return Ok(Flow::Close(error));
                 }
             }
@@ -362,6 +361,27 @@ impl Session {
             other => tracing::debug!("wyoming: ignored a {other} event"),
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl Session {
+    /// Audio begins in `event`'s format (an audio-start's, or a chunk's); the error
+    /// that ends the connection when it cannot.
+    async fn begin_audio(&mut self, event: &Event, services: &Services) -> Option<Event> {
+        // A stream that was never stopped ends here (its detector freed first).
+        self.listening = None;
+        let (rate, width, channels) = match format(event) {
+            Ok(f) => f,
+            Err(why) => return Some(Event::error(why, "bad-audio")),
+        };
+        self.audio = Some(Incoming { rate, width, channels, samples: Vec::new() });
+        if let Some(names) = self.detect.clone() {
+            match listen(names, rate, services).await {
+                Ok(listening) => self.listening = Some(listening),
+                Err(refused) => return Some(refused),
+            }
+        }
+        None
     }
 }
 
@@ -451,8 +471,9 @@ async fn listen(names: Option<Vec<String>>, rate: u32, services: &Services) -> R
 }
 
 impl Listening {
-    /// Feeds audio at the stream's rate; a `detection` for each wake word heard.
-    fn hear(&mut self, audio: &[f32]) -> Vec<Event> {
+    /// Feeds audio at the stream's rate; each wake word heard (on the stream's 16 kHz
+    /// timeline).
+    fn hear(&mut self, audio: &[f32]) -> Vec<Detection> {
         self.samples.clear();
         self.resampler.push(audio, &mut self.samples);
         let steps = match self.detector.push(&self.samples) {
@@ -469,13 +490,17 @@ impl Listening {
                 if trigger.step(score, step.end_sample) {
                     self.detected = true;
                     tracing::info!("wyoming: heard {word} (score {score:.2}) at {:.2} s", step.end_sample as f64 / ASR_RATE_HZ as f64);
-                    let ms = step.end_sample / (ASR_RATE_HZ as u64 / 1000);
-                    detections.push(Event::with_data("detection", json!({ "name": word, "timestamp": ms })));
+                    detections.push(Detection { word: word.clone(), score, at_sample: step.end_sample });
                 }
             }
         }
         detections
     }
+}
+
+/// The `detection` event for a wake word heard (its timestamp in ms of the stream).
+fn detection_event(detection: &Detection) -> Event {
+    Event::with_data("detection", json!({ "name": detection.word, "timestamp": detection.at_sample / (ASR_RATE_HZ as u64 / 1000) }))
 }
 
 /// The transcript of `audio`, or the `error` that ends the request.
@@ -516,7 +541,7 @@ async fn converse(event: &Event, services: &Services) -> Result<Event, Event> {
     };
     let conversation = event.data.get("context").and_then(|c| c.get("conversation_id")).and_then(Value::as_str).map(str::to_string);
     let (answer, answered) = tokio::sync::oneshot::channel();
-    match agent.asks.try_send(Ask { text: text.to_string(), conversation: conversation.clone(), answer }) {
+    match agent.asks.try_send(Ask { text: text.to_string(), conversation: conversation.clone(), room: None, started: Started::Typed, asked: std::time::Instant::now(), answer }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => return Err(Event::error(format!("voxd's agent is busy: {} conversations already wait (`[wyoming] queue`); try again shortly", agent.queue), "busy")),
         Err(TrySendError::Closed(_)) => return Err(Event::error("voxd's agent has stopped (see voxd's log); restart voxd wyoming", "engine")),
@@ -539,6 +564,19 @@ async fn converse(event: &Event, services: &Services) -> Result<Event, Event> {
 fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
     let name = event.data.get("voice")?.get("name")?.as_str()?;
     (name != services.voice).then(|| Event::error(format!("no voice {name:?} here; voxd speaks with {:?}", services.voice), "voice"))
+}
+
+/// A whole text spoken as one audio-start…audio-stop, piece by piece as each is
+/// synthesised; the seconds of audio sent, or the `error` that ends the request.
+async fn say_whole(text: &str, services: &Services, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<Result<f64, Event>> {
+    let mut splitter = Splitter::new(services.first_phrase_words);
+    let mut pieces = splitter.push(text);
+    pieces.extend(splitter.finish());
+    let mut spoken = Spoken { first_runs_on: splitter.first_runs_on(), ..Spoken::default() };
+    Ok(match speak(pieces, &mut spoken, services, out, true).await? {
+        Some(error) => Err(error),
+        None => Ok(spoken.seconds),
+    })
 }
 
 /// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
@@ -564,6 +602,7 @@ async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, ou
             }
         }
         spoken.pieces += 1;
+        spoken.seconds += speech.samples.len() as f64 / speech.rate_hz as f64;
         let format = json!({ "rate": speech.rate_hz, "width": 2, "channels": 1 });
         if !started || !as_one {
             write_event(out, &Event::with_data("audio-start", format.clone())).await?;
