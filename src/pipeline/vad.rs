@@ -295,6 +295,17 @@ pub struct Listening {
     pub woke: watch::Sender<u64>,
 }
 
+/// webrtc-vad at 16 kHz with `[vad] aggressiveness` (0-3).
+pub fn detector(config: &VadConfig) -> Vad {
+    let mode = match config.aggressiveness {
+        0 => VadMode::Quality,
+        1 => VadMode::LowBitrate,
+        2 => VadMode::Aggressive,
+        _ => VadMode::VeryAggressive,
+    };
+    Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode)
+}
+
 /// Runs webrtc-vad and the endpointer over frames until capture ends.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -312,13 +323,7 @@ pub fn run(
     notes: Notes,
     pulse: Pulse,
 ) -> anyhow::Result<()> {
-    let mode = match config.aggressiveness {
-        0 => VadMode::Quality,
-        1 => VadMode::LowBitrate,
-        2 => VadMode::Aggressive,
-        _ => VadMode::VeryAggressive,
-    };
-    let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode);
+    let mut vad = detector(&config);
     let mut params = EndpointParams::from_config(&config);
     if !clock.realtime {
         // A recording played as fast as possible: nothing is early there to read ahead.

@@ -36,7 +36,7 @@ use tokio::io::BufReader;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
-use webrtc_vad::{SampleRate, Vad, VadMode};
+use webrtc_vad::Vad;
 
 use super::event::{read_event, write_event, Event, Limits};
 use super::{format, listen, say_whole, transcribe, Incoming, Listening, Services};
@@ -304,17 +304,11 @@ impl Pipeline {
         let mut params = EndpointParams::from_config(&hearing.vad);
         // Whole utterances only: the satellite's turn is answered from its transcript.
         (params.speculate_after, params.partial_every) = (0, 0);
-        let mode = match hearing.vad.aggressiveness {
-            0 => VadMode::Quality,
-            1 => VadMode::LowBitrate,
-            2 => VadMode::Aggressive,
-            _ => VadMode::VeryAggressive,
-        };
         Ok(Pipeline {
             once,
             speaks,
             incoming: None,
-            vad: Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode),
+            vad: endpoint::detector(&hearing.vad),
             endpointer: Endpointer::new(params, TurnIds::starting_at(1)),
             gate: Gate::new(if once { Mode::Always } else { Mode::WakeWord }, &wake_config, hearing.vad.min_speech_ms),
             wake,
@@ -339,9 +333,8 @@ impl Pipeline {
     /// Takes an audio-start or audio-chunk. `answering`: a reply is being worked out
     /// (the satellite's audio is heard as silence).
     fn hear(&mut self, event: &Event, answering: bool) -> Result<Vec<Heard>, String> {
-        let stream_format = format(event);
         if event.kind == "audio-start" || self.incoming.is_none() {
-            let (rate, width, channels) = stream_format?;
+            let (rate, width, channels) = format(event)?;
             let resampler = StreamResampler::new(rate, ASR_RATE_HZ).map_err(|e| e.to_string())?;
             self.incoming = Some((Incoming { rate, width, channels, samples: Vec::new() }, resampler));
             if event.kind == "audio-start" {
