@@ -182,8 +182,8 @@ impl LlmStage {
             let mut out = Output { turn, anchor, cancel: &cancel, tx: &tx, notes: &notes, counters: &counters, index: 0, closed: false, paused: Default::default() };
             let tools = match job {
                 Job::Say(text) => {
-                    speak(&text, &mut out);
                     notes.send(Note::LlmDone { turn, at: Instant::now(), reply: text.clone(), llm: None });
+                    speak(&text, &mut out);
                     let _ = respond_to.send(Ok(Reply { text, call: None, cancelled: false }));
                     pulse.idle();
                     if out.closed {
@@ -255,7 +255,9 @@ impl LlmStage {
                 Err(e @ LlmError::PromptTooLong { .. }) => {
                     // Not fatal: this turn cannot be answered; say so and go on.
                     tracing::error!(turn, "{e}");
-                    out.send("Sorry, that was too long for me to take in.".into(), true, false);
+                    let sorry = "Sorry, that was too long for me to take in.";
+                    notes.send(Note::LlmDone { turn, at: Instant::now(), reply: sorry.into(), llm: None });
+                    out.send(sorry.into(), true, false);
                     let _ = respond_to.send(Err(e.to_string()));
                     pulse.idle();
                     continue;
@@ -277,12 +279,6 @@ impl LlmStage {
                 _ if braced && tools => crate::tools::call_in(&g.text, &self.tools),
                 _ => None,
             };
-            if call.is_none() && !cancel.is_cancelled() {
-                // Words held back after a '{' that was no call: the part before it.
-                let rest = splitter.finish().unwrap_or_default();
-                let rest = if braced { rest.split('{').next().unwrap_or("").trim().to_string() } else { rest };
-                out.send(rest, true, false);
-            }
             let stats = LlmStats {
                 prompt_tokens: g.prompt_tokens,
                 cached_tokens: g.cached_tokens,
@@ -294,7 +290,18 @@ impl LlmStage {
                 paused_ms,
             };
             let text = if call.is_some() { String::new() } else { g.text.trim().to_string() };
+            // Told before the last piece goes to the voice: the turn ends when that
+            // piece has played, and its record must have the model's figures by then
+            // (notes arrive in the order sent). Sent after it, a generation thread
+            // preempted between the two let the end come first on a loaded machine,
+            // and the turn was logged without them.
             notes.send(Note::LlmDone { turn, at: Instant::now(), reply: text.clone(), llm: Some(stats) });
+            if call.is_none() && !cancel.is_cancelled() {
+                // Words held back after a '{' that was no call: the part before it.
+                let rest = splitter.finish().unwrap_or_default();
+                let rest = if braced { rest.split('{').next().unwrap_or("").trim().to_string() } else { rest };
+                out.send(rest, true, false);
+            }
             let _ = respond_to.send(Ok(Reply { text, call, cancelled: g.stopped }));
             pulse.idle();
             if out.closed {
@@ -309,8 +316,8 @@ impl LlmStage {
     fn failed(&self, turn: TurnId, error: &str, out: &mut Output<'_>, respond_to: oneshot::Sender<Result<Reply, String>>, notes: &Notes) {
         tracing::error!(turn, "llm: {error}");
         notes.send(Note::Failed { turn, stage: "llm", message: error.to_string(), ends_turn: false });
-        out.send(super::APOLOGY.into(), true, false);
         notes.send(Note::LlmDone { turn, at: Instant::now(), reply: super::APOLOGY.into(), llm: None });
+        out.send(super::APOLOGY.into(), true, false);
         let _ = respond_to.send(Err(error.to_string()));
     }
 
