@@ -338,6 +338,11 @@ section! {
         /// Offer voxd's agent (the LLM with the `[[tool]]`s) as a conversation agent
         /// (Wyoming's `handle`): loads the LLM beside Whisper and Piper.
         handle: bool = true;
+        /// Serve Prometheus metrics of the agent's turns (Home Assistant's
+        /// conversations and the satellites' requests, by room) at
+        /// http://ADDRESS/metrics, e.g. "127.0.0.1:9465". Empty: off. (Not `[service]
+        /// metrics_listen`: `voxd run` may be serving that one from the same config.)
+        metrics_listen: String = String::new(), check(|s: &String| s.is_empty() || s.parse::<std::net::SocketAddr>().is_ok(), "empty (off) or an IP address and port such as \"127.0.0.1:9465\"");
     }
 }
 

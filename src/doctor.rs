@@ -89,6 +89,7 @@ pub fn examine(s: &Subject<'_>) -> Vec<Check> {
     checks.extend(audio(config));
     checks.extend(service(config));
     checks.extend(home(config));
+    checks.extend(satellites(config));
     checks.extend(jetson());
     checks
 }
@@ -310,6 +311,23 @@ fn home(config: &Config) -> Vec<Check> {
         checks.push(reachable("mqtt", &format!("{}:{}", m.host, m.port), Some((m.host.clone(), m.port))));
     }
     checks
+}
+
+/// Each `[[satellite]]` `voxd wyoming` dials: does a wyoming-satellite answer there?
+/// (Asked with `describe` only, which a satellite answers without leaving the
+/// voxd it serves.)
+fn satellites(config: &Config) -> Vec<Check> {
+    config
+        .satellite
+        .iter()
+        .map(|s| {
+            let room = if s.room.is_empty() { s.uri.as_str() } else { s.room.as_str() };
+            match crate::wyoming::satellite::probe(&s.uri, Duration::from_secs(2)) {
+                Ok(name) => ok("satellite", format!("{room}: {} answers (wyoming-satellite \"{name}\")", s.uri)),
+                Err(why) => warn("satellite", format!("{room}: {}: {why}", s.uri), "start wyoming-satellite there with --uri matching this address; `voxd wyoming` keeps dialling it (every 30 s at most) and answers that room once it is up"),
+            }
+        })
+        .collect()
 }
 
 /// "http://ha.local:8123/" → ("ha.local", 8123).

@@ -71,6 +71,8 @@ struct Totals {
     stages: BTreeMap<String, Histogram>,
     /// By tool and result ("ok", "error").
     tool_calls: BTreeMap<(String, &'static str), u64>,
+    /// Turns said in a room (a satellite's, or `[audio] room`), by room and outcome.
+    rooms: BTreeMap<(String, &'static str), u64>,
     last_round_trip_ms: Option<f64>,
 }
 
@@ -113,6 +115,9 @@ impl Metrics {
             _ => "answered",
         };
         *totals.turns.entry((source, outcome)).or_default() += 1;
+        if let Some(room) = &t.room {
+            *totals.rooms.entry((room.clone(), outcome)).or_default() += 1;
+        }
         let started = match t.wake.as_str() {
             "follow_up" => "follow_up",
             "push_to_talk" => "push_to_talk",
@@ -169,6 +174,10 @@ impl Metrics {
                 let n = totals.turns.get(&(source, outcome)).copied().unwrap_or(0);
                 let _ = writeln!(out, "voxd_turns_total{{source=\"{source}\",outcome=\"{outcome}\"}} {n}");
             }
+        }
+        family(&mut out, "voxd_room_turns_total", "counter", "Turns said in a room (a satellite's, or the microphone's [audio] room), by room and how they ended.");
+        for ((room, outcome), n) in &totals.rooms {
+            let _ = writeln!(out, "voxd_room_turns_total{{room=\"{}\",outcome=\"{outcome}\"}} {n}", label(room));
         }
         family(&mut out, "voxd_turns_cancelled_total", "counter", "Cancelled turns by reason (barge-in, new speech, control, stopping).");
         for (reason, n) in &totals.cancel_reasons {
@@ -326,9 +335,9 @@ async fn answer(mut stream: tokio::net::TcpStream, deadline: Duration, render: i
 }
 
 /// Opens the endpoint's socket: an error now (port taken, bad address) is one voxd
-/// reports at start, naming the setting.
-pub fn bind(listen: &str) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("[service] metrics_listen = {listen:?}: cannot listen there (is the port taken? expected a free address such as \"127.0.0.1:9464\")"))?;
+/// reports at start, naming the setting (`key`).
+pub fn bind(key: &str, listen: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("{key} = {listen:?}: cannot listen there (is the port taken? expected a free address such as \"127.0.0.1:9464\")"))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

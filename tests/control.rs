@@ -40,7 +40,7 @@ pub fn ctl_ok(socket: &Path, args: &[&str]) -> String {
     r.stdout
 }
 
-fn scrape(port: u16) -> String {
+pub fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
@@ -51,7 +51,7 @@ fn scrape(port: u16) -> String {
 }
 
 /// The value of the sample `series` (name and labels, exactly) in a scrape.
-fn sample(scrape: &str, series: &str) -> f64 {
+pub fn sample(scrape: &str, series: &str) -> f64 {
     let line = scrape.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' '))).unwrap_or_else(|| panic!("no {series} in:\n{scrape}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }

@@ -372,6 +372,7 @@ impl Drop for Satellite {
 /// as `--wake-uri`) and streams only the request that follows a pause. Each request
 /// — the same words, "turn on the light" — turns on that room's light (said with no
 /// room, the model picks the kitchen's), and each reply is played in its own room.
+/// Before, `voxd doctor` finds both satellites, and names a third that is not there.
 #[test]
 fn two_satellites_are_answered_at_once_each_in_its_own_room() {
     use crate::tools::{LIGHTS_HA, TOKEN, TOKEN_ENV};
@@ -386,8 +387,10 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
     let wake_uri = format!("tcp://127.0.0.1:{wake_port}");
     let bedroom = Satellite::start(&dir, "bedroom", &bedroom_words, &["--wake-uri", &wake_uri, "--wake-word-name", "hey_jarvis_v0.1", "--debug"]);
     let log = dir.path().join("turns.jsonl");
+    let metrics_port = free_port();
     let setup = format!(
-        "[llm]\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n[home_assistant]\nurl = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n[log]\nlatency_log = \"{}\"\n{LIGHTS_HA}\n\
+        "[llm]\nmodel = \"qwen2.5-coder-0.5b-instruct\"\n[home_assistant]\nurl = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n[log]\nlatency_log = \"{}\"\n\
+         [wyoming]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{LIGHTS_HA}\n\
          [[satellite]]\nuri = \"{}\"\nroom = \"hallway\"\n[[satellite]]\nuri = \"{}\"\nroom = \"bedroom\"\n",
         ha.url(),
         log.display(),
@@ -395,6 +398,14 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
         bedroom.uri()
     );
     let config = deterministic_config(&dir, &setup);
+    // `voxd doctor` asks each satellite what it is (describe only: the satellites are
+    // still free for the voxd started below), and names one that does not answer.
+    let attic = format!("tcp://127.0.0.1:{}", free_port());
+    let checked = deterministic_config(&dir, &format!("{setup}[[satellite]]\nuri = \"{attic}\"\nroom = \"attic\"\n"));
+    let doctor = run_cmd(voxd().env(TOKEN_ENV, TOKEN).args(["-c", checked.to_str().unwrap(), "doctor"]));
+    for line in [format!("ok    satellite      hallway: {} answers (wyoming-satellite \"hallway\")", hallway.uri()), format!("ok    satellite      bedroom: {} answers", bedroom.uri()), format!("warn  satellite      attic: {attic}: nothing answers")] {
+        assert!(doctor.stdout.contains(&line), "no {line:?} in:\n{}", doctor.stdout);
+    }
     let child = voxd()
         .env(TOKEN_ENV, TOKEN)
         .args(["-c", config.to_str().unwrap(), "wyoming", "--listen", &wake_uri])
@@ -434,4 +445,9 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
     let mut rooms: Vec<(Option<&str>, &str)> = turns.iter().map(|t| (t.room.as_deref(), t.wake.as_str())).collect();
     rooms.sort();
     assert_eq!(rooms, vec![(Some("bedroom"), "always"), (Some("hallway"), "hey_jarvis_v0.1")], "{turns:?}");
+    // And counted by room in the agent's metrics.
+    let scrape = crate::control::scrape(metrics_port);
+    for room in ["hallway", "bedroom"] {
+        assert_eq!(crate::control::sample(&scrape, &format!("voxd_room_turns_total{{room=\"{room}\",outcome=\"answered\"}}")), 1.0, "{scrape}");
+    }
 }

@@ -60,7 +60,7 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
         "" => Some(crate::control::bind(&crate::control::default_socket())?),
         path => Some(crate::control::bind(Path::new(path))?),
     };
-    let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind(&sv.metrics_listen)).transpose()?;
+    let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind("[service] metrics_listen", &sv.metrics_listen)).transpose()?;
     let engines = env.engines(true)?;
     let a = &env.config.audio;
     let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;

@@ -32,6 +32,9 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     if !env.config.satellite.is_empty() && !config.handle {
         bail!("[[satellite]]s are answered by voxd's agent, but [wyoming] handle = false: set it to true, or remove the satellites");
     }
+    if !config.metrics_listen.is_empty() && !config.handle {
+        bail!("[wyoming] metrics_listen counts the agent's turns, but [wyoming] handle = false: set handle = true, or leave metrics_listen empty");
+    }
     let agent = if config.handle { Some(start_agent(env, queue)?) } else { None };
     let services = Services {
         asr_model: asr.model_id.clone(),
@@ -81,10 +84,15 @@ fn start_agent(env: &Env, queue: usize) -> Result<AgentService> {
     let options = env.run_options(true, None)?;
     let tools = options.tool.len();
     let (asks, rx) = tokio::sync::mpsc::channel(queue);
+    let listen = &env.config.wyoming.metrics_listen;
+    let metrics = (!listen.is_empty()).then(|| crate::metrics::bind("[wyoming] metrics_listen", listen)).transpose()?;
+    if let Some(l) = &metrics {
+        eprintln!("wyoming: the agent's metrics at http://{}/metrics", l.local_addr()?);
+    }
     std::thread::Builder::new()
         .name("voxd-wy-agent".into())
         .spawn(move || {
-            if let Err(e) = pipeline::run(engines, options, pipeline::Io::Text(rx)) {
+            if let Err(e) = pipeline::run(engines, options, pipeline::Io::Text { asks: rx, metrics }) {
                 tracing::error!("wyoming: voxd's agent stopped: {e:#}; conversations are refused until voxd wyoming is restarted");
             }
         })

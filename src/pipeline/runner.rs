@@ -77,8 +77,9 @@ pub enum Io {
     Devices { input: device::Input, output: device::Output, service: Service },
     /// Typed turns only, answered in words (Wyoming's `handle`): no microphone, no
     /// Whisper, no sound (give the engines `tts::Unvoiced`). Each `Ask` is a turn; the
-    /// run ends when every sender of asks is gone.
-    Text(mpsc::Receiver<Ask>),
+    /// run ends when every sender of asks is gone. Metrics of its turns are served on
+    /// `metrics`, if given.
+    Text { asks: mpsc::Receiver<Ask>, metrics: Option<std::net::TcpListener> },
 }
 
 /// A turn asked for in words, and where its record goes once written (dropped
@@ -131,7 +132,7 @@ pub struct RunReport {
 /// Runs the whole pipeline on `io`.
 pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let live = matches!(io, Io::Devices { .. });
-    let text = matches!(io, Io::Text(_));
+    let text = matches!(io, Io::Text { .. });
     // A log that cannot be written is an error now, not after the whole run.
     let log = options.latency_log.as_deref().map(telemetry::LatencyLog::open).transpose()?;
     let counters = Arc::new(Counters::default());
@@ -195,7 +196,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     {
         let (notes, stop) = (notes.downgrade(), match &io {
             Io::Devices { service, .. } => Some(service.stop.clone()),
-            Io::File(_) | Io::Text(_) => None,
+            Io::File(_) | Io::Text { .. } => None,
         });
         health::monitor(health.clone(), monitor_done.clone(), move |problem| {
             if let Some(turn) = problem.turn {
@@ -276,9 +277,13 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let frame_len = (options.vad.frame_ms * 16) as usize;
     // A recording is paced by a task below; the microphone by a thread of its own.
     let mut frame_tx = Some(frame_tx);
+    let mut text_metrics = None;
     let (file, speaker, mut service, asks) = match io {
         Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None, None),
-        Io::Text(asks) => (None, Speaker::Silent, None, Some(asks)),
+        Io::Text { asks, metrics } => {
+            text_metrics = metrics;
+            (None, Speaker::Silent, None, Some(asks))
+        }
         Io::Devices { input, output, mut service } => {
             let (tx, capture_counters, stop_capture, pulse) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone(), health.pulse("capture"));
             stages.push(("capture", spawn("capture", &health, move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters, pulse))?));
@@ -341,14 +346,17 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
         };
         // The metrics endpoint's own thread stops when this is dropped, with the run.
-        let mut _metrics_server = None;
+        let listener = service.as_mut().and_then(|s| s.metrics.take()).or_else(|| text_metrics.take());
+        let _metrics_server = match listener {
+            Some(listener) => {
+                let (metrics, counters, models) = (metrics.clone(), counters.clone(), models.clone());
+                Some(crate::metrics::Server::start(listener, move || metrics.render(&counters, &models))?)
+            }
+            None => None,
+        };
         if let Some(service) = service.as_mut() {
             tokio::spawn(stop_on_signal(service.stop.clone()));
             tokio::spawn(cap_drain(service.stop.clone(), service.drain_limit, command_tx.clone()));
-            if let Some(listener) = service.metrics.take() {
-                let (metrics, counters, models) = (metrics.clone(), counters.clone(), models.clone());
-                _metrics_server = Some(crate::metrics::Server::start(listener, move || metrics.render(&counters, &models))?);
-            }
             if let Some(listener) = service.control.as_mut().and_then(control::Socket::take_listener) {
                 let handle = control::Handle {
                     switches: switches.clone(),

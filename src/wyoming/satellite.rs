@@ -88,6 +88,35 @@ pub fn start(satellites: &[SatelliteConfig], hearing: &Hearing, services: &Arc<S
     Ok(())
 }
 
+/// Asks the satellite at `uri` what it is (`describe` → `info`), without taking it
+/// over: wyoming-satellite answers a describe from any connection and serves only
+/// the one that sends it something else. Its name, or what is wrong.
+pub fn probe(uri: &str, patience: Duration) -> Result<String, String> {
+    let address = super::tcp_address(uri)?.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let asked = async {
+            let stream = TcpStream::connect(&address).await.map_err(|e| format!("nothing answers: {e}"))?;
+            let (read, mut write) = stream.into_split();
+            write_event(&mut write, &Event::new("describe")).await.map_err(|e| e.to_string())?;
+            let mut reader = BufReader::new(read);
+            loop {
+                match read_event(&mut reader, Limits::SERVED).await.map_err(|e| e.to_string())? {
+                    None => return Err("it hung up without describing itself".to_string()),
+                    Some(e) if e.kind == "info" => {
+                        return match e.data.get("satellite") {
+                            Some(satellite) => Ok(satellite.get("name").and_then(|n| n.as_str()).unwrap_or("unnamed").to_string()),
+                            None => Err("it answers, but as a Wyoming service that is no satellite (its info has no \"satellite\")".to_string()),
+                        };
+                    }
+                    Some(_) => {} // Events before the info (none expected): not ours.
+                }
+            }
+        };
+        tokio::time::timeout(patience, asked).await.unwrap_or_else(|_| Err(format!("no answer to describe within {} s", patience.as_secs_f64())))
+    })
+}
+
 /// Dials the satellite, serves it until it hangs up, and dials again: at once after a
 /// session, else after 1 s, doubling to `MOST_PATIENCE` while it cannot be reached.
 async fn keep_dialling(satellite: Dialled, hearing: Hearing, services: Arc<Services>) {
@@ -270,6 +299,10 @@ struct Pipeline {
     frame_len: usize,
     /// 16 kHz audio not yet a whole frame.
     pending: Vec<f32>,
+    /// The frame being heard, and as webrtc-vad takes it: kept, so that the 50
+    /// frames a second allocate nothing.
+    frame: Vec<f32>,
+    pcm: Vec<i16>,
     /// Samples heard so far (16 kHz): the stream's clock.
     sample: u64,
     /// Audio before this sample is heard as silence (the reply playing there).
@@ -314,6 +347,8 @@ impl Pipeline {
             wake,
             frame_len: params.frame_len,
             pending: Vec::new(),
+            frame: Vec::with_capacity(params.frame_len),
+            pcm: Vec::with_capacity(params.frame_len),
             sample: 0,
             deaf_until: 0,
             speech_seen: false,
@@ -347,16 +382,19 @@ impl Pipeline {
         resampler.push(&incoming.samples, &mut self.pending);
         let mut heard = Vec::new();
         let mut at = 0;
+        let mut frame = std::mem::take(&mut self.frame);
         while self.pending.len() - at >= self.frame_len {
-            let mut frame = self.pending[at..at + self.frame_len].to_vec();
+            frame.clear();
+            frame.extend_from_slice(&self.pending[at..at + self.frame_len]);
             at += self.frame_len;
             let start = self.sample;
             self.sample += frame.len() as u64;
             if answering || start < self.deaf_until {
-                frame.iter_mut().for_each(|s| *s = 0.0);
+                frame.fill(0.0);
             }
             self.frame(&frame, start, &mut heard)?;
         }
+        self.frame = frame;
         self.pending.drain(..at);
         if self.once && !self.speech_seen && self.sample as f64 > SPEECH_WITHIN_S * ASR_RATE_HZ as f64 {
             heard.push(Heard::Nothing);
@@ -373,8 +411,9 @@ impl Pipeline {
                 events.extend(self.gate.woke(&detection));
             }
         }
-        let pcm: Vec<i16> = frame.iter().map(|s| (s.clamp(-1.0, 1.0) * i16::MAX as f32) as i16).collect();
-        let voiced = self.vad.is_voice_segment(&pcm).map_err(|()| format!("webrtc-vad rejected a {}-sample frame", pcm.len()))?;
+        self.pcm.clear();
+        self.pcm.extend(frame.iter().map(|s| (s.clamp(-1.0, 1.0) * i16::MAX as f32) as i16));
+        let voiced = self.vad.is_voice_segment(&self.pcm).map_err(|()| format!("webrtc-vad rejected a {}-sample frame", frame.len()))?;
         for event in self.endpointer.push(frame, start, voiced) {
             events.extend(self.gate.pass(event, false));
         }
