@@ -374,6 +374,7 @@ impl Conversation<'_> {
     /// Opens a turn for a transcript: the answer to a pending question, a fast-path
     /// command, or a question for the model.
     async fn start(&mut self, t: Transcript, tentative: bool) -> anyhow::Result<Current> {
+        let room = self.room_of(&t);
         self.links.notes.send(Note::TurnStart(Box::new(TurnStart {
             turn: t.turn,
             anchor: t.anchor,
@@ -386,7 +387,7 @@ impl Conversation<'_> {
             models: self.agent.models.clone(),
             typed: t.typed,
             started: t.started.clone(),
-            room: self.room_of(&t),
+            room: room.clone(),
         })));
         let mut c = Current {
             turn: t.turn,
@@ -396,7 +397,7 @@ impl Conversation<'_> {
             tentative,
             waiting: Waiting::Nothing,
             reply: None,
-            messages: vec![Message { role: Role::User, content: self.asked(&t.text, self.room_of(&t).as_deref()) }],
+            messages: vec![Message { role: Role::User, content: self.asked(&t.text, room.as_deref()) }],
             held: None,
             repaired: false,
             failed: false,

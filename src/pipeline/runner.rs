@@ -277,20 +277,17 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
     let frame_len = (options.vad.frame_ms * 16) as usize;
     // A recording is paced by a task below; the microphone by a thread of its own.
     let mut frame_tx = Some(frame_tx);
-    let mut text_metrics = None;
-    let (file, speaker, mut service, asks) = match io {
-        Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None, None),
-        Io::Text { asks, metrics } => {
-            text_metrics = metrics;
-            (None, Speaker::Silent, None, Some(asks))
-        }
+    // (A text run's metrics listener: a live run's is in its service.)
+    let (file, speaker, mut service, asks, text_metrics) = match io {
+        Io::File(samples) => (Some(samples), Speaker::recording(engines.tts_rate_hz, clock.clone()), None, None, None),
+        Io::Text { asks, metrics } => (None, Speaker::Silent, None, Some(asks), metrics),
         Io::Devices { input, output, mut service } => {
             let (tx, capture_counters, stop_capture, pulse) = (frame_tx.take().expect("unused"), counters.clone(), service.stop.clone(), health.pulse("capture"));
             stages.push(("capture", spawn("capture", &health, move || capture::pace_device(input, frame_len, stop_capture, tx, capture_counters, pulse))?));
             if let Some(listening) = service.on_listening.take() {
                 listening(counters.clone(), health.clone());
             }
-            (None, Speaker::device(output, counters.clone()), Some(service), None)
+            (None, Speaker::device(output, counters.clone()), Some(service), None, None)
         }
     };
     let models = engines.models.clone();
@@ -346,7 +343,7 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             None => tokio::spawn(async { Ok(0.0) }), // the capture thread, supervised below
         };
         // The metrics endpoint's own thread stops when this is dropped, with the run.
-        let listener = service.as_mut().and_then(|s| s.metrics.take()).or_else(|| text_metrics.take());
+        let listener = service.as_mut().and_then(|s| s.metrics.take()).or(text_metrics);
         let _metrics_server = match listener {
             Some(listener) => {
                 let (metrics, counters, models) = (metrics.clone(), counters.clone(), models.clone());

@@ -67,7 +67,8 @@ pub struct TurnStart {
     /// Typed through the control socket, not spoken.
     pub typed: bool,
     pub started: super::wake::Started,
-    /// Where it was said (a satellite's room).
+    /// Where it was said (a satellite's room, or `[audio] room` for the device's
+    /// own microphone).
     pub room: Option<String>,
 }
 
@@ -215,8 +216,8 @@ pub struct TurnRecord {
     /// "always" (`[wake] mode = "always"`).
     #[serde(default)]
     pub wake: String,
-    /// The room it was said in: a satellite's `room` (`voxd wyoming`); absent for
-    /// the device's own microphone.
+    /// The room it was said in: a satellite's `room` (`voxd wyoming`), or `[audio]
+    /// room` for the device's own microphone; absent when neither names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
     /// The wake word's score when it woke voxd.
