@@ -343,6 +343,11 @@ section! {
         /// http://ADDRESS/metrics, e.g. "127.0.0.1:9465". Empty: off. (Not `[service]
         /// metrics_listen`: `voxd run` may be serving that one from the same config.)
         metrics_listen: String = String::new(), check(|s: &String| s.is_empty() || s.parse::<std::net::SocketAddr>().is_ok(), "empty (off) or an IP address and port such as \"127.0.0.1:9465\"");
+        /// The socket `voxd ctl status` reads `voxd wyoming`'s status on (what it
+        /// serves, each satellite's state; owner-only). Empty:
+        /// `$XDG_RUNTIME_DIR/voxd/wyoming.sock` (under systemd its RuntimeDirectory);
+        /// "off": none.
+        control_socket: String = String::new();
     }
 }
 
@@ -357,6 +362,17 @@ section! {
         /// The room it is in ("kitchen"): its turns carry it in the latency log, and
         /// the agent is told where the user is. Empty: the satellite's address.
         room: String = String::new();
+    }
+}
+
+impl SatelliteConfig {
+    /// What the logs, the status and doctor call it: its room, else its HOST:PORT.
+    pub fn name(&self) -> &str {
+        match (self.room.as_str(), self.uri.strip_prefix("tcp://")) {
+            ("", Some(address)) => address,
+            ("", None) => &self.uri,
+            (room, _) => room,
+        }
     }
 }
 

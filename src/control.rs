@@ -57,34 +57,68 @@ impl Request {
     }
 }
 
+/// Which voxd a control socket belongs to: `voxd run` (steered: mute, ask, …) or
+/// `voxd wyoming` (its status only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Run,
+    Wyoming,
+}
+
+impl Daemon {
+    fn file(self) -> &'static str {
+        match self {
+            Daemon::Run => "control.sock",
+            Daemon::Wyoming => "wyoming.sock",
+        }
+    }
+
+    /// The setting that places its socket, for errors.
+    pub fn key(self) -> &'static str {
+        match self {
+            Daemon::Run => "[service] control_socket",
+            Daemon::Wyoming => "[wyoming] control_socket",
+        }
+    }
+
+    /// Its system service's RuntimeDirectory (systemd/voxd.service, voxd-wyoming.service).
+    fn system_dir(self) -> &'static str {
+        match self {
+            Daemon::Run => "/run/voxd",
+            Daemon::Wyoming => "/run/voxd-wyoming",
+        }
+    }
+}
+
 /// The default socket: `$RUNTIME_DIRECTORY/control.sock` under systemd (its
 /// RuntimeDirectory=voxd), else `$XDG_RUNTIME_DIR/voxd/control.sock`, else
-/// `/tmp/voxd-UID/control.sock`.
-pub fn default_socket() -> PathBuf {
+/// `/tmp/voxd-UID/control.sock` — `wyoming.sock` for `voxd wyoming`.
+pub fn default_socket(daemon: Daemon) -> PathBuf {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = var("RUNTIME_DIRECTORY") {
         // systemd may list several directories, separated by ':'.
         let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_string();
-        return PathBuf::from(first).join("control.sock");
+        return PathBuf::from(first).join(daemon.file());
     }
     match var("XDG_RUNTIME_DIR") {
-        Some(dir) => dir.join("voxd/control.sock"),
+        Some(dir) => dir.join("voxd").join(daemon.file()),
         // SAFETY: getuid cannot fail.
-        None => PathBuf::from(format!("/tmp/voxd-{}", unsafe { libc::getuid() })).join("control.sock"),
+        None => PathBuf::from(format!("/tmp/voxd-{}", unsafe { libc::getuid() })).join(daemon.file()),
     }
 }
 
 /// The socket `voxd ctl` talks to: the one given, else the configured one, else the
-/// default; when that does not exist, the system service's (/run/voxd).
-pub fn client_socket(explicit: Option<&Path>, configured: &str) -> PathBuf {
+/// default; when that does not exist, the system service's (/run/voxd,
+/// /run/voxd-wyoming).
+pub fn client_socket(daemon: Daemon, explicit: Option<&Path>, configured: &str) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
     }
     if !configured.is_empty() && configured != "off" {
         return PathBuf::from(configured);
     }
-    let mine = default_socket();
-    let system = PathBuf::from("/run/voxd/control.sock");
+    let mine = default_socket(daemon);
+    let system = Path::new(daemon.system_dir()).join(daemon.file());
     if !mine.exists() && system.exists() {
         system
     } else {
@@ -111,31 +145,42 @@ impl Drop for Socket {
     }
 }
 
+/// The daemon's socket as configured (`setting`: empty → the default place, "off" →
+/// none), bound.
+pub fn open(daemon: Daemon, setting: &str) -> Result<Option<Socket>> {
+    match setting {
+        "off" => Ok(None),
+        "" => bind(daemon, &default_socket(daemon)).map(Some),
+        path => bind(daemon, Path::new(path)).map(Some),
+    }
+}
+
 /// Creates the socket at `path`, owner-only. A socket left by a voxd that died is
 /// replaced; one that answers belongs to a voxd still running, and is an error.
-pub fn bind(path: &Path) -> Result<Socket> {
+pub fn bind(daemon: Daemon, path: &Path) -> Result<Socket> {
+    let key = daemon.key();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("[service] control_socket: cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("{key}: cannot create {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))?;
         }
         // A directory another user made (say /tmp/voxd-UID, created first by someone
         // else) could let them swap the socket for their own.
         use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(dir).with_context(|| format!("[service] control_socket: cannot read {}", dir.display()))?.uid();
+        let owner = std::fs::metadata(dir).with_context(|| format!("{key}: cannot read {}", dir.display()))?.uid();
         // SAFETY: getuid cannot fail.
         let me = unsafe { libc::getuid() };
         if owner != me && owner != 0 {
-            bail!("[service] control_socket: {} belongs to uid {owner}, not to voxd's user (uid {me}); put the socket in a directory of voxd's own", dir.display());
+            bail!("{key}: {} belongs to uid {owner}, not to voxd's user (uid {me}); put the socket in a directory of voxd's own", dir.display());
         }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("[service] control_socket: another voxd is listening on {} (stop it, or give this one another socket)", path.display());
+            bail!("{key}: another voxd is listening on {} (stop it, or give this one another socket)", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("[service] control_socket: cannot listen on {}", path.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("{key}: cannot listen on {}", path.display()))?;
     let socket = Socket { listener: Some(listener), path: path.to_path_buf() };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("making {} owner-only", path.display()))?;
     socket.listener.as_ref().expect("just bound").set_nonblocking(true)?;
@@ -265,22 +310,39 @@ async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), max: usize) -> std:
 
 /// Answers connections on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::UnixListener, handle: Handle) {
-    serve_with(listener, handle, Limits::SERVED).await;
+    serve_with(listener, Steered::Pipeline(handle), Limits::SERVED).await;
 }
 
-/// The socket's server: the pipeline's handle, and who holds push-to-talk.
+/// Answers `status` on `listener` with what `report` says (`voxd wyoming`: it has
+/// nothing to steer) until the task is dropped; every other request is refused.
+pub async fn serve_status(listener: tokio::net::UnixListener, report: Report) {
+    serve_with(listener, Steered::Reporter(report), Limits::SERVED).await;
+}
+
+/// A status, made when asked.
+pub type Report = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What a socket reaches.
+enum Steered {
+    /// `voxd run`'s pipeline: every request.
+    Pipeline(Handle),
+    /// `voxd wyoming`: its status only.
+    Reporter(Report),
+}
+
+/// The socket's server: what it steers, and who holds push-to-talk.
 struct Server {
-    handle: Handle,
+    steered: Steered,
     presses: Arc<Presses>,
     limits: Limits,
     /// voxd's own uid, the only one (root aside) let in.
     owner: u32,
 }
 
-async fn serve_with(listener: tokio::net::UnixListener, handle: Handle, limits: Limits) {
+async fn serve_with(listener: tokio::net::UnixListener, steered: Steered, limits: Limits) {
     // SAFETY: getuid cannot fail.
     let owner = unsafe { libc::getuid() };
-    let server = Arc::new(Server { handle, presses: Arc::default(), limits, owner });
+    let server = Arc::new(Server { steered, presses: Arc::default(), limits, owner });
     let slots = Arc::new(Semaphore::new(limits.connections));
     // Said once each time the socket fills up, not once per refused connection.
     let mut warned = false;
@@ -352,14 +414,20 @@ impl Server {
                 break;
             }
         }
-        if press.is_some_and(|p| self.presses.release(&self.handle.switches, p)) {
-            tracing::info!("control: push-to-talk let go: the client that pressed it left");
+        if let (Some(p), Steered::Pipeline(handle)) = (press, &self.steered) {
+            if self.presses.release(&handle.switches, p) {
+                tracing::info!("control: push-to-talk let go: the client that pressed it left");
+            }
         }
     }
 
     /// Answers `request` from a client whose push-to-talk press, if any, is `press`.
     async fn answer(&self, request: Request, press: &mut Option<u64>) -> serde_json::Value {
-        let handle = &self.handle;
+        let handle = match (&self.steered, &request) {
+            (Steered::Pipeline(handle), _) => handle,
+            (Steered::Reporter(report), Request::Status) => return report(),
+            (Steered::Reporter(_), _) => return refusal("voxd wyoming only reports its status here; mute, ptt, ask and cancel steer `voxd run` (its own socket, [service] control_socket)"),
+        };
         match request {
             Request::Status => handle.status(),
             Request::Mute => handle.mute(true),
@@ -566,7 +634,7 @@ mod tests {
     fn served(limits: Limits, push_to_talk_limit: Duration) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let mut socket = bind(&path).unwrap();
+        let mut socket = bind(Daemon::Run, &path).unwrap();
         let listener = socket.take_listener().unwrap();
         std::mem::forget(socket); // the directory goes with the test
         let switches = Arc::new(Switches::default());
@@ -588,7 +656,7 @@ mod tests {
         };
         let runtime = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move { serve_with(tokio::net::UnixListener::from_std(listener).unwrap(), handle, limits).await });
+            runtime.block_on(async move { serve_with(tokio::net::UnixListener::from_std(listener).unwrap(), Steered::Pipeline(handle), limits).await });
         });
         Served { _dir: dir, path, switches, _runtime: runtime }
     }

@@ -258,7 +258,7 @@ fn service(config: &Config) -> Vec<Check> {
     let sv = &config.service;
     let mut checks = Vec::new();
     if sv.control_socket != "off" {
-        let path = if sv.control_socket.is_empty() { crate::control::default_socket() } else { PathBuf::from(&sv.control_socket) };
+        let path = if sv.control_socket.is_empty() { crate::control::default_socket(crate::control::Daemon::Run) } else { PathBuf::from(&sv.control_socket) };
         checks.push(if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             warn("control", format!("{}: a voxd is already running there", path.display()), "stop it before starting another (`voxd ctl status` asks it what it is doing)")
         } else {
@@ -321,7 +321,7 @@ fn satellites(config: &Config) -> Vec<Check> {
         .satellite
         .iter()
         .map(|s| {
-            let room = if s.room.is_empty() { s.uri.as_str() } else { s.room.as_str() };
+            let room = s.name();
             match crate::wyoming::satellite::probe(&s.uri, Duration::from_secs(2)) {
                 Ok(name) => ok("satellite", format!("{room}: {} answers (wyoming-satellite \"{name}\")", s.uri)),
                 Err(why) => warn("satellite", format!("{room}: {}: {why}", s.uri), "start wyoming-satellite there with --uri matching this address; `voxd wyoming` keeps dialling it (every 30 s at most) and answers that room once it is up"),

@@ -33,6 +33,7 @@ impl Server {
         let uri = format!("tcp://127.0.0.1:{port}");
         let child = voxd()
             .envs(env.iter().copied())
+            .env("XDG_RUNTIME_DIR", dir.path())
             .args(["-c", config.to_str().unwrap(), "wyoming", "--listen", &uri])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -248,6 +249,7 @@ fn home_assistant_converses_with_voxds_agent_which_calls_the_homes_tools() {
     let agent = &info["handle"][0];
     assert_eq!((agent["models"][0]["name"].as_str(), agent["supports_home_control"].as_bool()), (Some("qwen2.5-coder-0.5b-instruct"), Some(true)), "{info}");
     assert_eq!(agent["models"][0]["languages"], serde_json::json!(["en"]), "{info}");
+    assert_eq!(agent["supports_handled_streaming"], true, "{info}");
 
     // The model's call, made and confirmed in words.
     let lit = client(&["handle", uri, "one", "Turn on the kitchen light."]);
@@ -275,6 +277,17 @@ fn home_assistant_converses_with_voxds_agent_which_calls_the_homes_tools() {
 
     // One being answered and one waiting at most: the rest are told at once, and
     // every asker gets an answer.
+    // Streamed as it is said: the chunks, in order, are the whole answer, between a
+    // handled-start with the conversation and a handled-stop; then `handled` whole.
+    let capital = client(&["handle", uri, "six", "What is the capital of France? Answer in two sentences."]);
+    let chunks = capital["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect::<Vec<_>>();
+    assert_eq!((capital["type"].as_str(), capital["start"]["conversation_id"].as_str(), capital["stopped"].as_bool()), (Some("handled"), Some("six"), Some(true)), "{capital}");
+    assert!(!chunks.is_empty() && chunks.concat() == capital["text"].as_str().unwrap(), "the chunks {chunks:?} are not the answer: {capital}");
+    eprintln!("streamed in {} chunks, the first after {:.0} ms, the whole after {:.0} ms", chunks.len(), capital["first_chunk_ms"].as_f64().unwrap(), capital["ms"].as_f64().unwrap());
+    for answer in [&lit, &yes] {
+        assert_eq!(answer["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect::<String>(), answer["text"].as_str().unwrap(), "{answer}");
+    }
+
     let many = client(&["handle-many", uri, "4", "What is the capital of France?"]);
     let many = many.as_array().unwrap();
     let answered = many.iter().filter(|r| r["type"] == "handled" && !r["text"].as_str().unwrap_or_default().is_empty()).count();
@@ -397,7 +410,6 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
         hallway.uri(),
         bedroom.uri()
     );
-    let config = deterministic_config(&dir, &setup);
     // `voxd doctor` asks each satellite what it is (describe only: the satellites are
     // still free for the voxd started below), and names one that does not answer.
     let attic = format!("tcp://127.0.0.1:{}", free_port());
@@ -406,9 +418,11 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
     for line in [format!("ok    satellite      hallway: {} answers (wyoming-satellite \"hallway\")", hallway.uri()), format!("ok    satellite      bedroom: {} answers", bedroom.uri()), format!("warn  satellite      attic: {attic}: nothing answers")] {
         assert!(doctor.stdout.contains(&line), "no {line:?} in:\n{}", doctor.stdout);
     }
+    // The attic's satellite is not there: voxd keeps dialling it, and says so.
     let child = voxd()
         .env(TOKEN_ENV, TOKEN)
-        .args(["-c", config.to_str().unwrap(), "wyoming", "--listen", &wake_uri])
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .args(["-c", checked.to_str().unwrap(), "wyoming", "--listen", &wake_uri])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -436,15 +450,42 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
     for s in [&hallway, &bedroom] {
         // The wake phrase is voxd's business: the request alone is transcribed
         // (tiny.en hears "light" as "white" now and then, as the stream's cut varies).
-        let heard = s.read("transcripts.txt").to_lowercase();
-        assert!(heard.contains("turn on the") && !heard.contains("jarvis"), "{}: {heard:?}", s.room);
-        assert!(!s.read("replies.txt").trim().is_empty(), "{}: no reply text", s.room);
+        let request = s.read("transcripts.txt").to_lowercase();
+        assert!(request.contains("turn on the") && !request.contains("jarvis"), "{}: {request:?}", s.room);
+        let reply = s.read("replies.txt");
+        assert!(!reply.trim().is_empty(), "{}: no reply text", s.room);
+        // Spoken piece by piece as the agent said it: all of it, nothing twice.
+        let wav = dir.path().join(format!("{}-played.wav", s.room));
+        sox(&["-t", "raw", "-r", "22050", "-e", "signed", "-b", "16", "-c", "1", s.played.to_str().unwrap(), wav.to_str().unwrap()]);
+        let played = heard(&wav);
+        let wer = voxd::bench::wer(&reply.to_lowercase(), &played);
+        assert!(wer <= 0.5, "{}: the reply {reply:?} was played as {played:?} (WER {wer:.2})", s.room);
     }
     // Each turn is logged with its room and how it began.
     let turns = turns(&log);
     let mut rooms: Vec<(Option<&str>, &str)> = turns.iter().map(|t| (t.room.as_deref(), t.wake.as_str())).collect();
     rooms.sort();
     assert_eq!(rooms, vec![(Some("bedroom"), "always"), (Some("hallway"), "hey_jarvis_v0.1")], "{turns:?}");
+    // `voxd ctl status` finds voxd wyoming's socket (no voxd run here) and reports
+    // each satellite: two listening after their turn, the attic still being dialled.
+    let ctl = |args: &[&str]| run_cmd(voxd().env("XDG_RUNTIME_DIR", dir.path()).args(["-c", checked.to_str().unwrap(), "ctl"]).args(args)).stdout;
+    let states = || -> Vec<(String, String, u64)> {
+        let json: Value = serde_json::from_str(&ctl(&["status", "--json"])).unwrap_or_default();
+        json["satellites"].as_array().into_iter().flatten().map(|s| (s["room"].as_str().unwrap_or_default().into(), s["state"].as_str().unwrap_or_default().into(), s["turns"].as_u64().unwrap_or(0))).collect()
+    };
+    let expected = |room: &str, state: &str, turns| (room.to_string(), state.to_string(), turns);
+    let settled = vec![expected("hallway", "listening", 1), expected("bedroom", "listening", 1), expected("attic", "unreachable", 0)];
+    // (A reply may still be sent while the first of it plays.)
+    wait_until("both rooms to be listening again", Duration::from_secs(60), || states() == settled);
+    let status = ctl(&["status"]);
+    eprintln!("voxd ctl status:\n{status}");
+    assert!(status.contains(&format!("wyoming: listening on {wake_uri}")), "{status}");
+    for line in ["hallway listening for", "bedroom listening for", "(1 turn)", "attic unreachable for", "failed dials; last: cannot reach it"] {
+        assert!(status.contains(line), "no {line:?} in:\n{status}");
+    }
+    // It only reports: steering is voxd run's.
+    let refused = run_cmd(voxd().args(["ctl", "--socket", dir.path().join("voxd/wyoming.sock").to_str().unwrap(), "mute"]));
+    assert!(!refused.ok && refused.stderr.contains("only reports its status"), "{}", refused.stderr);
     // And counted by room in the agent's metrics.
     let scrape = crate::control::scrape(metrics_port);
     for room in ["hallway", "bedroom"] {

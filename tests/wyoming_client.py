@@ -22,7 +22,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.handle import Handled, NotHandled
+from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
 from wyoming.info import Describe, Info
 from wyoming.wake import Detect, Detection, NotDetected
 from wyoming.tts import Synthesize, SynthesizeVoice, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
@@ -158,18 +158,29 @@ async def detect(uri, path, names):
 
 
 async def handle(uri, conversation, text):
+    """The answer, and how it was streamed: the handled-start's context, each
+    handled-chunk's text, and when the first came."""
     async with client(uri) as c:
         started = time.monotonic()
         await c.write_event(Transcript(text=text, context={"conversation_id": conversation}, language="en").event())
+        stream = {"start": None, "chunks": [], "first_chunk_ms": None, "stopped": False}
         while True:
             event = await c.read_event()
             if event is None:
-                return {"closed": True}
-            if Handled.is_type(event.type) or NotHandled.is_type(event.type):
+                return {"closed": True, **stream}
+            if HandledStart.is_type(event.type):
+                stream["start"] = HandledStart.from_event(event).context or {}
+            elif HandledChunk.is_type(event.type):
+                if stream["first_chunk_ms"] is None:
+                    stream["first_chunk_ms"] = (time.monotonic() - started) * 1000
+                stream["chunks"].append(HandledChunk.from_event(event).text)
+            elif HandledStop.is_type(event.type):
+                stream["stopped"] = True
+            elif Handled.is_type(event.type) or NotHandled.is_type(event.type):
                 answer = (Handled if Handled.is_type(event.type) else NotHandled).from_event(event)
-                return {"type": event.type, "text": answer.text, "context": answer.context, "ms": (time.monotonic() - started) * 1000}
-            if Error.is_type(event.type):
-                return await refused(c, event)
+                return {"type": event.type, "text": answer.text, "context": answer.context, "ms": (time.monotonic() - started) * 1000, **stream}
+            elif Error.is_type(event.type):
+                return {**await refused(c, event), **stream}
 
 
 async def handle_many(uri, n, text):

@@ -1,6 +1,7 @@
 //! The assistant itself: on a recording, or live on the devices (and what listening costs).
 
 use super::*;
+use crate::control::Daemon;
 
 pub(super) fn run_file(env: &Env, input: &Path, output: &Path, latency_log: Option<PathBuf>, realtime: bool) -> Result<()> {
     let clip = audio::read_wav(input, audio::ASR_RATE_HZ)?;
@@ -54,11 +55,9 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
     // The side doors first: a socket that cannot be opened is reported before the
     // models spend seconds loading.
     let sv = &env.config.service;
-    let control = match sv.control_socket.as_str() {
-        _ if listen_for.is_some() => None, // a benchmark, not a service
-        "off" => None,
-        "" => Some(crate::control::bind(&crate::control::default_socket())?),
-        path => Some(crate::control::bind(Path::new(path))?),
+    let control = match listen_for {
+        Some(_) => None, // a benchmark, not a service
+        None => crate::control::open(Daemon::Run, &sv.control_socket)?,
     };
     let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind("[service] metrics_listen", &sv.metrics_listen)).transpose()?;
     let engines = env.engines(true)?;

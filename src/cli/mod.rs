@@ -249,7 +249,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LatencyCommand,
     },
-    /// Steer a running `voxd run` through its control socket.
+    /// Steer a running `voxd run` through its control socket (`status` also reports
+    /// a running `voxd wyoming` and its satellites).
     Ctl {
         /// The socket [default: [service] control_socket, else the default path; the
         /// system service's /run/voxd/control.sock when that does not exist].
@@ -300,7 +301,9 @@ pub enum LatencyCommand {
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// What voxd is doing: listening, hearing, speaking or muted; turns so far, the
-    /// last round trip, the devices' health (--json for all of it as JSON).
+    /// last round trip, the devices' health; and what `voxd wyoming` serves, with each
+    /// satellite's state, when it runs ([wyoming] control_socket) (--json for all of
+    /// it as JSON).
     Status {
         #[arg(long)]
         json: bool,

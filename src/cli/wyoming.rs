@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::control::Daemon;
 use crate::wyoming::desk::Desk;
 use crate::wyoming::satellite::{self, Hearing};
 use crate::wyoming::{bind, serve, tcp_address, AgentService, Services, WakeService, MAX_DETECTORS};
@@ -14,6 +15,9 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     let config = &env.config.wyoming;
     let uri = listen.unwrap_or(if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }).to_string();
     tcp_address(&uri).map_err(|why| anyhow::anyhow!("--listen: {why}"))?;
+    // The status socket first: another voxd wyoming on it is an error now, before the
+    // models spend seconds loading.
+    let mut control = crate::control::open(Daemon::Wyoming, &config.control_socket)?;
     let asr = env.asr(None)?;
     let tts = env.tts(None)?;
     // Wake words are offered when their models are installed; one that is there but
@@ -49,12 +53,16 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     };
     let services = Arc::new(services);
     let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
-    satellite::start(&env.config.satellite, &hearing, &services)?;
+    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
     let satellites = env.config.satellite.iter().map(|s| if s.room.is_empty() { s.uri.clone() } else { format!("{} ({})", s.room, s.uri) }).collect::<Vec<_>>();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = bind(&uri).await?;
         let address = listener.local_addr()?;
+        if let Some(socket) = control.as_mut().and_then(crate::control::Socket::take_listener) {
+            let report = status_report(&services, board, format!("tcp://{address}"));
+            tokio::spawn(crate::control::serve_status(tokio::net::UnixListener::from_std(socket)?, report));
+        }
         eprintln!(
             "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; satellites: {}; Ctrl-C stops",
             services.asr_model,
@@ -72,6 +80,24 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         }
         eprintln!("wyoming: stopped");
         Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// What `voxd ctl status` is told: what is served where, since when, and how each
+/// satellite is doing.
+fn status_report(services: &Arc<Services>, board: Arc<crate::wyoming::board::Board>, listening: String) -> crate::control::Report {
+    let started = std::time::Instant::now();
+    let serves = serde_json::json!({
+        "asr": services.asr_model,
+        "tts": services.voice,
+        "wake": services.wake.as_ref().map(|w| w.models.words.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()),
+        "handle": services.agent.as_ref().map(|a| a.model.clone()),
+    });
+    Arc::new(move || {
+        serde_json::json!({
+            "ok": true, "daemon": "wyoming", "listening": listening, "uptime_s": started.elapsed().as_secs(),
+            "serves": serves, "satellites": board.report(),
+        })
     })
 }
 

@@ -95,6 +95,10 @@ pub struct Ask {
     pub started: super::wake::Started,
     /// When it was asked: a wait behind other turns is logged.
     pub asked: std::time::Instant,
+    /// Each piece of the reply as soon as it is said, for an asker that speaks it
+    /// as it comes (a satellite, a streaming client); None: the record only. Pieces
+    /// that find this full are not sent: the record's text has all of them.
+    pub pieces: Option<mpsc::Sender<String>>,
     pub answer: oneshot::Sender<Arc<TurnRecord>>,
 }
 
@@ -373,7 +377,14 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             }
         }
         if let (Some(asks), Some(transcripts), Some(announce)) = (asks, typed_tx, announce.as_ref()) {
-            let answering = Answering { transcripts, turn_ids: turn_ids.clone(), clock: clock.clone(), written: announce.subscribe(), patience: Duration::from_secs_f32(options.agent.max_reply_s) + ANSWER_GRACE };
+            let answering = Answering {
+                transcripts,
+                turn_ids: turn_ids.clone(),
+                clock: clock.clone(),
+                written: announce.subscribe(),
+                said: status_rx.clone(),
+                patience: Duration::from_secs_f32(options.agent.max_reply_s) + ANSWER_GRACE,
+            };
             tokio::spawn(task("asks", health.clone(), answering.run(asks)));
         }
         drop(command_tx);
@@ -432,6 +443,8 @@ struct Answering {
     turn_ids: TurnIds,
     clock: Clock,
     written: tokio::sync::broadcast::Receiver<Arc<TurnRecord>>,
+    /// What the silent speaker has "heard" of the turn so far: the pieces to pass on.
+    said: watch::Receiver<Status>,
     patience: Duration,
 }
 
@@ -452,17 +465,35 @@ impl Answering {
             if self.transcripts.send(transcript).await.is_err() {
                 return Ok(()); // the agent has stopped: shutting down
             }
+            let (mut pieces, mut passed) = (ask.pieces, 0);
+            let deadline = started + self.patience;
             loop {
-                match tokio::time::timeout_at(started + self.patience, self.written.recv()).await {
-                    Ok(Ok(record)) if record.turn == turn => {
-                        let _ = ask.answer.send(record);
-                        break;
-                    }
-                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(()),
-                    Err(_) => {
-                        tracing::warn!(turn, "no record of the asked turn after {} s; its asker is let go", self.patience.as_secs());
-                        break;
+                tokio::select! {
+                    written = tokio::time::timeout_at(deadline, self.written.recv()) => match written {
+                        Ok(Ok(record)) if record.turn == turn => {
+                            // Pieces not passed on yet are in the record; the asker
+                            // learns the end from the pieces' sender going away.
+                            let _ = ask.answer.send(record);
+                            break;
+                        }
+                        Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                        Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(()),
+                        Err(_) => {
+                            tracing::warn!(turn, "no record of the asked turn after {} s; its asker is let go", self.patience.as_secs());
+                            break;
+                        }
+                    },
+                    Ok(()) = self.said.changed(), if pieces.is_some() => {
+                        let new: Vec<String> = {
+                            let status = self.said.borrow_and_update();
+                            if status.turn == turn { status.spoken.get(passed..).unwrap_or_default().to_vec() } else { Vec::new() }
+                        };
+                        passed += new.len();
+                        // Never waits on the asker: a slow one gets the rest with the
+                        // record rather than holding up the records of other turns.
+                        if new.into_iter().any(|piece| pieces.as_ref().is_some_and(|p| p.try_send(piece).is_err())) {
+                            pieces = None;
+                        }
                     }
                 }
             }

@@ -10,13 +10,15 @@
 //!                                                                   then synthesize-stopped
 //!        ─detect, audio-start, audio-chunk*, audio-stop ─▶ the connection's own detector
 //!                                      ─▶ detection (each time), not-detected (at the end, if none)
-//!        ─transcript (text, context.conversation_id) ─▶ voxd's agent ─▶ handled / not-handled
+//!        ─transcript (text, context.conversation_id) ─▶ voxd's agent ─▶ handled-start,
+//!                        handled-chunk* (each piece as it is said), handled-stop; handled / not-handled
 //! ```
 //!
 //! The agent is the pipeline itself run on text (`pipeline::Io::Text`: the LLM, the
 //! intents, the tools with their allow-lists and confirmations), one turn at a time;
 //! each conversation id keeps its own history and open question, so a confirmation
-//! asked in one conversation is answered only in it.
+//! asked in one conversation is answered only in it. Its replies come piece by piece
+//! as they are said (`reply`).
 //!
 //! voxd also dials the home's `wyoming-satellite`s and answers what is said in each
 //! room (`satellite`), with the same engines and agent.
@@ -39,8 +41,10 @@
 //! phrase of `[llm] first_phrase_words` words, the rest are sentences — a long text
 //! starts sounding after its first words, not after its first sentence.
 
+pub mod board;
 pub mod desk;
 pub mod event;
+pub mod reply;
 pub mod satellite;
 
 use std::sync::Arc;
@@ -227,6 +231,8 @@ struct Session {
 struct Spoken {
     pieces: usize,
     first_runs_on: bool,
+    /// The audio-start of a reply spoken as one is sent.
+    started: bool,
     /// Seconds of audio sent.
     seconds: f64,
 }
@@ -352,10 +358,11 @@ impl Session {
                     write_event(out, &Event::new("synthesize-stopped")).await?;
                 }
             }
-            "transcript" => match converse(&event, services).await {
-                Ok(answer) => write_event(out, &answer).await?,
-                Err(error) => return Ok(Flow::Close(error)),
-            },
+            "transcript" => {
+                if let Some(error) = converse(&event, services, out).await? {
+                    return Ok(Flow::Close(error));
+                }
+            }
             // Events for services voxd does not offer are dropped, as the protocol
             // asks (a client may probe with them).
             other => tracing::debug!("wyoming: ignored a {other} event"),
@@ -528,36 +535,75 @@ async fn transcribe(audio: Incoming, language: Option<String>, services: &Servic
     }
 }
 
-/// The agent's answer to a `transcript` (Home Assistant's conversation agent):
-/// `handled` with what it said, `not-handled` with its apology when the turn failed
-/// or was cut short; or the `error` that ends the request.
-async fn converse(event: &Event, services: &Services) -> Result<Event, Event> {
-    use tokio::sync::mpsc::error::TrySendError;
+/// The agent's answer to a `transcript` (Home Assistant's conversation agent),
+/// streamed as it is said — `handled-start`, a `handled-chunk` a piece, `handled-stop`
+/// — and then whole for clients that do not stream: `handled` with what it said,
+/// `not-handled` with its apology when the turn failed or was cut short. Or the
+/// `error` that ends the request.
+async fn converse(event: &Event, services: &Services, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<Option<Event>> {
     let Some(agent) = &services.agent else {
-        return Err(Event::error("no conversations here: voxd wyoming runs with [wyoming] handle = false", "handle"));
+        return Ok(Some(Event::error("no conversations here: voxd wyoming runs with [wyoming] handle = false", "handle")));
     };
     let Some(text) = event.text("text").map(str::trim).filter(|t| !t.is_empty()) else {
-        return Err(Event::error("transcript without a \"text\" to answer", "bad-request"));
+        return Ok(Some(Event::error("transcript without a \"text\" to answer", "bad-request")));
     };
     let conversation = event.data.get("context").and_then(|c| c.get("conversation_id")).and_then(Value::as_str).map(str::to_string);
-    let (answer, answered) = tokio::sync::oneshot::channel();
-    match agent.asks.try_send(Ask { text: text.to_string(), conversation: conversation.clone(), room: None, started: Started::Typed, asked: std::time::Instant::now(), answer }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => return Err(Event::error(format!("voxd's agent is busy: {} conversations already wait (`[wyoming] queue`); try again shortly", agent.queue), "busy")),
-        Err(TrySendError::Closed(_)) => return Err(Event::error("voxd's agent has stopped (see voxd's log); restart voxd wyoming", "engine")),
-    }
-    let Ok(record) = answered.await else {
-        return Err(Event::error("voxd's agent gave no answer (it stopped, or the turn never ended: see voxd's log)", "engine"));
+    let context = conversation.as_ref().map(|id| json!({ "conversation_id": id }));
+    let asker = reply::Asker { conversation: conversation.clone(), room: None, started: Started::Typed, waits: false };
+    let mut reply = match agent.ask(text, asker).await {
+        Ok(reply) => reply,
+        Err(error) => return Ok(Some(error)),
     };
-    // What was said: all of the reply (a text run hears every piece).
-    let said = if record.spoken.is_empty() { record.reply.clone() } else { record.spoken.clone() };
-    tracing::info!("wyoming: {:?} → {:?} ({}, {} tool calls, first words after {:.0} ms)", text, said, record.outcome, record.tool_calls.len(), record.marks.first_sentence.unwrap_or_default());
-    let kind = if record.outcome == "answered" { "handled" } else { "not-handled" };
-    let mut data = json!({ "text": said });
-    if let Some(id) = conversation {
-        data["context"] = json!({ "conversation_id": id });
+    let mut chunks = HandledChunks { sent: 0, context: context.as_ref() };
+    while let Some(piece) = reply.next().await {
+        chunks.send(out, &piece).await?;
     }
-    Ok(Event::with_data(kind, data))
+    let said = match reply.end().await {
+        Ok(said) => said,
+        Err(error) => return Ok(Some(error)),
+    };
+    if !said.rest.is_empty() {
+        chunks.send(out, &said.rest).await?;
+    }
+    let streamed = chunks.sent;
+    if streamed > 0 {
+        write_event(out, &Event::new("handled-stop")).await?;
+    }
+    let record = &said.record;
+    tracing::info!(
+        "wyoming: {:?} → {:?} ({}, {} tool calls, first words after {:.0} ms, {streamed} chunks)",
+        text,
+        said.text,
+        record.outcome,
+        record.tool_calls.len(),
+        record.marks.first_sentence.unwrap_or_default()
+    );
+    let kind = if record.outcome == "answered" { "handled" } else { "not-handled" };
+    let mut data = json!({ "text": said.text });
+    if let Some(context) = context {
+        data["context"] = context;
+    }
+    write_event(out, &Event::with_data(kind, data)).await?;
+    Ok(None)
+}
+
+/// A reply streamed as `handled-start` and `handled-chunk`s.
+struct HandledChunks<'c> {
+    sent: usize,
+    context: Option<&'c Value>,
+}
+
+impl HandledChunks<'_> {
+    async fn send(&mut self, out: &mut (impl AsyncWrite + Unpin), piece: &str) -> std::io::Result<()> {
+        if self.sent == 0 {
+            let start = self.context.map_or(json!({}), |c| json!({ "context": c }));
+            write_event(out, &Event::with_data("handled-start", start)).await?;
+        }
+        // The chunks add up to the whole text, as a client appends them.
+        let text = if self.sent == 0 { piece.to_string() } else { format!(" {piece}") };
+        self.sent += 1;
+        write_event(out, &Event::with_data("handled-chunk", json!({ "text": text }))).await
+    }
 }
 
 /// An error event when the event asks for a voice voxd does not have.
@@ -573,19 +619,20 @@ async fn say_whole(text: &str, services: &Services, out: &mut (impl AsyncWrite +
     let mut pieces = splitter.push(text);
     pieces.extend(splitter.finish());
     let mut spoken = Spoken { first_runs_on: splitter.first_runs_on(), ..Spoken::default() };
-    Ok(match speak(pieces, &mut spoken, services, out, true).await? {
-        Some(error) => Err(error),
-        None => Ok(spoken.seconds),
-    })
+    if let Some(error) = speak(pieces, &mut spoken, services, out, true).await? {
+        return Ok(Err(error));
+    }
+    end_as_one(&spoken, out).await?;
+    Ok(Ok(spoken.seconds))
 }
 
 /// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
-/// `as_one` → one audio-start…audio-stop around them all (a `synthesize`); else one
-/// per piece (a stream, as wyoming-piper sends it). Returns the `error` that ends the
+/// `as_one` → within one audio-start (sent with the first audio) that `end_as_one`
+/// closes (a `synthesize`, a satellite's reply); else one audio-start…audio-stop per
+/// piece (a stream, as wyoming-piper sends it). Returns the `error` that ends the
 /// request when a piece cannot be spoken. Only a text's first piece may find Piper
 /// busy; the rest of a text already begun waits its turn.
 async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<Option<Event>> {
-    let mut started = false;
     for piece in pieces.iter().filter_map(|p| clean(p)) {
         let job = move |tts: &mut Tts| tts.synthesize(&piece);
         let asked = if spoken.pieces == 0 { services.tts.ask(job).await } else { services.tts.ask_next(job).await };
@@ -604,9 +651,9 @@ async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, ou
         spoken.pieces += 1;
         spoken.seconds += speech.samples.len() as f64 / speech.rate_hz as f64;
         let format = json!({ "rate": speech.rate_hz, "width": 2, "channels": 1 });
-        if !started || !as_one {
+        if !spoken.started || !as_one {
             write_event(out, &Event::with_data("audio-start", format.clone())).await?;
-            started = true;
+            spoken.started = true;
         }
         for chunk in speech.samples.chunks(SAMPLES_PER_CHUNK) {
             let mut event = Event::with_data("audio-chunk", format.clone());
@@ -617,14 +664,16 @@ async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, ou
             write_event(out, &Event::new("audio-stop")).await?;
         }
     }
-    if as_one {
-        if !started {
-            // Nothing speakable: still a well-formed (empty) answer.
-            write_event(out, &Event::with_data("audio-start", json!({ "rate": 22050, "width": 2, "channels": 1 }))).await?;
-        }
-        write_event(out, &Event::new("audio-stop")).await?;
-    }
     Ok(None)
+}
+
+/// Ends what `speak` sent `as_one`: its audio-stop, after an empty audio-start when
+/// nothing was speakable (still a well-formed answer).
+async fn end_as_one(spoken: &Spoken, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+    if !spoken.started {
+        write_event(out, &Event::with_data("audio-start", json!({ "rate": 22050, "width": 2, "channels": 1 }))).await?;
+    }
+    write_event(out, &Event::new("audio-stop")).await
 }
 
 /// The `info` answer to `describe`: every field the reference's dataclasses require.
@@ -657,7 +706,7 @@ fn info(services: &Services) -> Event {
         None => json!([]),
         Some(agent) => json!([artifact("voxd-agent", "voxd's agent: the LLM with the home's tools", &voxd, &version, json!({
             "models": [artifact(&agent.model, &agent.model, &by(&agent.model, ""), &Value::Null, json!({ "languages": ["en"] }))],
-            "supports_handled_streaming": false,
+            "supports_handled_streaming": true,
             "supports_home_control": agent.tools > 0,
         }))]),
     };

@@ -7,8 +7,9 @@
 //!      ◀─audio-chunk*  ─▶ 16 kHz ─▶ wake detector ─▶ gate ◀─ webrtc-vad + endpointer
 //!      ─detection, voice-started, voice-stopped ─────────────────▶
 //!      utterance ─▶ asr desk ─▶ transcript ──────────────────────▶
-//!                 ─▶ voxd's agent (the room's own conversation) ─▶ synthesize (the reply's text)
-//!                 ─▶ tts desk ─▶ audio-start, audio-chunk*, audio-stop ─▶ played there
+//!                 ─▶ voxd's agent (the room's own conversation), piece by piece as said
+//!                 ─▶ tts desk ─▶ audio-start, audio-chunk* (each piece as it is ready),
+//!                    synthesize (the whole text), audio-stop ─▶ played there
 //! ```
 //!
 //! A satellite that streams all the time (`start_stage` wake) is heard exactly as the
@@ -39,12 +40,15 @@ use tokio::sync::{mpsc, Mutex};
 use webrtc_vad::Vad;
 
 use super::event::{read_event, write_event, Event, Limits};
-use super::{format, listen, say_whole, transcribe, Incoming, Listening, Services};
+use super::board::Board;
+use super::reply::{runs_on, Asker};
+use super::{end_as_one, format, listen, speak, transcribe, Incoming, Listening, Services, Spoken};
 use crate::audio::{StreamResampler, ASR_RATE_HZ};
 use crate::config::{SatelliteConfig, VadConfig};
 use crate::pipeline::vad::{self as endpoint, Cut, EndpointParams, Endpointer};
 use crate::pipeline::wake::{strip_phrase, Gate, Mode, Started};
-use crate::pipeline::{Ask, TurnIds};
+use crate::pipeline::splitter::Splitter;
+use crate::pipeline::TurnIds;
 
 /// The longest wait between dials of a satellite that cannot be reached.
 const MOST_PATIENCE: Duration = Duration::from_secs(30);
@@ -62,20 +66,25 @@ pub struct Hearing {
 }
 
 /// One `[[satellite]]`: where it is and which room it is in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Dialled {
     uri: String,
     address: String,
     room: String,
+    /// Its line on the board.
+    seat: usize,
+    board: Arc<Board>,
 }
 
 /// Starts a thread per satellite that dials it, serves it and dials it again when it
-/// goes away, for as long as voxd runs.
-pub fn start(satellites: &[SatelliteConfig], hearing: &Hearing, services: &Arc<Services>) -> anyhow::Result<()> {
+/// goes away, for as long as voxd runs; the board they keep.
+pub fn start(satellites: &[SatelliteConfig], hearing: &Hearing, services: &Arc<Services>) -> anyhow::Result<Arc<Board>> {
+    let board = Arc::new(Board::default());
     for satellite in satellites {
         let address = super::tcp_address(&satellite.uri).map_err(anyhow::Error::msg)?.to_string();
-        let room = if satellite.room.is_empty() { address.clone() } else { satellite.room.clone() };
-        let dialled = Dialled { uri: satellite.uri.clone(), address, room };
+        let room = satellite.name().to_string();
+        let seat = board.seat(&room, &satellite.uri);
+        let dialled = Dialled { uri: satellite.uri.clone(), address, room, seat, board: board.clone() };
         let (hearing, services) = (hearing.clone(), services.clone());
         std::thread::Builder::new().name("voxd-satellite".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -85,7 +94,7 @@ pub fn start(satellites: &[SatelliteConfig], hearing: &Hearing, services: &Arc<S
             runtime.block_on(keep_dialling(dialled, hearing, services));
         })?;
     }
-    Ok(())
+    Ok(board)
 }
 
 /// Asks the satellite at `uri` what it is (`describe` → `info`), without taking it
@@ -130,13 +139,17 @@ async fn keep_dialling(satellite: Dialled, hearing: Hearing, services: Arc<Servi
                 }
                 (patience, failures) = (Duration::from_secs(1), 0);
                 tracing::info!("satellite {}: connected to {}", satellite.room, satellite.uri);
-                match serve(stream, &satellite, &hearing, &services).await {
-                    Ok(turns) => tracing::warn!("satellite {}: {} hung up after {turns} turns; dialling again", satellite.room, satellite.uri),
-                    Err(why) => tracing::warn!("satellite {}: lost {}: {why}; dialling again", satellite.room, satellite.uri),
-                }
+                satellite.board.set(satellite.seat, "connected", |s| s.failed_dials = 0);
+                let why = match serve(stream, &satellite, &hearing, &services).await {
+                    Ok(turns) => format!("it hung up after {turns} turns"),
+                    Err(why) => format!("lost: {why}"),
+                };
+                tracing::warn!("satellite {}: {}: {why}; dialling again", satellite.room, satellite.uri);
+                satellite.board.set(satellite.seat, "dialling", |s| s.last_error = Some(why));
             }
             Err(e) => {
                 failures += 1;
+                satellite.board.set(satellite.seat, "unreachable", |s| (s.failed_dials, s.last_error) = (failures, Some(format!("cannot reach it: {e}"))));
                 // Loud the first time, then once a minute or so: a satellite that is
                 // switched off must not flood the log.
                 if failures == 1 || failures % 8 == 0 {
@@ -200,6 +213,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
                         pipeline = match Pipeline::start(&event, hearing, services).await {
                             Ok(p) => {
                                 tracing::info!("satellite {}: listening ({})", satellite.room, p.describe());
+                                satellite.board.set(satellite.seat, "listening", |_| {});
                                 Some(p)
                             }
                             Err(why) => {
@@ -223,7 +237,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
                                 Heard::Say(event) => send(&out, event).await.map_err(|e| e.to_string())?,
                                 Heard::Turn(cut) => {
                                     turns += 1;
-                                    answering = Some(Box::pin(answer(cut, p.speaks, satellite.room.clone(), services.clone(), out.clone())));
+                                    answering = Some(satellite.answer(cut, p.speaks, services, &out));
                                 }
                                 Heard::Nothing => {
                                     tracing::info!("satellite {}: no request within {SPEECH_WITHIN_S} s of its wake word", satellite.room);
@@ -239,7 +253,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
                         if let Some(mut p) = pipeline.take() {
                             if let (Some(cut), None) = (p.finish(), &answering) {
                                 turns += 1;
-                                answering = Some(Box::pin(answer(cut, p.speaks, satellite.room.clone(), services.clone(), out.clone())));
+                                answering = Some(satellite.answer(cut, p.speaks, services, &out));
                             }
                         }
                     }
@@ -253,6 +267,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
             answered = async { answering.as_mut().expect("polled only while answering").await }, if answering.is_some() => {
                 answering = None;
                 let seconds = answered.map_err(|e| e.to_string())?;
+                satellite.board.set(satellite.seat, "listening", |s| s.turns += 1);
                 if let Some(p) = pipeline.as_mut() {
                     if p.once {
                         // Woken by the satellite: it sends a new run-pipeline when woken again.
@@ -263,6 +278,14 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
                 }
             }
         }
+    }
+}
+
+impl Dialled {
+    /// Starts answering a request heard from this satellite.
+    fn answer(&self, cut: Cut, speaks: Speaks, services: &Arc<Services>, out: &Writer) -> Answering {
+        self.board.set(self.seat, "answering", |_| {});
+        Box::pin(answer(cut, speaks, self.room.clone(), services.clone(), out.clone()))
     }
 }
 
@@ -480,30 +503,68 @@ async fn answer(cut: Cut, speaks: Speaks, room: String, services: Arc<Services>,
         (Some(agent), Speaks::Text | Speaks::Aloud) if !text.is_empty() => agent,
         _ => return Ok(0.0),
     };
-    let (reply, replied) = tokio::sync::oneshot::channel();
-    let ask = Ask { text: text.clone(), conversation: Some(format!("satellite {room}")), room: Some(room.clone()), started, asked: Instant::now(), answer: reply };
-    if agent.asks.send(ask).await.is_err() {
-        tracing::error!("satellite {room}: voxd's agent has stopped (see the log above); restart voxd wyoming");
-        send(&out, Event::error("voxd's agent has stopped", "engine")).await?;
-        return Ok(0.0);
-    }
-    let Ok(record) = replied.await else {
-        send(&out, Event::error("voxd's agent gave no answer (see voxd's log)", "engine")).await?;
-        return Ok(0.0);
+    let asker = Asker { conversation: Some(format!("satellite {room}")), room: Some(room.clone()), started, waits: true };
+    let mut reply = match agent.ask(&text, asker).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::error!("satellite {room}: {}", error.text("text").unwrap_or_default());
+            send(&out, error).await?;
+            return Ok(0.0);
+        }
     };
-    let said = if record.spoken.is_empty() { record.reply.clone() } else { record.spoken.clone() };
-    tracing::info!("satellite {room}: {text:?} → {said:?} ({}, {} tool calls; ready {:.1} s after the request ended)", record.outcome, record.tool_calls.len(), heard_at.elapsed().as_secs_f64());
-    send(&out, Event::with_data("synthesize", json!({ "text": said }))).await?;
+    // Each piece is spoken as soon as the agent has said it: the room hears the
+    // first words while the model is still writing the rest.
+    let mut spoken = Spoken::default();
+    let mut first_audio = None;
+    let mut failed = None;
+    if speaks == Speaks::Aloud {
+        while let Some(piece) = reply.next().await {
+            if spoken.pieces == 0 {
+                spoken.first_runs_on = runs_on(&piece);
+            }
+            failed = speak(vec![piece], &mut spoken, &services, &mut *out.lock().await, true).await?;
+            first_audio = first_audio.or(Some(heard_at.elapsed()));
+            if failed.is_some() {
+                break;
+            }
+        }
+    }
+    let said = match reply.end().await {
+        Ok(said) => said,
+        Err(error) => {
+            let mut write = out.lock().await;
+            if spoken.started {
+                end_as_one(&spoken, &mut *write).await?;
+            }
+            write_event(&mut *write, &error).await?;
+            return Ok(spoken.seconds);
+        }
+    };
+    tracing::info!(
+        "satellite {room}: {text:?} → {:?} ({}, {} tool calls; first words sent {}, the reply ready {:.1} s after the request ended)",
+        said.text,
+        said.record.outcome,
+        said.record.tool_calls.len(),
+        first_audio.map_or("with it".to_string(), |t| format!("{:.1} s", t.as_secs_f64())),
+        heard_at.elapsed().as_secs_f64()
+    );
+    // The whole text, for the satellite's synthesize command (its audio is already
+    // under way, and ends below).
+    send(&out, Event::with_data("synthesize", json!({ "text": said.text }))).await?;
     if speaks != Speaks::Aloud {
         return Ok(0.0);
     }
     let mut write = out.lock().await;
-    match say_whole(&said, &services, &mut *write).await? {
-        Ok(seconds) => Ok(seconds),
-        Err(error) => {
-            tracing::warn!("satellite {room}: the reply could not be spoken: {}", error.text("text").unwrap_or_default());
-            write_event(&mut *write, &error).await?;
-            Ok(0.0)
-        }
+    if failed.is_none() && !said.rest.is_empty() {
+        let mut splitter = Splitter::new(0);
+        let mut rest = splitter.push(&said.rest);
+        rest.extend(splitter.finish());
+        failed = speak(rest, &mut spoken, &services, &mut *write, true).await?;
     }
+    end_as_one(&spoken, &mut *write).await?;
+    if let Some(error) = failed {
+        tracing::warn!("satellite {room}: the reply could not be spoken: {}", error.text("text").unwrap_or_default());
+        write_event(&mut *write, &error).await?;
+    }
+    Ok(spoken.seconds)
 }
