@@ -19,6 +19,30 @@ fn main() {
         ),
     }
 
+    // A CUDA ggml (VOXD_GGML_CUDA=ON): llama-cpp-sys-2's system-ggml-static links only
+    // ggml, ggml-base and ggml-cpu. The CUDA backend goes in whole (voxd's own libraries
+    // come first on the link line, before the libggml.a whose registry refers to it),
+    // with CUDA's runtime linked in (it looks for the driver when voxd starts: without
+    // one ggml finds no GPU and the engines run on the CPU) and cuBLAS from the
+    // toolkit (JetPack installs it system-wide). ggml is built without the driver API
+    // (GGML_CUDA_NO_VMM, scripts/build-ggml), so nothing links libcuda itself.
+    if let Some(prefix) = env::var_os("VOXD_GGML_PREFIX").map(PathBuf::from) {
+        if prefix.join("lib/libggml-cuda.a").exists() {
+            println!("cargo:rerun-if-env-changed=CUDA_PATH");
+            let cuda = env::var_os("CUDA_PATH").map_or_else(|| PathBuf::from("/usr/local/cuda"), PathBuf::from);
+            for dir in ["lib64", "lib", "targets/aarch64-linux/lib", "targets/sbsa-linux/lib", "targets/x86_64-linux/lib"] {
+                if cuda.join(dir).is_dir() {
+                    println!("cargo:rustc-link-search=native={}", cuda.join(dir).display());
+                }
+            }
+            println!("cargo:rustc-link-lib=static:+whole-archive=ggml-cuda");
+            println!("cargo:rustc-link-lib=static=cudart_static");
+            for lib in ["cublas", "cublasLt", "dl", "rt", "pthread"] {
+                println!("cargo:rustc-link-lib=dylib={lib}");
+            }
+        }
+    }
+
     // espeak-ng (inside piper-rs) is built against Debian's libsonic but does not link it.
     println!("cargo:rustc-link-arg=-lsonic");
 

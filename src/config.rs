@@ -186,6 +186,9 @@ section! {
         /// whisper.cpp's fused attention kernels: the same words, the encoder ~15 %
         /// faster on the scaled window and ~30 % on the full one (`voxd bench-asr`).
         flash_attention: bool = true;
+        /// Run Whisper on the GPU when this ggml has one (built with
+        /// `VOXD_GGML_CUDA=ON`, e.g. on a Jetson); without one it runs on the CPU.
+        gpu: bool = true;
     }
 }
 
@@ -391,6 +394,10 @@ section! {
         model: String = String::new();
         /// CPU threads for generation (and for prompt processing).
         threads: u32 = 2, check(|n: &u32| (1..=64).contains(n), "1 to 64");
+        /// Layers offloaded to the GPU when this ggml has one: -1 all, 0 none (CPU
+        /// only), N the first N (a model too big for the GPU's memory). Without a GPU
+        /// the LLM runs on the CPU.
+        gpu_layers: i32 = -1, check(|n: &i32| (-1..=1000).contains(n), "-1 (all) to 1000");
         /// Context window in tokens (prompt + history + reply).
         context_tokens: u32 = 2048, check(|n: &u32| (256..=131_072).contains(n), "256 to 131072");
         /// Longest reply in tokens; a spoken answer should be short.

@@ -84,6 +84,7 @@ pub fn examine(s: &Subject<'_>) -> Vec<Check> {
     checks.push(espeak(config));
     checks.push(onnx_runtime());
     checks.push(ggml());
+    checks.push(gpu(config));
     checks.push(threads(config));
     checks.push(memory(model_bytes));
     checks.extend(audio(config));
@@ -134,7 +135,7 @@ fn context(s: &Subject<'_>, config: &Config) -> Check {
     const AREA: &str = "llm context";
     let Ok(r) = (s.resolve)(Role::Llm) else { return warn(AREA, "not checked: no LLM model", "install the model (above)") };
     let l = &config.llm;
-    let options = crate::engine::llm::LlmOptions { threads: 1, context_tokens: l.context_tokens, max_reply_tokens: l.max_reply_tokens, temperature: 0.0, seed: 0, reuse_prefix: true };
+    let options = crate::engine::llm::LlmOptions { threads: 1, context_tokens: l.context_tokens, max_reply_tokens: l.max_reply_tokens, temperature: 0.0, seed: 0, reuse_prefix: true, gpu_layers: 0 };
     let llm = match crate::engine::llm::Llm::load_vocab(&r.path, &r.id, options) {
         Ok(llm) => llm,
         Err(e) => return warn(AREA, format!("not checked: {e}"), "see the llm model check above"),
@@ -191,6 +192,15 @@ fn ggml() -> Check {
         return warn("ggml", finding, format!("this ggml uses no {simd}: Whisper and the LLM run several times slower; rebuild with `./scripts/setup` on this machine"));
     }
     ok("ggml", finding)
+}
+
+/// The GPU: which one, its memory, and which engines run on it; a warning when a CUDA
+/// build finds none (they run on the CPU instead).
+fn gpu(config: &Config) -> Check {
+    match crate::engine::gpu::placement(config.asr.gpu, config.llm.gpu_layers) {
+        Ok(placement) => ok("gpu", placement),
+        Err(why) => warn("gpu", why, "on a Jetson: JetPack's driver, and under systemd the GPU's device nodes allowed (the comment in voxd.service); elsewhere an NVIDIA driver; or set [asr] gpu = false and [llm] gpu_layers = 0 to run on the CPU on purpose"),
+    }
 }
 
 fn threads(config: &Config) -> Check {

@@ -124,6 +124,11 @@ fn bad_config_files_are_refused_with_every_problem_and_its_place() {
             &["check-config", &write(&dir, "tool.toml", "[[tool]]\nname = \"t\"\nexecutor = \"ftp\"\n")],
             &["tool.toml:3:12: tool[0].executor: \"ftp\" is out of range: expected \"home_assistant\""],
         ),
+        case(
+            "GPU settings out of range",
+            &["check-config", &write(&dir, "gpu.toml", "[asr]\ngpu = \"yes\"\n[llm]\ngpu_layers = -2\n")],
+            &["has 2 problems", "gpu.toml:2:7: asr.gpu", "gpu.toml:4:14: llm.gpu_layers: -2 is out of range: expected -1 (all) to 1000"],
+        ),
         case("a config that is not there", &["--config", "/nonexistent/voxd.toml", "chat", "hi"], &["cannot read config /nonexistent/voxd.toml"]),
         case("a config that is not text", &["check-config", &write(&dir, "binary.toml", b"\xff\xfe\x00[asr]")], &["cannot read config", "binary.toml", "UTF-8"]),
         case("a config that is a directory", &["check-config", dir.path().to_str().unwrap()], &["cannot read config", dir.path().to_str().unwrap()]),

@@ -356,7 +356,7 @@ fn voxd_doctor_passes_a_ready_machine() {
     pulse.isolate_command(&mut cmd);
     let r = run_cmd(cmd.args(["--config", config.to_str().unwrap(), "doctor"]));
     assert!(r.ok, "doctor failed on a ready machine:\n{}{}", r.stdout, r.stderr);
-    for needle in ["ok    asr model      whisper-tiny.en", "ok    llm model      smollm2-135m-instruct", "sha256 verified", "ok    espeak-ng", "ok    onnxruntime", "ok    ggml", "CUDA: not built in", "ok    microphone", "ok    speaker", "ready: `voxd run` has what it needs"] {
+    for needle in ["ok    asr model      whisper-tiny.en", "ok    llm model      smollm2-135m-instruct", "sha256 verified", "ok    espeak-ng", "ok    onnxruntime", "ok    ggml", "CUDA: not built in", "ok    gpu            none in this ggml build", "ok    microphone", "ok    speaker", "ready: `voxd run` has what it needs"] {
         assert!(r.stdout.contains(needle), "no {needle:?} in:\n{}", r.stdout);
     }
 }

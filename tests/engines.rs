@@ -128,7 +128,7 @@ fn chat_streams_a_reply_and_reports_token_rates() {
 fn llm_hands_out_text_while_it_is_still_generating() {
     use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
     quiet_engine_logs();
-    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 40, temperature: 0.0, seed: 1, reuse_prefix: true };
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 40, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
     let llm = Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2", options).unwrap();
     let messages = [Message { role: Role::User, content: "Count from one to ten in words.".into() }];
     let mut pieces = Vec::new();
@@ -165,7 +165,7 @@ fn dropping_the_oldest_exchanges_keeps_the_rest_of_the_cache() {
 fn the_cache_keeps_what_the_history_keeps(file: &str) {
     use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
     quiet_engine_logs();
-    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 24, temperature: 0.0, seed: 1, reuse_prefix: true };
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 24, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
     let llm = Llm::load(&model(file), file, options).unwrap();
     let say = |role, content: &str| Message { role, content: content.into() };
     let exchange = |q: &str, a: &str| [say(Role::User, q), say(Role::Assistant, a)];
@@ -208,7 +208,7 @@ fn words_read_ahead_are_not_evaluated_again_and_change_nothing() {
     use voxd::engine::llm::{Llm, LlmOptions, Message, Role};
     quiet_engine_logs();
     for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"] {
-        let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 16, temperature: 0.0, seed: 1, reuse_prefix: true };
+        let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 16, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
         let llm = Llm::load(&model(file), file, options).unwrap();
         let say = |role, content: &str| Message { role, content: content.into() };
         let system = say(Role::System, "You are a helpful assistant. Answer in one short sentence.");

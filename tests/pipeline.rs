@@ -267,8 +267,8 @@ fn a_truncated_or_missing_input_is_a_clear_error() {
 fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pipeline::Engines {
     use voxd::engine::{asr, llm};
     quiet_engine_logs();
-    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false, flash_attention: true };
-    let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true };
+    let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false, flash_attention: true, gpu: true };
+    let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
     voxd::pipeline::Engines {
         asr: Some(asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap()),
         llm: llm::Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct", llm_options).unwrap(),

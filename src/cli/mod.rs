@@ -484,6 +484,7 @@ impl Env {
             min_encoder_s: c.min_encoder_s,
             temperature_fallback: c.temperature_fallback,
             flash_attention: c.flash_attention,
+            gpu: c.gpu,
         };
         Ok(Asr::load(&r.path, &r.id, options)?)
     }
@@ -505,6 +506,7 @@ impl Env {
             temperature: c.temperature,
             seed: c.seed,
             reuse_prefix: c.reuse_prefix,
+            gpu_layers: c.gpu_layers,
         }
     }
 
@@ -551,6 +553,7 @@ impl Env {
         // All three checked before any loads: a damaged voice is said at once, not
         // after seconds spent loading Whisper and the LLM.
         let (asr, llm, tts) = (self.resolve_verified(Role::Asr, None)?, self.resolve_verified(Role::Llm, None)?, self.resolve_verified(Role::Tts, None)?);
+        self.say_gpu();
         let mut asr = self.load_asr(&asr)?;
         let llm = self.load_llm(&llm)?;
         let mut tts = self.load_tts(&tts)?;
@@ -567,10 +570,20 @@ impl Env {
     /// The LLM and the tools alone, for a text run (Wyoming's `handle`): no Whisper,
     /// no voice.
     fn text_engines(&self) -> Result<pipeline::Engines> {
+        self.say_gpu();
         let llm = self.load_llm(&self.resolve_verified(Role::Llm, None)?)?;
         let models = pipeline::telemetry::Models { asr: String::new(), llm: llm.model_id.clone(), tts: String::new() };
         let toolbox = crate::tools::Toolbox::start(&self.config)?;
         Ok(pipeline::Engines { asr: None, llm, tts: Box::new(pipeline::tts::Unvoiced), tts_rate_hz: 22_050, models, toolbox, wake: None })
+    }
+
+    /// Where Whisper and the LLM will run, in the log; a warning when the GPU was asked
+    /// for and there is none (they run on the CPU).
+    fn say_gpu(&self) {
+        match crate::engine::gpu::placement(self.config.asr.gpu, self.config.llm.gpu_layers) {
+            Ok(placement) => tracing::info!("gpu: {placement}"),
+            Err(why) => tracing::warn!("gpu: {why}"),
+        }
     }
 
     fn run_options(&self, realtime: bool, latency_log: Option<PathBuf>) -> Result<pipeline::RunOptions> {

@@ -39,6 +39,8 @@ pub struct AsrOptions {
     pub temperature_fallback: bool,
     /// Fused attention kernels (whisper.cpp's flash attention).
     pub flash_attention: bool,
+    /// On the GPU when the ggml has one.
+    pub gpu: bool,
 }
 
 pub struct Asr {
@@ -81,6 +83,9 @@ impl Asr {
         let path_str = path.to_str().ok_or_else(|| AsrError::Load { path: path.into(), size })?;
         let mut params = WhisperContextParameters::default();
         params.flash_attn(options.flash_attention);
+        // whisper-rs only turns the GPU on by itself when it builds its own CUDA
+        // ggml; voxd's shared ggml brings it instead.
+        params.use_gpu(options.gpu);
         let ctx = WhisperContext::new_with_params(path_str, params)
             .map_err(|_| AsrError::Load { path: path.into(), size })?;
         let state = ctx.create_state().map_err(|_| AsrError::Load { path: path.into(), size })?;

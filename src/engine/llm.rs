@@ -45,6 +45,8 @@ pub struct LlmOptions {
     pub seed: u32,
     /// Keep what the KV cache holds across calls of a session (see [`Session`]).
     pub reuse_prefix: bool,
+    /// Layers on the GPU when the ggml has one (-1: all).
+    pub gpu_layers: i32,
 }
 
 /// llama.cpp's backend may be initialised once per process.
@@ -118,7 +120,8 @@ impl Llm {
             return Err(LlmError::WrongKind { path: path.into(), found: kind.describe() });
         }
         let started = Instant::now();
-        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+        let layers = u32::try_from(options.gpu_layers).unwrap_or(u32::MAX); // -1: all of them
+        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default().with_n_gpu_layers(layers))
             .map_err(|_| LlmError::Load { path: path.into(), size })?;
         // Models without an embedded template get ChatML, the most common format.
         let template = model

@@ -4,6 +4,7 @@
 //! to the stages, not to the engines.
 
 pub mod asr;
+pub mod gpu;
 pub mod llm;
 pub mod tts;
 pub mod wake;
