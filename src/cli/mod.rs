@@ -165,6 +165,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// What the wake-word detector makes of recordings — your own voice saying the wake
+    /// word, the television — to choose a threshold by: each wake word's best score and
+    /// where, and whether `[wake]`'s threshold and trigger level would wake on it.
+    WakeScore {
+        /// WAV files (any common WAV), each heard as a microphone that has been
+        /// listening would hear it: after 2.3 s of silence, and followed by 1 s.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Every 80 ms step's score instead, tab-separated: file, wake word, end of the
+        /// step in seconds (from the start of the file), score.
+        #[arg(long)]
+        steps: bool,
+    },
     /// How well the LLM calls tools: the evaluation set's spoken-style requests (lights,
     /// climate, covers, locks, scenes, state questions, chit-chat, ambiguous and unsafe
     /// requests), scored per category.
@@ -398,6 +411,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::BenchLive { seconds } => bench_live(&env, seconds),
                 Command::Wyoming { listen } => wyoming_serve(&env, listen.as_deref()),
                 Command::BenchWake { hours, idle_s, quick, json } => bench_wake(&env, hours, idle_s, quick, json.as_deref()),
+                Command::WakeScore { files, steps } => wake_score(&env, &files, steps),
                 Command::Models { command: ModelsCommand::List } => models_list(&env),
                 Command::Models { command: ModelsCommand::Setup { offline } } => models_setup(&env, offline),
                 Command::Models { command: ModelsCommand::Fetch { id, registry, offline } } => models_fetch(&env, &id, registry, offline),

@@ -211,6 +211,42 @@ fn scores(models: &WakeModels, audio: &[f32], label: &str) -> Result<(Vec<(u64, 
     Ok((out, busy))
 }
 
+/// `voxd wake-score`: each file heard as the live stage hears a microphone that has
+/// been listening — after silence long enough to fill the detector's windows (76 mel
+/// frames, then 16 features: 2.08 s), and followed by 1 s so that a phrase at the very
+/// end still gets its steps — and each wake word's scores over it.
+pub(super) fn wake_score(env: &Env, files: &[PathBuf], every_step: bool) -> Result<()> {
+    let models = env.wake_models()?;
+    // 1 s and 16 steps: the steps fall where openWakeWord's `predict_clip` puts them
+    // (after its 1 s of padding), so the two can be set side by side.
+    let lead = RATE as usize + 16 * CHUNK;
+    for file in files {
+        let clip = audio::read_wav(file, RATE)?;
+        let mut heard = vec![0.0; lead];
+        heard.extend(&clip.samples);
+        heard.extend(silence(1.0));
+        let steps = Detector::load(&models)?.push(&heard)?;
+        // Seconds from the start of the file; the steps of the silence before it are left out.
+        let at_s = |end_sample: u64| (end_sample as f64 - lead as f64) / RATE as f64;
+        for (w, (word, _)) in models.words.iter().enumerate() {
+            let series: Vec<(u64, f32)> = steps.iter().filter(|s| s.end_sample > lead as u64).map(|s| (s.end_sample, s.scores[w])).collect();
+            if every_step {
+                for (at, score) in &series {
+                    println!("{}\t{word}\t{:.2}\t{score:.4}", file.display(), at_s(*at));
+                }
+                continue;
+            }
+            let (best_at, best) = series.iter().copied().fold((0, 0.0), |best, step| if step.1 > best.1 { step } else { best });
+            let trigger = Trigger::for_word(&env.config.wake, word);
+            let rule = format!("threshold {}, {} step{}", trigger.threshold, trigger.steps, if trigger.steps == 1 { "" } else { "s" });
+            let woke: Vec<String> = wakes(&series, trigger).into_iter().map(|at| format!("{:.2} s", at_s(at))).collect();
+            let verdict = if woke.is_empty() { format!("does not wake ({rule})") } else { format!("wakes at {} ({rule})", woke.join(", ")) };
+            println!("{}  {word}: best {best:.3} at {:.2} s; {verdict}", file.display(), at_s(best_at));
+        }
+    }
+    Ok(())
+}
+
 /// Where `trigger` wakes over `steps`.
 fn wakes(steps: &[(u64, f32)], mut trigger: Trigger) -> Vec<u64> {
     steps.iter().filter(|(at, score)| trigger.step(*score, *at)).map(|(at, _)| *at).collect()
