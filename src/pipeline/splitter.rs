@@ -35,6 +35,15 @@ impl Splitter {
         Splitter { first_phrase_words, ..Splitter::default() }
     }
 
+    /// A whole text (known at once, not generated) cut into its pieces; the splitter is
+    /// returned for `first_runs_on`.
+    pub fn whole(text: &str, first_phrase_words: usize) -> (Vec<String>, Splitter) {
+        let mut splitter = Splitter::new(first_phrase_words);
+        let mut pieces = splitter.push(text);
+        pieces.extend(splitter.finish());
+        (pieces, splitter)
+    }
+
     /// Adds generated text; returns the pieces it completed, in order.
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.pending.push_str(text);
@@ -217,6 +226,9 @@ mod tests {
         let mut s = Splitter::new(3);
         assert_eq!(s.push("Here is what I found\nIt"), vec!["Here is what I found"]);
         assert!(!s.first_runs_on(), "a line ends where it ends, though without punctuation");
+        let (pieces, s) = Splitter::whole("I set a timer for 10 minutes. Anything else?", 3);
+        assert_eq!(pieces, vec!["I set a timer", "for 10 minutes.", "Anything else?"], "a text known at once is cut as if generated");
+        assert!(s.first_runs_on());
     }
 
     #[test]

@@ -12,10 +12,26 @@ pub struct Board {
     seats: std::sync::Mutex<Vec<Seat>>,
 }
 
+/// What a satellite is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being dialled (at start, or again after it was lost).
+    Dialling,
+    /// Connected, waiting for its `run-pipeline`.
+    Connected,
+    /// Streaming its microphone to voxd.
+    Listening,
+    /// A turn it asked is being answered.
+    Answering,
+    /// Dials fail; redialled with backoff.
+    Unreachable,
+}
+
 pub(super) struct Seat {
     room: String,
     uri: String,
-    state: &'static str,
+    state: State,
     since: Instant,
     pub(super) turns: u64,
     /// Dials that failed since it was last reached.
@@ -27,12 +43,12 @@ pub(super) struct Seat {
 impl Board {
     pub(super) fn seat(&self, room: &str, uri: &str) -> usize {
         let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
-        seats.push(Seat { room: room.into(), uri: uri.into(), state: "dialling", since: Instant::now(), turns: 0, failed_dials: 0, last_error: None });
+        seats.push(Seat { room: room.into(), uri: uri.into(), state: State::Dialling, since: Instant::now(), turns: 0, failed_dials: 0, last_error: None });
         seats.len() - 1
     }
 
     /// Sets what a satellite is doing now; `change` may touch the rest of its line.
-    pub(super) fn set(&self, seat: usize, state: &'static str, change: impl FnOnce(&mut Seat)) {
+    pub(super) fn set(&self, seat: usize, state: State, change: impl FnOnce(&mut Seat)) {
         let mut seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut seats[seat];
         if s.state != state {
@@ -41,9 +57,8 @@ impl Board {
         change(s);
     }
 
-    /// Each satellite: its room and address, what it is doing ("dialling",
-    /// "connected", "listening", "answering", "unreachable") and for how long, the
-    /// turns it has asked, and the last trouble.
+    /// Each satellite: its room and address, what it is doing (`State`, in lower case)
+    /// and for how long, the turns it has asked, and the last trouble.
     pub fn report(&self) -> Vec<serde_json::Value> {
         let seats = self.seats.lock().unwrap_or_else(|e| e.into_inner());
         seats

@@ -615,9 +615,7 @@ fn wrong_voice(event: &Event, services: &Services) -> Option<Event> {
 /// A whole text spoken as one audio-start…audio-stop, piece by piece as each is
 /// synthesised; the seconds of audio sent, or the `error` that ends the request.
 async fn say_whole(text: &str, services: &Services, out: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<Result<f64, Event>> {
-    let mut splitter = Splitter::new(services.first_phrase_words);
-    let mut pieces = splitter.push(text);
-    pieces.extend(splitter.finish());
+    let (pieces, splitter) = Splitter::whole(text, services.first_phrase_words);
     let mut spoken = Spoken { first_runs_on: splitter.first_runs_on(), ..Spoken::default() };
     if let Some(error) = speak(pieces, &mut spoken, services, out, true).await? {
         return Ok(Err(error));

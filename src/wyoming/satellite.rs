@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, Mutex};
 use webrtc_vad::Vad;
 
 use super::event::{read_event, write_event, Event, Limits};
-use super::board::Board;
+use super::board::{Board, State};
 use super::reply::{runs_on, Asker};
 use super::{end_as_one, format, listen, speak, transcribe, Incoming, Listening, Services, Spoken};
 use crate::audio::{StreamResampler, ASR_RATE_HZ};
@@ -139,17 +139,17 @@ async fn keep_dialling(satellite: Dialled, hearing: Hearing, services: Arc<Servi
                 }
                 (patience, failures) = (Duration::from_secs(1), 0);
                 tracing::info!("satellite {}: connected to {}", satellite.room, satellite.uri);
-                satellite.board.set(satellite.seat, "connected", |s| s.failed_dials = 0);
+                satellite.board.set(satellite.seat, State::Connected, |s| s.failed_dials = 0);
                 let why = match serve(stream, &satellite, &hearing, &services).await {
                     Ok(turns) => format!("it hung up after {turns} turns"),
                     Err(why) => format!("lost: {why}"),
                 };
                 tracing::warn!("satellite {}: {}: {why}; dialling again", satellite.room, satellite.uri);
-                satellite.board.set(satellite.seat, "dialling", |s| s.last_error = Some(why));
+                satellite.board.set(satellite.seat, State::Dialling, |s| s.last_error = Some(why));
             }
             Err(e) => {
                 failures += 1;
-                satellite.board.set(satellite.seat, "unreachable", |s| (s.failed_dials, s.last_error) = (failures, Some(format!("cannot reach it: {e}"))));
+                satellite.board.set(satellite.seat, State::Unreachable, |s| (s.failed_dials, s.last_error) = (failures, Some(format!("cannot reach it: {e}"))));
                 // Loud the first time, then once a minute or so: a satellite that is
                 // switched off must not flood the log.
                 if failures == 1 || failures % 8 == 0 {
@@ -213,7 +213,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
                         pipeline = match Pipeline::start(&event, hearing, services).await {
                             Ok(p) => {
                                 tracing::info!("satellite {}: listening ({})", satellite.room, p.describe());
-                                satellite.board.set(satellite.seat, "listening", |_| {});
+                                satellite.board.set(satellite.seat, State::Listening, |_| {});
                                 Some(p)
                             }
                             Err(why) => {
@@ -267,7 +267,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
             answered = async { answering.as_mut().expect("polled only while answering").await }, if answering.is_some() => {
                 answering = None;
                 let seconds = answered.map_err(|e| e.to_string())?;
-                satellite.board.set(satellite.seat, "listening", |s| s.turns += 1);
+                satellite.board.set(satellite.seat, State::Listening, |s| s.turns += 1);
                 if let Some(p) = pipeline.as_mut() {
                     if p.once {
                         // Woken by the satellite: it sends a new run-pipeline when woken again.
@@ -284,7 +284,7 @@ async fn serve(stream: TcpStream, satellite: &Dialled, hearing: &Hearing, servic
 impl Dialled {
     /// Starts answering a request heard from this satellite.
     fn answer(&self, cut: Cut, speaks: Speaks, services: &Arc<Services>, out: &Writer) -> Answering {
-        self.board.set(self.seat, "answering", |_| {});
+        self.board.set(self.seat, State::Answering, |_| {});
         Box::pin(answer(cut, speaks, self.room.clone(), services.clone(), out.clone()))
     }
 }
@@ -556,9 +556,7 @@ async fn answer(cut: Cut, speaks: Speaks, room: String, services: Arc<Services>,
     }
     let mut write = out.lock().await;
     if failed.is_none() && !said.rest.is_empty() {
-        let mut splitter = Splitter::new(0);
-        let mut rest = splitter.push(&said.rest);
-        rest.extend(splitter.finish());
+        let (rest, _) = Splitter::whole(&said.rest, 0);
         failed = speak(rest, &mut spoken, &services, &mut *write, true).await?;
     }
     end_as_one(&spoken, &mut *write).await?;
