@@ -24,15 +24,21 @@ fn main() {
     // come first on the link line, before the libggml.a whose registry refers to it),
     // with CUDA's runtime linked in (it looks for the driver when voxd starts: without
     // one ggml finds no GPU and the engines run on the CPU) and cuBLAS from the
-    // toolkit (JetPack installs it system-wide). ggml is built without the driver API
-    // (GGML_CUDA_NO_VMM, scripts/build-ggml), so nothing links libcuda itself.
+    // toolkit ggml was built with (scripts/build-ggml writes its root to
+    // `cuda-path`; JetPack installs it system-wide, scripts/cuda-toolkit into the cache,
+    // hence the rpath). ggml is built without the driver API (GGML_CUDA_NO_VMM), so
+    // nothing links libcuda itself.
     if let Some(prefix) = env::var_os("VOXD_GGML_PREFIX").map(PathBuf::from) {
         if prefix.join("lib/libggml-cuda.a").exists() {
             println!("cargo:rerun-if-env-changed=CUDA_PATH");
-            let cuda = env::var_os("CUDA_PATH").map_or_else(|| PathBuf::from("/usr/local/cuda"), PathBuf::from);
+            let recorded = std::fs::read_to_string(prefix.join("cuda-path")).ok().map(|p| PathBuf::from(p.trim()));
+            let cuda = recorded
+                .or_else(|| env::var_os("CUDA_PATH").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
             for dir in ["lib64", "lib", "targets/aarch64-linux/lib", "targets/sbsa-linux/lib", "targets/x86_64-linux/lib"] {
                 if cuda.join(dir).is_dir() {
                     println!("cargo:rustc-link-search=native={}", cuda.join(dir).display());
+                    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", cuda.join(dir).display());
                 }
             }
             println!("cargo:rustc-link-lib=static:+whole-archive=ggml-cuda");
