@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::health::Pulse;
 use super::telemetry::{AsrStats, Notes};
 use super::vad::{Backlog, Utterance};
-use super::{Anchor, Clock, TurnId};
+use super::{Anchor, AsrPassing, Clock, Counters, TurnId};
 use crate::engine::asr::Asr;
 
 /// What the user said.
@@ -101,13 +101,15 @@ struct Speculation {
     done_at: Instant,
 }
 
-pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx: mpsc::Sender<Transcript>, notes: Notes, pulse: Pulse) -> anyhow::Result<()> {
+pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx: mpsc::Sender<Transcript>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     let mut speculation: Option<Speculation> = None;
     while let Some(u) = rx.blocking_recv() {
         if u.partial {
             if rx.is_empty() {
                 pulse.busy(u.turn);
+                let passing = AsrPassing::start(&counters);
                 let partial = partial(&mut asr, &u, &backlog);
+                drop(passing);
                 pulse.idle();
                 if partial.is_some_and(|t| tx.blocking_send(t).is_err()) {
                     break;
@@ -129,6 +131,7 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
         let s = match confirmed {
             Some(s) => s,
             None => {
+                let _passing = AsrPassing::start(&counters);
                 let (text, ms, audio_ctx) = match asr.transcribe(&u.samples) {
                     Ok(t) => (words_of(&t.text, &u), t.elapsed_ms, t.audio_ctx),
                     // Survived: this utterance gets an apology, the next one Whisper again.

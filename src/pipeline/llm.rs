@@ -221,6 +221,11 @@ impl LlmStage {
             let mut braced = false;
             let result = session.generate(&prompt, grammar, |piece| {
                 pulse.step();
+                if counters.asr_passing.load(std::sync::atomic::Ordering::Acquire) {
+                    let started = Instant::now();
+                    give_way_to_whisper(&counters, &cancel);
+                    out.paused += started.elapsed();
+                }
                 if first_token {
                     first_token = false;
                     notes.send(Note::LlmFirstToken { turn, at: Instant::now() });
@@ -438,6 +443,15 @@ fn wait_for_audio(counters: &Counters, turn: TurnId, index: usize, cancel: &Canc
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
     let key = super::piece_key(turn, index);
     while counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key && Instant::now() < deadline && !cancel.is_cancelled() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Waits while Whisper is in a pass (`Counters::asr_passing`), for 1.5 s at most: a
+/// pass on a long utterance may take longer, and the reply must not stall behind it.
+fn give_way_to_whisper(counters: &Counters, cancel: &Cancel) {
+    let deadline = Instant::now() + std::time::Duration::from_millis(1500);
+    while counters.asr_passing.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline && !cancel.is_cancelled() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }

@@ -200,12 +200,35 @@ pub struct Counters {
     /// the piece a phrase cut runs on into) so Piper has the cores to itself (the rest
     /// of the reply is not needed until those have been played).
     pub tts_ready_piece: AtomicU64,
+    /// Feedback, not a count: Whisper is in a pass. The llm stage gives way between
+    /// tokens until it ends — on a small board two ggml thread pools that spin at
+    /// their barriers on the same cores slow each other far more than 2x, and the
+    /// pass (a draft of the words so far, or the end of a turn) is on the path to an
+    /// answer while the tokens under way (a guess the user spoke through, a reply
+    /// already playing) seldom are.
+    pub asr_passing: AtomicBool,
 }
 
 /// (turn, index of a piece of its reply) as one number that grows with both, for
 /// `Counters::tts_ready_piece`.
 pub fn piece_key(turn: TurnId, index: usize) -> u64 {
     (turn << 16) | index.min(0xFFFF) as u64
+}
+
+/// `Counters::asr_passing` set for as long as it lives (a pass that panics clears it too).
+pub struct AsrPassing<'a>(&'a AtomicBool);
+
+impl<'a> AsrPassing<'a> {
+    pub fn start(counters: &'a Counters) -> AsrPassing<'a> {
+        counters.asr_passing.store(true, Ordering::Release);
+        AsrPassing(&counters.asr_passing)
+    }
+}
+
+impl Drop for AsrPassing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Counters {

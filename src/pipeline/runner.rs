@@ -265,8 +265,8 @@ pub fn run(engines: Engines, options: RunOptions, io: Io) -> Result<RunReport> {
             stages.push(("vad", spawn("vad", &health, move || vad::run(config, clock, deafen, listening, switches, turn_ids, frame_rx, utt_tx, backlog, voice_tx, counters, notes, pulse))?));
         }
         let asr = engines.asr.ok_or_else(|| anyhow!("the pipeline listens with Whisper, and none was loaded"))?;
-        let (notes, pulse) = (notes.clone(), health.pulse("asr"));
-        stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, backlog, text_tx, notes, pulse))?));
+        let (notes, counters, pulse) = (notes.clone(), counters.clone(), health.pulse("asr"));
+        stages.push(("asr", spawn("asr", &health, move || asr::run(asr, utt_rx, backlog, text_tx, notes, counters, pulse))?));
         None
     };
     {
