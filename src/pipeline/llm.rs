@@ -440,18 +440,20 @@ fn speak(text: &str, out: &mut Output<'_>) {
 /// phrase cuts and no second wait, generation ran at 72-77 % of its speed alone in
 /// `voxd bench`; with it, 79-87 %, as without phrase cuts: the machine is noisy).
 fn wait_for_audio(counters: &Counters, turn: TurnId, index: usize, cancel: &Cancel) {
-    let deadline = Instant::now() + std::time::Duration::from_millis(500);
     let key = super::piece_key(turn, index);
-    while counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key && Instant::now() < deadline && !cancel.is_cancelled() {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_while(500, cancel, || counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key);
 }
 
 /// Waits while Whisper is in a pass (`Counters::asr_passing`), for 1.5 s at most: a
 /// pass on a long utterance may take longer, and the reply must not stall behind it.
 fn give_way_to_whisper(counters: &Counters, cancel: &Cancel) {
-    let deadline = Instant::now() + std::time::Duration::from_millis(1500);
-    while counters.asr_passing.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline && !cancel.is_cancelled() {
+    wait_while(1500, cancel, || counters.asr_passing.load(std::sync::atomic::Ordering::Acquire));
+}
+
+/// Generation held while `busy` says so, for `limit_ms` at most or until the turn is cancelled.
+fn wait_while(limit_ms: u64, cancel: &Cancel, busy: impl Fn() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_millis(limit_ms);
+    while busy() && Instant::now() < deadline && !cancel.is_cancelled() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
