@@ -80,6 +80,13 @@ impl Tts {
             .map_err(load_err)?
             .with_intra_threads(options.threads as usize)
             .map_err(|e| load_err(e.into()))?
+            // ONNX Runtime's workers spin between operators by default, on cores the
+            // LLM is generating on while Piper speaks the later pieces: without the
+            // spinning, llama.cpp in the pipeline generated at 88-106 % of its speed
+            // alone (median 97) instead of 72-90 % (median 86), Piper as fast
+            // (`voxd bench`, alternating runs; README "Engines that do not fight").
+            .with_intra_op_spinning(false)
+            .map_err(|e| load_err(e.into()))?
             .commit_from_file(onnx)
             .map_err(load_err)?;
         let piper = Piper::from_session(session, config);
