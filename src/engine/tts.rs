@@ -83,8 +83,9 @@ impl Tts {
             // ONNX Runtime's workers spin between operators by default, on cores the
             // LLM is generating on while Piper speaks the later pieces: without the
             // spinning, llama.cpp in the pipeline generated at 88-106 % of its speed
-            // alone (median 97) instead of 72-90 % (median 86), Piper as fast
-            // (`voxd bench`, alternating runs; README "Engines that do not fight").
+            // alone (median 97) instead of 72-90 % (median 86), for ~10 ms more on
+            // Piper's first piece and the same round trip (`voxd bench`, alternating
+            // runs; README "Engines that do not fight", docs/ort-spinning.md).
             .with_intra_op_spinning(false)
             .map_err(|e| load_err(e.into()))?
             .commit_from_file(onnx)
