@@ -2,8 +2,8 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
@@ -91,11 +91,15 @@ pub struct Generation {
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub generated_tokens: usize,
+    /// Evaluating the prompt, less any wait for the engine it gives way to.
     pub prompt_ms: f64,
-    /// From the end of prompt processing to the last token.
+    /// From the end of prompt processing to the last token, less any wait for the
+    /// engine it gives way to.
     pub generate_ms: f64,
     /// From the call to the first generated token.
     pub first_token_ms: f64,
+    /// Time its decodes waited for the engine they give way to (`Session::give_way_to`).
+    pub gave_way_ms: f64,
     /// Stopped by the caller (cancelled) rather than by the model or the token limit.
     pub stopped: bool,
 }
@@ -192,7 +196,7 @@ impl Llm {
             .model
             .new_context(backend()?, params)
             .map_err(|e| LlmError::Inference { doing: "creating a context", reason: e.to_string() })?;
-        Ok(Session { llm: self, ctx, cached: Vec::new() })
+        Ok(Session { llm: self, ctx, cached: Vec::new(), give_way: None, gave_way: Duration::ZERO })
     }
 
     /// One-shot generation in a fresh context (see [`Session::generate`]).
@@ -217,6 +221,18 @@ impl Llm {
     }
 }
 
+/// Another engine on the same cores whose work comes first (Whisper, in the
+/// pipeline), asked around every decode: llama.cpp's threads and the other engine's
+/// spin at their barriers, and on a small board two such pools at once slow each
+/// other far more than 2x (README: "Whisper first").
+pub trait GiveWay: Send + Sync {
+    /// Returns when this session may decode — at once, or once the other engine's
+    /// work (bounded) is done — and how long it waited.
+    fn before_decode(&self) -> Duration;
+    /// The decode has ended.
+    fn after_decode(&self);
+}
+
 /// A compiled output grammar. Each generation starts from a fresh copy of it.
 pub struct Grammar(LlamaSampler);
 
@@ -225,9 +241,29 @@ pub struct Session<'m> {
     llm: &'m Llm,
     ctx: llama_cpp_2::context::LlamaContext<'m>,
     cached: Vec<llama_cpp_2::token::LlamaToken>,
+    give_way: Option<Arc<dyn GiveWay>>,
+    /// Time the decodes waited for `give_way`, all told.
+    gave_way: Duration,
 }
 
 impl Session<'_> {
+    /// Every decode from now on gives way to `other` first.
+    pub fn give_way_to(&mut self, other: Arc<dyn GiveWay>) {
+        self.give_way = Some(other);
+    }
+
+    /// One llama.cpp decode, after giving way; how long it waited.
+    fn decode(&mut self, batch: &mut LlamaBatch, doing: &'static str) -> Result<Duration, LlmError> {
+        let waited = self.give_way.as_ref().map_or(Duration::ZERO, |g| g.before_decode());
+        self.gave_way += waited;
+        let done = self.ctx.decode(batch);
+        if let Some(g) = &self.give_way {
+            g.after_decode();
+        }
+        done.map_err(|e| LlmError::Inference { doing, reason: e.to_string() })?;
+        Ok(waited)
+    }
+
     /// Evaluates `messages` as a prompt without generating: warms the KV cache with a
     /// prefix (system prompt) that later prompts will share.
     pub fn prefill(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
@@ -294,6 +330,7 @@ impl Session<'_> {
         let n_batch = self.ctx.n_batch() as usize;
         let mut batch = LlamaBatch::new(n_batch, 1);
         let mut logits_at = 0;
+        let mut waited = Duration::ZERO;
         for (chunk_index, chunk) in tokens[reuse..].chunks(n_batch).enumerate() {
             batch.clear();
             let base = reuse + chunk_index * n_batch;
@@ -305,7 +342,7 @@ impl Session<'_> {
                     logits_at = i as i32;
                 }
             }
-            self.ctx.decode(&mut batch).map_err(|e| infer("processing the prompt")(&e))?;
+            waited += self.decode(&mut batch, "processing the prompt")?;
             self.cached.extend_from_slice(chunk);
         }
         if moved {
@@ -318,7 +355,7 @@ impl Session<'_> {
             let state = self.ctx.state_seq_get(0, LlamaStateSeqFlags::empty()).map_err(|e| infer("compacting the KV cache")(&e))?;
             self.ctx.state_seq_set(&state, 0).map_err(|e| infer("compacting the KV cache")(&e))?;
         }
-        Ok((reuse, ms_since(started), logits_at))
+        Ok((reuse, ms_since(started) - waited.as_secs_f64() * 1000.0, logits_at))
     }
 
     /// Generates a reply, calling `on_text` with each piece of text as soon as it is
@@ -326,6 +363,7 @@ impl Session<'_> {
     /// With a `grammar`, only text the grammar accepts is generated.
     pub fn generate(&mut self, messages: &[Message], grammar: Option<&Grammar>, mut on_text: impl FnMut(&str) -> bool) -> Result<Generation, LlmError> {
         let started = Instant::now();
+        let gave_way_before = self.gave_way;
         let llm = self.llm;
         let options = &llm.options;
         let prompt = llm.render(messages)?;
@@ -356,6 +394,7 @@ impl Session<'_> {
         let gen_started = Instant::now();
         let mut logits_at = logits_at;
         let mut stopped = false;
+        let mut waited = Duration::ZERO;
         while generated < options.max_reply_tokens as usize {
             // `sample` also accepts the token into the sampler's state (a second accept
             // would advance it twice: fatal with a grammar in the chain).
@@ -380,7 +419,7 @@ impl Session<'_> {
             }
             batch.clear();
             batch.add(token, self.cached.len() as i32, &[0], true).map_err(|e| infer("batching a token")(&e))?;
-            self.ctx.decode(&mut batch).map_err(|e| infer("generating")(&e))?;
+            waited += self.decode(&mut batch, "generating")?;
             self.cached.push(token);
             logits_at = 0;
         }
@@ -390,8 +429,9 @@ impl Session<'_> {
             cached_tokens: reuse,
             generated_tokens: generated,
             prompt_ms,
-            generate_ms: ms_since(gen_started),
+            generate_ms: ms_since(gen_started) - waited.as_secs_f64() * 1000.0,
             first_token_ms,
+            gave_way_ms: (self.gave_way - gave_way_before).as_secs_f64() * 1000.0,
             stopped,
         })
     }

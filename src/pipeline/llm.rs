@@ -160,6 +160,8 @@ impl LlmStage {
         let tools_grammar = self.tools_grammar.as_deref().map(|g| llm.grammar(g)).transpose()?;
         let answer_grammar = self.answer_grammar.as_deref().map(|g| llm.grammar(g)).transpose()?;
         let mut session = llm.session()?;
+        // Whisper's passes come first (`AsrPassing`): every decode waits for one under way.
+        session.give_way_to(counters.clone());
         // Warm-up: the preamble sits in the KV cache before anyone speaks.
         let mut preamble_tokens = warm(&mut session, &self.preamble)?;
         let (context_tokens, max_reply_tokens) = (llm.options().context_tokens as usize, llm.options().max_reply_tokens as usize);
@@ -221,11 +223,6 @@ impl LlmStage {
             let mut braced = false;
             let result = session.generate(&prompt, grammar, |piece| {
                 pulse.step();
-                if counters.asr_passing.load(std::sync::atomic::Ordering::Acquire) {
-                    let started = Instant::now();
-                    give_way_to_whisper(&counters, &cancel);
-                    out.paused += started.elapsed();
-                }
                 if first_token {
                     first_token = false;
                     notes.send(Note::LlmFirstToken { turn, at: Instant::now() });
@@ -293,6 +290,7 @@ impl LlmStage {
                 generate_tok_s: g.generated_tokens as f64 / ((g.generate_ms - paused_ms) / 1000.0).max(1e-9),
                 history_turns,
                 paused_ms,
+                gave_way_ms: g.gave_way_ms,
             };
             let text = if call.is_some() { String::new() } else { g.text.trim().to_string() };
             // Told before the last piece goes to the voice: the turn ends when that
@@ -442,12 +440,6 @@ fn speak(text: &str, out: &mut Output<'_>) {
 fn wait_for_audio(counters: &Counters, turn: TurnId, index: usize, cancel: &Cancel) {
     let key = super::piece_key(turn, index);
     wait_while(500, cancel, || counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key);
-}
-
-/// Waits while Whisper is in a pass (`Counters::asr_passing`), for 1.5 s at most: a
-/// pass on a long utterance may take longer, and the reply must not stall behind it.
-fn give_way_to_whisper(counters: &Counters, cancel: &Cancel) {
-    wait_while(1500, cancel, || counters.asr_passing.load(std::sync::atomic::Ordering::Acquire));
 }
 
 /// Generation held while `busy` says so, for `limit_ms` at most or until the turn is cancelled.

@@ -200,13 +200,16 @@ pub struct Counters {
     /// the piece a phrase cut runs on into) so Piper has the cores to itself (the rest
     /// of the reply is not needed until those have been played).
     pub tts_ready_piece: AtomicU64,
-    /// Feedback, not a count: Whisper is in a pass. The llm stage gives way between
-    /// tokens until it ends — on a small board two ggml thread pools that spin at
+    /// Feedback, not a count: Whisper is in a pass. The llm stage's decodes wait
+    /// until it ends (`AsrPassing`) — on a small board two ggml thread pools that spin at
     /// their barriers on the same cores slow each other far more than 2x, and the
     /// pass (a draft of the words so far, or the end of a turn) is on the path to an
     /// answer while the tokens under way (a guess the user spoke through, a reply
     /// already playing) seldom are.
     pub asr_passing: AtomicBool,
+    /// Feedback, not a count: the llm stage is in a llama.cpp decode (a prompt, words
+    /// read ahead, a token). A pass of Whisper waits for it to end before it starts.
+    pub llm_decoding: AtomicBool,
 }
 
 /// (turn, index of a piece of its reply) as one number that grows with both, for
@@ -215,20 +218,65 @@ pub fn piece_key(turn: TurnId, index: usize) -> u64 {
     (turn << 16) | index.min(0xFFFF) as u64
 }
 
+/// Whisper and the llm stage never compute at once: each spins at its barriers on the
+/// same cores, and together they slow each other far more than 2x — a pass that
+/// takes 150 ms alone took 700-1300 ms beside a decode of a few tokens. Whisper comes
+/// first: a pass starts once a decode under way has ended (it is short: a token, a
+/// few words read ahead), and no decode starts during a pass. Either wait is bounded
+/// (`GIVE_WAY_MAX`), so neither engine can stall the other.
+const GIVE_WAY_MAX: Duration = Duration::from_millis(1500);
+
 /// `Counters::asr_passing` set for as long as it lives (a pass that panics clears it too).
 pub struct AsrPassing<'a>(&'a AtomicBool);
 
 impl<'a> AsrPassing<'a> {
+    /// Claims the cores for a pass of Whisper, once the llm stage's decode under way
+    /// (if any) has ended.
     pub fn start(counters: &'a Counters) -> AsrPassing<'a> {
-        counters.asr_passing.store(true, Ordering::Release);
+        // SeqCst on both flags, on both sides: each side sets its own flag, then reads
+        // the other's, so at most one of them goes ahead.
+        counters.asr_passing.store(true, Ordering::SeqCst);
+        let waited = wait_while(GIVE_WAY_MAX, || counters.llm_decoding.load(Ordering::SeqCst));
+        if !waited.is_zero() {
+            tracing::debug!("asr: waited {} ms for the llm's decode to end", waited.as_millis());
+        }
         AsrPassing(&counters.asr_passing)
     }
 }
 
 impl Drop for AsrPassing<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.store(false, Ordering::SeqCst);
     }
+}
+
+/// The llm stage's side of the turn-taking above.
+impl crate::engine::llm::GiveWay for Counters {
+    fn before_decode(&self) -> Duration {
+        let mut waited = Duration::ZERO;
+        loop {
+            self.llm_decoding.store(true, Ordering::SeqCst);
+            if waited >= GIVE_WAY_MAX || !self.asr_passing.load(Ordering::SeqCst) {
+                return waited;
+            }
+            self.llm_decoding.store(false, Ordering::SeqCst);
+            waited += wait_while(GIVE_WAY_MAX - waited, || self.asr_passing.load(Ordering::SeqCst)).max(Duration::from_millis(1));
+        }
+    }
+    fn after_decode(&self) {
+        self.llm_decoding.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Sleeps while `busy` says so, `limit` at most; how long it slept (zero: not at all).
+fn wait_while(limit: Duration, busy: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    let mut slept = Duration::ZERO;
+    while slept < limit && busy() {
+        std::thread::sleep(Duration::from_millis(1));
+        slept = started.elapsed();
+    }
+    slept
 }
 
 impl Counters {
@@ -313,3 +361,55 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
 pub use runner::{run, Ask, Engines, Io, OnListening, RunOptions, RunReport, Service};
 
 mod runner;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::llm::GiveWay;
+
+    /// Whisper's passes and the llm stage's decodes, on two threads as in the
+    /// pipeline, each wanting the cores again soon after it let go: never both at once.
+    #[test]
+    fn whisper_and_the_llm_never_compute_at_once() {
+        let counters = Arc::new(Counters::default());
+        let (in_pass, in_decode, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let overlaps = Arc::new(AtomicU64::new(0));
+        let llm = {
+            let (counters, in_pass, in_decode, stop, overlaps) = (counters.clone(), in_pass.clone(), in_decode.clone(), stop.clone(), overlaps.clone());
+            std::thread::spawn(move || {
+                let mut decodes = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    counters.before_decode();
+                    in_decode.store(true, Ordering::SeqCst);
+                    if in_pass.load(Ordering::SeqCst) {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                    in_decode.store(false, Ordering::SeqCst);
+                    counters.after_decode();
+                    decodes += 1;
+                }
+                decodes
+            })
+        };
+        for pass in 0..200 {
+            let passing = AsrPassing::start(&counters);
+            in_pass.store(true, Ordering::SeqCst);
+            if in_decode.load(Ordering::SeqCst) {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            in_pass.store(false, Ordering::SeqCst);
+            drop(passing);
+            // Passes come a few at a time (drafts, a guess, the end), with decodes between.
+            if pass % 4 == 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let decodes = llm.join().unwrap();
+        assert!(decodes > 50, "only {decodes} decodes ran beside the passes");
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a pass and a decode ran at once");
+        assert!(!counters.asr_passing.load(Ordering::SeqCst) && !counters.llm_decoding.load(Ordering::SeqCst), "both let go");
+    }
+}

@@ -96,6 +96,10 @@ pub struct LlmStats {
     /// sentence's audio is ready, and a full queue to tts.
     #[serde(default)]
     pub paused_ms: f64,
+    /// Time the model's decodes (prompt and tokens) waited for a pass of Whisper
+    /// (`AsrPassing`); its tok/s figures leave it out.
+    #[serde(default)]
+    pub gave_way_ms: f64,
 }
 
 /// One tool call of a turn, as the latency log shows it.
