@@ -252,16 +252,19 @@ impl Session<'_> {
         self.give_way = Some(other);
     }
 
-    /// One llama.cpp decode, after giving way; how long it waited.
-    fn decode(&mut self, batch: &mut LlamaBatch, doing: &'static str) -> Result<Duration, LlmError> {
-        let waited = self.give_way.as_ref().map_or(Duration::ZERO, |g| g.before_decode());
-        self.gave_way += waited;
+    /// One llama.cpp decode, after giving way (the wait adds to `gave_way`).
+    fn decode(&mut self, batch: &mut LlamaBatch, doing: &'static str) -> Result<(), LlmError> {
+        self.gave_way += self.give_way.as_ref().map_or(Duration::ZERO, |g| g.before_decode());
         let done = self.ctx.decode(batch);
         if let Some(g) = &self.give_way {
             g.after_decode();
         }
-        done.map_err(|e| LlmError::Inference { doing, reason: e.to_string() })?;
-        Ok(waited)
+        done.map_err(|e| LlmError::Inference { doing, reason: e.to_string() })
+    }
+
+    /// Milliseconds since `started`, less the time decodes gave way since `gave_way_then`.
+    fn busy_ms_since(&self, started: Instant, gave_way_then: Duration) -> f64 {
+        ms_since(started) - (self.gave_way - gave_way_then).as_secs_f64() * 1000.0
     }
 
     /// Evaluates `messages` as a prompt without generating: warms the KV cache with a
@@ -330,7 +333,7 @@ impl Session<'_> {
         let n_batch = self.ctx.n_batch() as usize;
         let mut batch = LlamaBatch::new(n_batch, 1);
         let mut logits_at = 0;
-        let mut waited = Duration::ZERO;
+        let gave_way_then = self.gave_way;
         for (chunk_index, chunk) in tokens[reuse..].chunks(n_batch).enumerate() {
             batch.clear();
             let base = reuse + chunk_index * n_batch;
@@ -342,7 +345,7 @@ impl Session<'_> {
                     logits_at = i as i32;
                 }
             }
-            waited += self.decode(&mut batch, "processing the prompt")?;
+            self.decode(&mut batch, "processing the prompt")?;
             self.cached.extend_from_slice(chunk);
         }
         if moved {
@@ -355,7 +358,7 @@ impl Session<'_> {
             let state = self.ctx.state_seq_get(0, LlamaStateSeqFlags::empty()).map_err(|e| infer("compacting the KV cache")(&e))?;
             self.ctx.state_seq_set(&state, 0).map_err(|e| infer("compacting the KV cache")(&e))?;
         }
-        Ok((reuse, ms_since(started) - waited.as_secs_f64() * 1000.0, logits_at))
+        Ok((reuse, self.busy_ms_since(started, gave_way_then), logits_at))
     }
 
     /// Generates a reply, calling `on_text` with each piece of text as soon as it is
@@ -394,7 +397,7 @@ impl Session<'_> {
         let gen_started = Instant::now();
         let mut logits_at = logits_at;
         let mut stopped = false;
-        let mut waited = Duration::ZERO;
+        let gave_way_generating = self.gave_way;
         while generated < options.max_reply_tokens as usize {
             // `sample` also accepts the token into the sampler's state (a second accept
             // would advance it twice: fatal with a grammar in the chain).
@@ -419,7 +422,7 @@ impl Session<'_> {
             }
             batch.clear();
             batch.add(token, self.cached.len() as i32, &[0], true).map_err(|e| infer("batching a token")(&e))?;
-            waited += self.decode(&mut batch, "generating")?;
+            self.decode(&mut batch, "generating")?;
             self.cached.push(token);
             logits_at = 0;
         }
@@ -429,7 +432,7 @@ impl Session<'_> {
             cached_tokens: reuse,
             generated_tokens: generated,
             prompt_ms,
-            generate_ms: ms_since(gen_started) - waited.as_secs_f64() * 1000.0,
+            generate_ms: self.busy_ms_since(gen_started, gave_way_generating),
             first_token_ms,
             gave_way_ms: (self.gave_way - gave_way_before).as_secs_f64() * 1000.0,
             stopped,

@@ -439,15 +439,8 @@ fn speak(text: &str, out: &mut Output<'_>) {
 /// `voxd bench`; with it, 79-87 %, as without phrase cuts: the machine is noisy).
 fn wait_for_audio(counters: &Counters, turn: TurnId, index: usize, cancel: &Cancel) {
     let key = super::piece_key(turn, index);
-    wait_while(500, cancel, || counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key);
-}
-
-/// Generation held while `busy` says so, for `limit_ms` at most or until the turn is cancelled.
-fn wait_while(limit_ms: u64, cancel: &Cancel, busy: impl Fn() -> bool) {
-    let deadline = Instant::now() + std::time::Duration::from_millis(limit_ms);
-    while busy() && Instant::now() < deadline && !cancel.is_cancelled() {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let waiting = || !cancel.is_cancelled() && counters.tts_ready_piece.load(std::sync::atomic::Ordering::Acquire) < key;
+    super::wait_while(std::time::Duration::from_millis(500), waiting);
 }
 
 #[cfg(test)]
