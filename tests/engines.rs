@@ -234,6 +234,48 @@ fn words_read_ahead_are_not_evaluated_again_and_change_nothing() {
     }
 }
 
+/// Beside Whisper (a session that gives way), words are read ahead a few tokens a
+/// decode, so a Whisper pass that comes meanwhile waits for one short decode, not
+/// for the whole read-ahead; the answer is the same.
+#[test]
+fn words_read_ahead_beside_whisper_go_in_short_decodes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use voxd::engine::llm::{GiveWay, Llm, LlmOptions, Message, Role};
+    #[derive(Default)]
+    struct Decodes(AtomicUsize);
+    impl GiveWay for Decodes {
+        fn before_decode(&self) -> std::time::Duration {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::time::Duration::ZERO
+        }
+        fn after_decode(&self) {}
+    }
+    quiet_engine_logs();
+    let file = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+    let options = LlmOptions { threads: 2, context_tokens: 1024, max_reply_tokens: 16, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
+    let llm = Llm::load(&model(file), file, options).unwrap();
+    let say = |role, content: &str| Message { role, content: content.into() };
+    let system = say(Role::System, "You are a helpful assistant. Answer in one short sentence.");
+    let question = "I have been wondering about this for quite a while now, ever since my long trip through Europe with my family last summer, and I would like to know: what is the capital of France?";
+    let asked = |words: &str| vec![system.clone(), say(Role::User, words)];
+    let mut session = llm.session().unwrap();
+    let decodes = Arc::new(Decodes::default());
+    session.give_way_to(decodes.clone());
+    let before = session.prefill(&asked("")).unwrap();
+    let prefill_decodes = decodes.0.swap(0, Ordering::SeqCst);
+    assert_eq!(prefill_decodes, 1, "the preamble goes in one decode (nobody speaks yet)");
+    let words = question.rsplit_once(' ').unwrap().0;
+    let after = session.read_ahead(&asked(words)).unwrap();
+    let read = after.saturating_sub(before);
+    let n = decodes.0.swap(0, Ordering::SeqCst);
+    assert!(read >= 24, "the words are long enough to need several decodes: {read} tokens");
+    assert!(n >= read.div_ceil(8), "{read} tokens read ahead in {n} decodes: more than 8 a decode");
+    let g = session.generate(&asked(question), None, |_| true).unwrap();
+    assert!(g.text.to_lowercase().contains("paris"), "{:?}", g.text);
+    assert!(g.evaluated_tokens() <= 12, "the words read ahead were kept: {} of {} evaluated", g.evaluated_tokens(), g.prompt_tokens);
+}
+
 #[test]
 fn the_binary_holds_exactly_one_ggml() {
     let out = std::process::Command::new("nm").arg(env!("CARGO_BIN_EXE_voxd")).output().expect("nm (binutils) runs");

@@ -271,7 +271,7 @@ impl Session<'_> {
     /// prefix (system prompt) that later prompts will share.
     pub fn prefill(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
         let prompt = self.llm.render(messages)?;
-        self.evaluate_text(&prompt, 0)
+        self.evaluate_text(&prompt, 0, usize::MAX)
     }
 
     /// Evaluates the prompt of `messages` up to the end of the last message's words,
@@ -279,6 +279,11 @@ impl Session<'_> {
     /// ahead while they speak. A later prompt that starts the same way finds them in
     /// the KV cache; one that does not rolls back to the last common token. Returns
     /// the tokens the cache now holds.
+    ///
+    /// In a session that gives way, the words go in `AHEAD_PER_DECODE` tokens at a
+    /// time: a Whisper pass waits for a decode under way, and the first read-ahead of
+    /// a turn also holds the exchange before it (tens of tokens, half a second in one
+    /// decode on 2 slow cores) — the guess at the pause waited that long behind it.
     pub fn read_ahead(&mut self, messages: &[Message]) -> Result<usize, LlmError> {
         let prompt = self.llm.render(messages)?;
         let words = messages.last().map_or("", |m| m.content.as_str());
@@ -286,26 +291,29 @@ impl Session<'_> {
             Some(at) if !words.is_empty() => at + words.len(),
             _ => return Ok(self.cached.len()),
         };
-        self.evaluate_text(&prompt[..end], self.llm.options.max_reply_tokens as usize)
+        let per_decode = if self.give_way.is_some() { AHEAD_PER_DECODE } else { usize::MAX };
+        self.evaluate_text(&prompt[..end], self.llm.options.max_reply_tokens as usize, per_decode)
     }
 
     /// Tokenizes rendered prompt text and brings the KV cache to it, if it fits the
-    /// context with `room` tokens to spare. Returns its length in tokens.
-    fn evaluate_text(&mut self, text: &str, room: usize) -> Result<usize, LlmError> {
+    /// context with `room` tokens to spare, at most `per_decode` tokens a decode.
+    /// Returns its length in tokens.
+    fn evaluate_text(&mut self, text: &str, room: usize, per_decode: usize) -> Result<usize, LlmError> {
         let tokens = self.llm.model.vocab().tokenize(text.as_bytes(), false, true);
         if tokens.is_empty() || tokens.len() + room > self.ctx.n_ctx() as usize {
             return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: self.ctx.n_ctx() });
         }
-        self.evaluate(&tokens)?;
+        self.evaluate(&tokens, per_decode)?;
         Ok(tokens.len())
     }
 
     /// Brings the KV cache to `tokens`: keeps the longest prefix it already holds —
     /// and, where the prompt dropped a span the cache holds (the oldest exchanges of
     /// a rolling history), what follows that span too, moved up over it — and
-    /// evaluates the rest (at least one token, so there are logits to sample from).
+    /// evaluates the rest (at least one token, so there are logits to sample from),
+    /// at most `per_decode` tokens a decode (and at most the context's batch).
     /// Returns (tokens reused, ms spent, batch index of the last token's logits).
-    fn evaluate(&mut self, tokens: &[llama_cpp_2::token::LlamaToken]) -> Result<(usize, f64, i32), LlmError> {
+    fn evaluate(&mut self, tokens: &[llama_cpp_2::token::LlamaToken], per_decode: usize) -> Result<(usize, f64, i32), LlmError> {
         let infer = |doing: &'static str| move |e: &dyn std::fmt::Display| LlmError::Inference { doing, reason: e.to_string() };
         let common = |cached: &[LlamaToken]| cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         let mut reuse = if self.llm.options.reuse_prefix { common(&self.cached) } else { 0 };
@@ -330,7 +338,7 @@ impl Session<'_> {
             .map_err(|e| infer("trimming the KV cache")(&e))?;
         self.cached.truncate(reuse);
         let started = Instant::now();
-        let n_batch = self.ctx.n_batch() as usize;
+        let n_batch = (self.ctx.n_batch() as usize).min(per_decode);
         let mut batch = LlamaBatch::new(n_batch, 1);
         let mut logits_at = 0;
         let gave_way_then = self.gave_way;
@@ -379,7 +387,7 @@ impl Session<'_> {
             return Err(LlmError::PromptTooLong { prompt: tokens.len(), ctx: n_ctx });
         }
 
-        let (reuse, prompt_ms, logits_at) = self.evaluate(&tokens)?;
+        let (reuse, prompt_ms, logits_at) = self.evaluate(&tokens, usize::MAX)?;
         let mut batch = LlamaBatch::new(1, 1);
 
         // The grammar keeps its parse state: every generation starts from a copy.
@@ -462,6 +470,12 @@ impl Session<'_> {
         Ok(token)
     }
 }
+
+/// Tokens a decode takes when words are read ahead beside Whisper: a pass that
+/// comes meanwhile waits for at most one such decode (~150 ms on a slow 2-core
+/// EPYC, where a batch of 8 goes at ~50 tok/s) instead of the whole read-ahead;
+/// smaller batches lose more throughput than they save in wait.
+const AHEAD_PER_DECODE: usize = 8;
 
 /// The fewest tokens a span of the cache must keep after a dropped one to be moved
 /// rather than evaluated again: moving touches the whole cache, evaluating a few
