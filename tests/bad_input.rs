@@ -425,7 +425,7 @@ timeout_ms = 500
     };
     let toolbox_for = |url: &str| {
         let config = voxd::config::Config::parse(&tools(url), Path::new("tools.toml")).unwrap_or_else(|e| panic!("{e}"));
-        let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+        let toolbox = voxd::tools::Toolbox::start(&config, voxd::control::Daemon::Run).unwrap();
         (config, toolbox)
     };
     let (config, toolbox) = toolbox_for(&ha.url());

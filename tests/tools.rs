@@ -280,8 +280,8 @@ fn an_mqtt_connection_dropped_right_after_its_connack_is_redialled_ever_more_slo
     let dir = tempdir();
     let broker = Broker::start(&dir);
     let config = mqtt_config(&broker, "voxd-twin");
-    let first = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
-    let second = voxd::tools::mqtt::Mqtt::start(&config, vec![]).unwrap().unwrap();
+    let first = voxd::tools::mqtt::Mqtt::start(&config, vec![], voxd::control::Daemon::Run).unwrap().unwrap();
+    let second = voxd::tools::mqtt::Mqtt::start(&config, vec![], voxd::control::Daemon::Run).unwrap().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(8));
     let connections = broker.connections("voxd-twin");
     drop((first, second));
@@ -291,13 +291,27 @@ fn an_mqtt_connection_dropped_right_after_its_connack_is_redialled_ever_more_slo
     assert!(connections <= 16, "{connections} connections in 8 s: the backoff started over at each ConnAck");
 }
 
+/// The default id is `voxd-<hostname>`, and `voxd wyoming` beside `voxd run` on the
+/// same machine connects as that id with `-wyoming` (a configured id likewise): the
+/// two stay connected side by side instead of throwing each other off.
 #[test]
-fn the_default_mqtt_client_id_is_unique_per_host() {
+fn the_default_mqtt_client_id_is_unique_per_host_and_daemon() {
+    use voxd::control::Daemon;
     let dir = tempdir();
     let broker = Broker::start(&dir);
-    let _mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, ""), vec![]).unwrap().unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    wait_until("the default client to connect", std::time::Duration::from_secs(20), || broker.connections(&format!("voxd-{}", host.trim())) == 1);
+    let host = host.trim();
+    let _run = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, ""), vec![], Daemon::Run).unwrap().unwrap();
+    let _wyoming = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, ""), vec![], Daemon::Wyoming).unwrap().unwrap();
+    let _kitchen = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-kitchen"), vec![], Daemon::Run).unwrap().unwrap();
+    let _kitchen_wyoming = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-kitchen"), vec![], Daemon::Wyoming).unwrap().unwrap();
+    let ids = [format!("voxd-{host}"), format!("voxd-{host}-wyoming"), "voxd-kitchen".into(), "voxd-kitchen-wyoming".into()];
+    wait_until("all four clients to connect", std::time::Duration::from_secs(20), || ids.iter().all(|id| broker.connections(id) >= 1));
+    // Two clients with one id would be thrown off and redialled within a second or two.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for id in &ids {
+        assert_eq!(broker.connections(id), 1, "{id} connected once and stayed");
+    }
 }
 
 /// Publishes as a client of its own, each message acknowledged by the broker before
@@ -347,7 +361,7 @@ fn mqtt_states_are_bounded_in_number_and_size() {
     for i in 0..voxd::tools::mqtt::MAX_STATE_TOPICS {
         publisher.publish(&format!("home/t{i}/temperature"), format!("{i}"), true);
     }
-    let mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-states"), vec!["home/+/temperature".into()]).unwrap().unwrap();
+    let mqtt = voxd::tools::mqtt::Mqtt::start(&mqtt_config(&broker, "voxd-states"), vec!["home/+/temperature".into()], voxd::control::Daemon::Run).unwrap().unwrap();
     let last = voxd::tools::mqtt::MAX_STATE_TOPICS - 1;
     // All the retained states arrive (their order is the broker's).
     wait_until("every retained state", Duration::from_secs(30), || (0..=last).all(|i| mqtt.state(&format!("home/t{i}/temperature"), Duration::ZERO).is_ok()));
@@ -618,7 +632,7 @@ allow = ["{url}/hook/*"]
     );
     let config = voxd::config::Config::parse(&text, Path::new("bypass.toml")).unwrap_or_else(|e| panic!("{e}"));
     std::env::set_var(TOKEN_ENV, TOKEN);
-    let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+    let toolbox = voxd::tools::Toolbox::start(&config, voxd::control::Daemon::Run).unwrap();
     let tool = |name: &str| config.tool.iter().find(|t| t.name == name).unwrap().clone();
     let watch = broker.watch("home/#");
     // The MQTT client connects in the background.
@@ -703,7 +717,7 @@ allow = ["{url}/hook/*"]
         token = token.to_str().unwrap()
     );
     let config = voxd::config::Config::parse(&text, Path::new("endless.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let toolbox = voxd::tools::Toolbox::start(&config).unwrap();
+    let toolbox = voxd::tools::Toolbox::start(&config, voxd::control::Daemon::Run).unwrap();
     let tool = |name: &str| config.tool.iter().find(|t| t.name == name).unwrap().clone();
     for (name, arguments, who) in [
         ("read_sensor", serde_json::json!({ "entity_id": "sensor.endless" }), "Home Assistant"),

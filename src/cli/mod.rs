@@ -577,7 +577,7 @@ impl Env {
         tracing::info!("engines warmed up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
         let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
         let tts_rate_hz = tts.rate_hz;
-        let toolbox = crate::tools::Toolbox::start(&self.config)?;
+        let toolbox = crate::tools::Toolbox::start(&self.config, crate::control::Daemon::Run)?;
         Ok(pipeline::Engines { asr: Some(asr), llm, tts: Box::new(tts), tts_rate_hz, models, toolbox, wake })
     }
 
@@ -587,7 +587,7 @@ impl Env {
         self.say_gpu();
         let llm = self.load_llm(&self.resolve_verified(Role::Llm, None)?)?;
         let models = pipeline::telemetry::Models { asr: String::new(), llm: llm.model_id.clone(), tts: String::new() };
-        let toolbox = crate::tools::Toolbox::start(&self.config)?;
+        let toolbox = crate::tools::Toolbox::start(&self.config, crate::control::Daemon::Wyoming)?;
         Ok(pipeline::Engines { asr: None, llm, tts: Box::new(pipeline::tts::Unvoiced), tts_rate_hz: 22_050, models, toolbox, wake: None })
     }
 

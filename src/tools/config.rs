@@ -75,7 +75,8 @@ section! {
         host: String = String::new();
         port: u16 = 1883, check(|n: &u16| *n > 0, "1 to 65535");
         /// Client id; must be unique on the broker (two clients with one id throw each
-        /// other off). Empty: "voxd-<hostname>".
+        /// other off). Empty: "voxd-<hostname>". `voxd wyoming` adds "-wyoming" to it,
+        /// so it and `voxd run` on one machine each have their own.
         client_id: String = String::new();
         username: String = String::new();
         /// Environment variable holding the password (never the password itself here).

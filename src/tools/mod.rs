@@ -398,12 +398,14 @@ pub struct Toolbox {
 
 impl Toolbox {
     /// Reads the Home Assistant token and starts the MQTT connection (in the
-    /// background: a broker that is down now is redialled, not fatal).
-    pub fn start(config: &crate::config::Config) -> anyhow::Result<Toolbox> {
+    /// background: a broker that is down now is redialled, not fatal) for `daemon`:
+    /// `voxd run` and `voxd wyoming` on one machine connect with client ids of their
+    /// own (see `mqtt::client_id`).
+    pub fn start(config: &crate::config::Config, daemon: crate::control::Daemon) -> anyhow::Result<Toolbox> {
         let uses = |prefix: &str| config.tool.iter().any(|t| t.executor.starts_with(prefix));
         let home_assistant = if uses("home_assistant") { home_assistant::HomeAssistant::from_config(&config.home_assistant)? } else { None };
         let state_filters = config.tool.iter().filter(|t| t.executor == "mqtt_state").map(|t| mqtt::filter(&t.topic)).collect();
-        let mqtt = if uses("mqtt") { mqtt::Mqtt::start(&config.mqtt, state_filters)? } else { None };
+        let mqtt = if uses("mqtt") { mqtt::Mqtt::start(&config.mqtt, state_filters, daemon)? } else { None };
         Ok(Toolbox { home_assistant, mqtt })
     }
 

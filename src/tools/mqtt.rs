@@ -21,6 +21,7 @@ use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 
 use super::Failure;
 use crate::config::MqttConfig;
+use crate::control::Daemon;
 
 pub struct Mqtt {
     client: Client,
@@ -113,11 +114,11 @@ fn qos(level: u8) -> QoS {
 impl Mqtt {
     /// Connects (in the background) and subscribes to `state_filters`. None when
     /// `[mqtt] host` is empty.
-    pub fn start(c: &MqttConfig, state_filters: Vec<String>) -> anyhow::Result<Option<Mqtt>> {
+    pub fn start(c: &MqttConfig, state_filters: Vec<String>, daemon: Daemon) -> anyhow::Result<Option<Mqtt>> {
         if c.host.is_empty() {
             return Ok(None);
         }
-        let client_id = if c.client_id.is_empty() { default_client_id() } else { c.client_id.clone() };
+        let client_id = client_id(c, daemon);
         let mut options = MqttOptions::new(&client_id, &c.host, c.port);
         options.set_keep_alive(Duration::from_secs(c.keep_alive_s as u64));
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
@@ -272,8 +273,19 @@ fn acked(shared: &Shared, pkid: u16) {
     shared.progress_changed.notify_all();
 }
 
-/// `voxd-<hostname>`: unique on a broker that voxd on several machines share (two
-/// clients with one id throw each other off, over and over).
+/// The id `daemon` connects with: `[mqtt] client_id`, by default `voxd-<hostname>`
+/// (unique on a broker that voxd on several machines share: two clients with one id
+/// throw each other off, over and over), and for `voxd wyoming` that id with
+/// `-wyoming` after it — the two daemons run side by side on one machine, each with
+/// its own connection.
+pub fn client_id(c: &MqttConfig, daemon: Daemon) -> String {
+    let id = if c.client_id.is_empty() { default_client_id() } else { c.client_id.clone() };
+    match daemon {
+        Daemon::Run => id,
+        Daemon::Wyoming => format!("{id}-wyoming"),
+    }
+}
+
 fn default_client_id() -> String {
     let mut name = [0u8; 256];
     // SAFETY: `name` is writable for its whole length; gethostname writes no more.
