@@ -335,6 +335,11 @@ section! {
         /// Where `voxd wyoming` listens: "tcp://HOST:PORT". Empty: "tcp://0.0.0.0:10300"
         /// (Wyoming's usual port for speech to text).
         listen: String = String::new(), check(|s: &String| s.is_empty() || crate::wyoming::tcp_address(s).is_ok(), "empty or \"tcp://HOST:PORT\", e.g. \"tcp://0.0.0.0:10300\"");
+        /// `voxd run` serves Wyoming too, at `listen`, with its own engines: one copy of
+        /// each model, the microphone's turns and Wyoming's requests taking turns at
+        /// Whisper and Piper, and the satellites dialled from it — instead of a
+        /// `voxd wyoming` beside it with models of its own.
+        serve_in_run: bool = false;
         /// Requests that may wait for each engine while it works on another; one more
         /// is refused at once with an `error` event (code "busy").
         queue: u32 = 4, check(|n: &u32| (1..=64).contains(n), "1 to 64");

@@ -270,8 +270,8 @@ fn engines(voice: Box<dyn voxd::pipeline::tts::Voice>, rate_hz: u32) -> voxd::pi
     let asr_options = asr::AsrOptions { threads: 1, language: "en".into(), no_speech_threshold: 0.6, scale_encoder: true, min_encoder_s: 10.0, temperature_fallback: false, flash_attention: true, gpu: true };
     let llm_options = llm::LlmOptions { threads: 1, context_tokens: 2048, max_reply_tokens: 120, temperature: 0.0, seed: 1, reuse_prefix: true, gpu_layers: -1 };
     voxd::pipeline::Engines {
-        asr: Some(asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap()),
-        llm: llm::Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct", llm_options).unwrap(),
+        asr: Some(asr::Asr::load(&model("ggml-tiny.en.bin"), "whisper-tiny.en", asr_options).unwrap().into()),
+        llm: std::sync::Arc::new(llm::Llm::load(&model("SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct", llm_options).unwrap()),
         tts: voice,
         tts_rate_hz: rate_hz,
         models: voxd::pipeline::telemetry::Models { asr: "tiny".into(), llm: "smollm2".into(), tts: "test".into() },

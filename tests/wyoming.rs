@@ -492,3 +492,73 @@ fn two_satellites_are_answered_at_once_each_in_its_own_room() {
         assert_eq!(crate::control::sample(&scrape, &format!("voxd_room_turns_total{{room=\"{room}\",outcome=\"answered\"}}")), 1.0, "{scrape}");
     }
 }
+
+/// `voxd run` with `[wyoming] serve_in_run` serves Home Assistant's client from its own
+/// engines while it answers the microphone: transcription, synthesis heard back and a
+/// conversation with the agent over Wyoming, and a question spoken into the
+/// microphone meanwhile — with the LLM's weights mapped once in the process (the
+/// agent for Wyoming has a context of its own on them) and Whisper and Piper each on
+/// one thread that both sides are served from.
+#[test]
+fn voxd_run_serves_wyoming_from_its_own_engines_while_it_answers_the_microphone() {
+    use crate::live::{question, Daemon, Pulse};
+    let dir = tempdir();
+    let pulse = Pulse::start(&dir);
+    let port = free_port();
+    let uri = format!("tcp://127.0.0.1:{port}");
+    let mut voxd = Daemon::start(&pulse, &dir, &format!("[wyoming]\nlisten = \"{uri}\"\nserve_in_run = true\n"));
+    voxd.wait_for_stderr("speaking on", Duration::from_secs(120));
+    voxd.wait_for_stderr("wyoming: listening on", Duration::from_secs(60));
+    let uri = uri.as_str();
+
+    // One copy of the LLM's weights: every GGUF the process maps, it maps once.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", voxd.pid())).unwrap();
+    let ggufs: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.ends_with(".gguf")).collect();
+    assert!(!ggufs.is_empty(), "no GGUF mapped:\n{maps}");
+    for g in &ggufs {
+        assert_eq!(ggufs.iter().filter(|o| *o == g).count(), 1, "{g} is mapped more than once: two copies of the LLM");
+    }
+    // Whisper and Piper each sit at one desk, which the pipeline's stages use too (the
+    // agent's text run has a tts stage of its own, which voices nothing).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", voxd.pid())).unwrap().filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok()).map(|c| c.trim().to_string()).collect();
+    for name in ["voxd-wy-asr", "voxd-wy-tts", "voxd-asr"] {
+        assert_eq!(threads.iter().filter(|t| *t == name).count(), 1, "threads: {threads:?}");
+    }
+
+    let info = client(&["describe", uri]);
+    assert!(info["asr"][0]["models"][0]["name"].as_str().unwrap().contains("tiny"), "{info}");
+    // `voxd ctl status` reports the assistant and the server it holds.
+    let mut ctl = crate::util::voxd();
+    pulse.isolate_command(&mut ctl);
+    let status = run_cmd(ctl.args(["ctl", "status"])).stdout;
+    assert!(status.contains(&format!("wyoming: listening on {uri}")) && status.contains("listening"), "{status}");
+    let jfk = testdata("jfk.wav");
+    let t = client(&["transcribe", uri, jfk.to_str().unwrap(), "en"]);
+    let text = t["text"].as_str().unwrap_or_else(|| panic!("no transcript: {t}")).to_lowercase();
+    assert!(wer("and so my fellow americans ask not what your country can do for you ask what you can do for your country", &text) < 0.2, "{text}");
+
+    // A question into the microphone while Home Assistant asks for speech: both answered.
+    let asked = question(&dir, "q", "What is the capital of France?");
+    let out = dir.path().join("said.wav");
+    std::thread::scope(|s| {
+        s.spawn(|| pulse.say(&asked));
+        let said = client(&["synthesize", uri, "Turn on the kitchen light. Then lock the front door, please.", out.to_str().unwrap()]);
+        assert_eq!((said["audio_starts"].as_u64(), said["audio_stops"].as_u64()), (Some(1), Some(1)), "{said}");
+    });
+    let words = heard(&out);
+    assert!(words.contains("kitchen light") && words.contains("front door"), "heard {words:?}");
+    let heard_live = voxd.wait_for_turns(1, Duration::from_secs(60));
+    assert!(heard_live[0].transcript.to_lowercase().contains("capital of france"), "the microphone's turn: {:?}", heard_live[0]);
+    assert!(!heard_live[0].reply.is_empty() && !heard_live[0].cancelled, "{:?}", heard_live[0]);
+
+    let answer = client(&["handle", uri, "one", "What is the capital of France?"]);
+    assert_eq!(answer["type"].as_str(), Some("handled"), "{answer}");
+    let said = answer["text"].as_str().unwrap();
+    assert!(!said.trim().is_empty() && !said.contains('{'), "{answer}");
+    // Wyoming's conversation is not spoken on the board's speaker, nor logged as the
+    // microphone's turn.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(turns(&voxd.log).len(), 1, "the microphone's log holds its own turn only");
+    let stderr = voxd.stop();
+    assert!(stderr.contains("stopping: finishing the turn in flight"), "{stderr}");
+}

@@ -60,7 +60,12 @@ pub(super) fn run_live(env: &Env, latency_log: Option<PathBuf>, listen_for: Opti
         None => crate::control::open(Daemon::Run, &sv.control_socket)?,
     };
     let metrics = (!sv.metrics_listen.is_empty() && listen_for.is_none()).then(|| crate::metrics::bind("[service] metrics_listen", &sv.metrics_listen)).transpose()?;
-    let engines = env.engines(true)?;
+    let engines = if env.config.wyoming.serve_in_run && listen_for.is_none() {
+        // The Wyoming server on this process's engines (cli/wyoming.rs).
+        serve_beside_run(env, env.load_engines(true)?)?
+    } else {
+        env.engines(true)?
+    };
     let a = &env.config.audio;
     let mic = crate::device::Endpoint::resolve(&a.backend, &a.input_device, true)?;
     let speaker = crate::device::Endpoint::resolve(&a.backend, &a.output_device, false)?;

@@ -421,6 +421,16 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The engines of `voxd run`, loaded and warmed (`Env::load_engines`).
+struct Loaded {
+    asr: Asr,
+    llm: Llm,
+    tts: Tts,
+    wake: Option<pipeline::wake::WakeWords>,
+    toolbox: crate::tools::Toolbox,
+    models: pipeline::telemetry::Models,
+}
+
 /// What every engine command needs: the config, the model table, the models dir.
 struct Env {
     config: Config,
@@ -555,6 +565,13 @@ impl Env {
     /// is not slower than the rest; and, when voxd listens for a wake word (`live`:
     /// on the microphone, where that is the default), the wake-word detector.
     fn engines(&self, live: bool) -> Result<pipeline::Engines> {
+        let l = self.load_engines(live)?;
+        Ok(pipeline::Engines { asr: Some(l.asr.into()), llm: std::sync::Arc::new(l.llm), tts_rate_hz: l.tts.rate_hz, tts: Box::new(l.tts), models: l.models, toolbox: l.toolbox, wake: l.wake })
+    }
+
+    /// What `voxd run` needs, loaded and warmed, before it goes into the stages (or,
+    /// with `[wyoming] serve_in_run`, behind the Wyoming server's desks first).
+    fn load_engines(&self, live: bool) -> Result<Loaded> {
         // A bad wake model is said before the seconds spent loading the rest.
         let wake = match pipeline::wake::Mode::of(&self.config.wake, live) {
             pipeline::wake::Mode::WakeWord => {
@@ -576,16 +593,13 @@ impl Env {
         tts.synthesize("Ready.")?;
         tracing::info!("engines warmed up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
         let models = pipeline::telemetry::Models { asr: asr.model_id.clone(), llm: llm.model_id.clone(), tts: tts.voice_id.clone() };
-        let tts_rate_hz = tts.rate_hz;
         let toolbox = crate::tools::Toolbox::start(&self.config, crate::control::Daemon::Run)?;
-        Ok(pipeline::Engines { asr: Some(asr), llm, tts: Box::new(tts), tts_rate_hz, models, toolbox, wake })
+        Ok(Loaded { asr, llm, tts, wake, toolbox, models })
     }
 
-    /// The LLM and the tools alone, for a text run (Wyoming's `handle`): no Whisper,
-    /// no voice.
-    fn text_engines(&self) -> Result<pipeline::Engines> {
-        self.say_gpu();
-        let llm = self.load_llm(&self.resolve_verified(Role::Llm, None)?)?;
+    /// `llm` and the tools alone, for a text run (Wyoming's `handle`): no Whisper, no
+    /// voice.
+    fn text_engines(&self, llm: std::sync::Arc<Llm>) -> Result<pipeline::Engines> {
         let models = pipeline::telemetry::Models { asr: String::new(), llm: llm.model_id.clone(), tts: String::new() };
         let toolbox = crate::tools::Toolbox::start(&self.config, crate::control::Daemon::Wyoming)?;
         Ok(pipeline::Engines { asr: None, llm, tts: Box::new(pipeline::tts::Unvoiced), tts_rate_hz: 22_050, models, toolbox, wake: None })

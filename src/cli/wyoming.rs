@@ -15,11 +15,98 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     let config = &env.config.wyoming;
     let uri = listen.unwrap_or(if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }).to_string();
     tcp_address(&uri).map_err(|why| anyhow::anyhow!("--listen: {why}"))?;
+    check_agent_settings(env)?;
     // The status socket first: another voxd wyoming on it is an error now, before the
     // models spend seconds loading.
     let mut control = crate::control::open(Daemon::Wyoming, &config.control_socket)?;
+    env.say_gpu();
     let asr = env.asr(None)?;
     let tts = env.tts(None)?;
+    let llm = if config.handle { Some(Arc::new(env.llm(None)?)) } else { None };
+    let services = Arc::new(services(env, asr, tts, llm)?);
+    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
+    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind(&uri).await?;
+        announce(&services, &listener, &env.config.satellite, control.as_mut(), board)?;
+        eprintln!("wyoming: Ctrl-C stops");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = serve(listener, services) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("wyoming: stopped");
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+/// `voxd run` serving Wyoming too (`[wyoming] serve_in_run`): Whisper and Piper go
+/// behind the server's desks, and the pipeline's stages are served at the same desks
+/// (one engine and one copy of each model, local turns and Wyoming's requests in
+/// line); Home Assistant's conversations and the satellites are answered by a text
+/// run on the same LLM weights (a context of its own). The server runs on a thread of
+/// its own until the process ends. Returns the pipeline's engines.
+pub(super) fn serve_beside_run(env: &Env, loaded: Loaded) -> Result<pipeline::Engines> {
+    let config = &env.config.wyoming;
+    let uri = if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }.to_string();
+    check_agent_settings(env)?;
+    let mut control = crate::control::open(Daemon::Wyoming, &config.control_socket)?;
+    // Bound now, so a port in use is an error at start, not a line in the log.
+    let listener = std::net::TcpListener::bind(tcp_address(&uri).map_err(anyhow::Error::msg)?).with_context(|| format!("[wyoming] listen: cannot listen on {uri} (in use? a voxd wyoming running too?)"))?;
+    listener.set_nonblocking(true)?;
+    let Loaded { asr, llm, tts, wake, toolbox, models } = loaded;
+    let llm = Arc::new(llm);
+    let tts_rate_hz = tts.rate_hz;
+    let services = Arc::new(services(env, asr, tts, config.handle.then(|| llm.clone()))?);
+    let engines = pipeline::Engines {
+        asr: Some(pipeline::asr::Whisper::Shared(services.asr.clone())),
+        llm,
+        tts: Box::new(pipeline::tts::SharedVoice(services.tts.clone())),
+        tts_rate_hz,
+        models,
+        toolbox,
+        wake,
+    };
+    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
+    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
+    let satellites = env.config.satellite.clone();
+    std::thread::Builder::new()
+        .name("voxd-wyoming".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|runtime| {
+                runtime.block_on(async {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    announce(&services, &listener, &satellites, control.as_mut(), board)?;
+                    serve(listener, services).await;
+                    Ok::<(), anyhow::Error>(())
+                })
+            });
+            if let Err(e) = served {
+                tracing::error!("wyoming: the server stopped: {e:#}; voxd run goes on without it");
+            }
+        })
+        .context("starting the Wyoming server's thread")?;
+    Ok(engines)
+}
+
+/// Satellites and the agent's metrics are the agent's: both need `handle`.
+fn check_agent_settings(env: &Env) -> Result<()> {
+    let config = &env.config.wyoming;
+    if !env.config.satellite.is_empty() && !config.handle {
+        bail!("[[satellite]]s are answered by voxd's agent, but [wyoming] handle = false: set it to true, or remove the satellites");
+    }
+    if !config.metrics_listen.is_empty() && !config.handle {
+        bail!("[wyoming] metrics_listen counts the agent's turns, but [wyoming] handle = false: set handle = true, or leave metrics_listen empty");
+    }
+    Ok(())
+}
+
+/// What the server offers: Whisper and Piper at their desks, the wake words when
+/// installed, and the agent on `llm` (None: `handle = false`).
+fn services(env: &Env, asr: crate::engine::asr::Asr, tts: crate::engine::tts::Tts, llm: Option<Arc<crate::engine::llm::Llm>>) -> Result<Services> {
+    let queue = env.config.wyoming.queue as usize;
     // Wake words are offered when their models are installed; one that is there but
     // does not load is an error now, not at a client's first detect.
     let wake = match env.wake_models() {
@@ -32,15 +119,11 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
             None
         }
     };
-    let queue = config.queue as usize;
-    if !env.config.satellite.is_empty() && !config.handle {
-        bail!("[[satellite]]s are answered by voxd's agent, but [wyoming] handle = false: set it to true, or remove the satellites");
-    }
-    if !config.metrics_listen.is_empty() && !config.handle {
-        bail!("[wyoming] metrics_listen counts the agent's turns, but [wyoming] handle = false: set handle = true, or leave metrics_listen empty");
-    }
-    let agent = if config.handle { Some(start_agent(env, queue)?) } else { None };
-    let services = Services {
+    let agent = match llm {
+        Some(llm) => Some(start_agent(env, queue, llm)?),
+        None => None,
+    };
+    Ok(Services {
         asr_model: asr.model_id.clone(),
         asr_languages: asr.languages(),
         voice: tts.voice_id.clone(),
@@ -50,37 +133,27 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
         agent,
         asr: Desk::open("asr", asr, queue)?,
         tts: Desk::open("tts", tts, queue)?,
-    };
-    let services = Arc::new(services);
-    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
-    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
-    let satellites = env.config.satellite.iter().map(|s| if s.room.is_empty() { s.uri.clone() } else { format!("{} ({})", s.room, s.uri) }).collect::<Vec<_>>();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = bind(&uri).await?;
-        let address = listener.local_addr()?;
-        if let Some(socket) = control.as_mut().and_then(crate::control::Socket::take_listener) {
-            let report = status_report(&services, board, format!("tcp://{address}"));
-            tokio::spawn(crate::control::serve_status(tokio::net::UnixListener::from_std(socket)?, report));
-        }
-        eprintln!(
-            "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; satellites: {}; Ctrl-C stops",
-            services.asr_model,
-            services.asr_languages.join(", "),
-            services.voice,
-            services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")),
-            services.agent.as_ref().map_or("nobody ([wyoming] handle = false)".to_string(), |a| format!("{} and {} tools", a.model, a.tools)),
-            if satellites.is_empty() { "none".to_string() } else { satellites.join(", ") }
-        );
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = serve(listener, services) => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        eprintln!("wyoming: stopped");
-        Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Opens the status socket's door (if any) and says what is served where.
+fn announce(services: &Arc<Services>, listener: &tokio::net::TcpListener, satellites: &[crate::config::SatelliteConfig], control: Option<&mut crate::control::Socket>, board: Arc<crate::wyoming::board::Board>) -> Result<()> {
+    let address = listener.local_addr()?;
+    if let Some(socket) = control.and_then(crate::control::Socket::take_listener) {
+        let report = status_report(services, board, format!("tcp://{address}"));
+        tokio::spawn(crate::control::serve_status(tokio::net::UnixListener::from_std(socket)?, report));
+    }
+    let satellites = satellites.iter().map(|s| if s.room.is_empty() { s.uri.clone() } else { format!("{} ({})", s.room, s.uri) }).collect::<Vec<_>>();
+    eprintln!(
+        "wyoming: listening on tcp://{address}: speech to text with {} ({}), text to speech with {}, wake words: {}, conversations with {}; satellites: {}",
+        services.asr_model,
+        services.asr_languages.join(", "),
+        services.voice,
+        services.wake.as_ref().map_or("none".to_string(), |w| w.models.words.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")),
+        services.agent.as_ref().map_or("nobody ([wyoming] handle = false)".to_string(), |a| format!("{} and {} tools", a.model, a.tools)),
+        if satellites.is_empty() { "none".to_string() } else { satellites.join(", ") }
+    );
+    Ok(())
 }
 
 /// What `voxd ctl status` is told: what is served where, since when, and how each
@@ -104,8 +177,8 @@ fn status_report(services: &Arc<Services>, board: Arc<crate::wyoming::board::Boa
 /// voxd's agent for Home Assistant's conversations: a text run of the pipeline (the
 /// LLM with the tools, as `voxd run` answers) on a thread of its own, taking up to
 /// `queue` asks waiting. Its turns go to the latency log like any others.
-fn start_agent(env: &Env, queue: usize) -> Result<AgentService> {
-    let engines = env.text_engines()?;
+fn start_agent(env: &Env, queue: usize, llm: Arc<crate::engine::llm::Llm>) -> Result<AgentService> {
+    let engines = env.text_engines(llm)?;
     let model = engines.models.llm.clone();
     let options = env.run_options(true, None)?;
     let tools = options.tool.len();
@@ -119,7 +192,7 @@ fn start_agent(env: &Env, queue: usize) -> Result<AgentService> {
         .name("voxd-wy-agent".into())
         .spawn(move || {
             if let Err(e) = pipeline::run(engines, options, pipeline::Io::Text { asks: rx, metrics }) {
-                tracing::error!("wyoming: voxd's agent stopped: {e:#}; conversations are refused until voxd wyoming is restarted");
+                tracing::error!("wyoming: voxd's agent stopped: {e:#}; conversations are refused until voxd is restarted");
             }
         })
         .context("starting the agent's thread")?;

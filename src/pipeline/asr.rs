@@ -21,7 +21,43 @@ use super::health::Pulse;
 use super::telemetry::{AsrStats, Notes};
 use super::vad::{Backlog, Utterance};
 use super::{Anchor, AsrPassing, Clock, Counters, TurnId};
-use crate::engine::asr::Asr;
+use crate::engine::asr::{self, Asr};
+use crate::wyoming::desk::Desk;
+
+/// The stage's Whisper: its own, or one it shares with the Wyoming server in the
+/// same process (`[wyoming] serve_in_run`), whose desk does both's passes in line.
+pub enum Whisper {
+    Own(Asr),
+    Shared(Desk<Asr>),
+}
+
+impl From<Asr> for Whisper {
+    fn from(asr: Asr) -> Whisper {
+        Whisper::Own(asr)
+    }
+}
+
+impl Whisper {
+    fn transcribe(&mut self, samples: &Arc<Vec<f32>>) -> anyhow::Result<asr::Transcript> {
+        match self {
+            Whisper::Own(asr) => Ok(asr.transcribe(samples)?),
+            Whisper::Shared(desk) => {
+                let samples = samples.clone();
+                Ok(desk.blocking_ask(move |asr| asr.transcribe(&samples))??)
+            }
+        }
+    }
+
+    fn transcribe_draft(&mut self, samples: &Arc<Vec<f32>>, backlog: &Backlog) -> anyhow::Result<asr::Transcript> {
+        match self {
+            Whisper::Own(asr) => Ok(asr.transcribe_draft(samples, backlog.waiting())?),
+            Whisper::Shared(desk) => {
+                let (samples, backlog) = (samples.clone(), backlog.clone());
+                Ok(desk.blocking_ask(move |asr| asr.transcribe_draft(&samples, backlog.waiting()))??)
+            }
+        }
+    }
+}
 
 /// What the user said.
 #[derive(Debug, Clone)]
@@ -101,7 +137,7 @@ struct Speculation {
     done_at: Instant,
 }
 
-pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx: mpsc::Sender<Transcript>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
+pub fn run(mut asr: Whisper, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx: mpsc::Sender<Transcript>, notes: Notes, counters: Arc<Counters>, pulse: Pulse) -> anyhow::Result<()> {
     let mut speculation: Option<Speculation> = None;
     while let Some(u) = rx.blocking_recv() {
         if u.partial {
@@ -194,8 +230,8 @@ pub fn run(mut asr: Asr, mut rx: mpsc::Receiver<Utterance>, backlog: Backlog, tx
 
 /// The words so far of an utterance still being spoken; None when there are none or
 /// the pass was dropped (a guess or an end came) or failed (the final pass will say).
-fn partial(asr: &mut Asr, u: &Utterance, backlog: &Backlog) -> Option<Transcript> {
-    let t = match asr.transcribe_draft(&u.samples, backlog.waiting()) {
+fn partial(asr: &mut Whisper, u: &Utterance, backlog: &Backlog) -> Option<Transcript> {
+    let t = match asr.transcribe_draft(&u.samples, backlog) {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!(turn = u.turn, "partial transcript: {e}");

@@ -149,7 +149,7 @@ impl Output<'_> {
 impl LlmStage {
     pub fn run(
         mut self,
-        llm: Llm,
+        llm: std::sync::Arc<Llm>,
         mut rx: mpsc::Receiver<Request>,
         tx: mpsc::Sender<Sentence>,
         notes: Notes,

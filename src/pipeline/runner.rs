@@ -25,14 +25,15 @@ use crate::metrics::Metrics;
 use crate::{control, device};
 use crate::tools::intents::Intents;
 use crate::tools::Toolbox;
-use crate::engine::asr::Asr;
 use crate::engine::llm::Llm;
 
 /// The loaded engines (and the connected tool executors), moved into their stages.
 pub struct Engines {
     /// Whisper; None for a text run, which hears nothing.
-    pub asr: Option<Asr>,
-    pub llm: Llm,
+    pub asr: Option<asr::Whisper>,
+    /// Shared with a text run beside this one in the same process (`voxd run` serving
+    /// Wyoming's conversations): one copy of the weights, a context each.
+    pub llm: Arc<Llm>,
     pub tts: Box<dyn TtsVoice>,
     pub tts_rate_hz: u32,
     pub models: Models,

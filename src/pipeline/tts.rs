@@ -47,6 +47,18 @@ impl Voice for Tts {
     }
 }
 
+/// The Piper voice of the Wyoming server in the same process (`[wyoming]
+/// serve_in_run`): each piece synthesised at its desk, in line with Wyoming's requests.
+pub struct SharedVoice(pub crate::wyoming::desk::Desk<Tts>);
+
+impl Voice for SharedVoice {
+    fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
+        let text = text.to_string();
+        let s = self.0.blocking_ask(move |tts| tts.synthesize(&text))??;
+        Ok((s.samples, s.rate_hz))
+    }
+}
+
 /// No voice at all, for a text run (Wyoming's `handle`): each piece passes on as
 /// words only, which the silent speaker takes as heard.
 pub struct Unvoiced;

@@ -3,6 +3,10 @@
 //! queue full is told at once (`Refused::Busy`) instead of waiting without bound — on
 //! 2 cores a queue of Whisper passes is seconds of wait each — while the rest of a
 //! request already under way (a text's next piece) waits its turn (`ask_next`).
+//!
+//! In `voxd run` with `[wyoming] serve_in_run`, the pipeline's own Whisper and Piper
+//! stages are clients of the same desks (`blocking_ask`, from their threads): one
+//! engine, one copy of its model, local turns and Wyoming's requests in one line.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,7 +23,7 @@ pub struct Desk<E> {
 pub enum Refused {
     #[error("{name} is busy: {queue} requests already wait for it (`[wyoming] queue`); try again shortly")]
     Busy { name: &'static str, queue: usize },
-    #[error("{0} failed inside its engine (a bug: see voxd's log); restart voxd wyoming")]
+    #[error("{0} failed inside its engine (a bug: see voxd's log); restart voxd")]
     Broken(&'static str),
 }
 
@@ -30,6 +34,12 @@ impl Refused {
             Refused::Busy { .. } => "busy",
             Refused::Broken(_) => "engine",
         }
+    }
+}
+
+impl<E> Clone for Desk<E> {
+    fn clone(&self) -> Desk<E> {
+        Desk { name: self.name, queue: self.queue, jobs: self.jobs.clone() }
     }
 }
 
@@ -72,6 +82,14 @@ impl<E: Send + 'static> Desk<E> {
         let (job, answer) = self.wrap(job);
         self.jobs.send(job).await.map_err(|_| Refused::Broken(self.name))?;
         answer.await.map_err(|_| Refused::Broken(self.name))
+    }
+
+    /// `ask_next` from a thread outside the async runtime (a pipeline stage's): waits
+    /// for a place in the queue, then for the job to be done.
+    pub fn blocking_ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> Result<R, Refused> {
+        let (job, answer) = self.wrap(job);
+        self.jobs.blocking_send(job).map_err(|_| Refused::Broken(self.name))?;
+        answer.blocking_recv().map_err(|_| Refused::Broken(self.name))
     }
 
     fn wrap<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> (Job<E>, oneshot::Receiver<R>) {
@@ -117,6 +135,16 @@ mod tests {
             next.await.unwrap().unwrap();
             assert_eq!(desk.ask(|log: &mut Vec<u32>| log.clone()).await.unwrap(), vec![1, 2, 4]);
         });
+    }
+
+    #[test]
+    fn a_stage_thread_is_served_in_line_with_the_async_clients() {
+        let desk = Desk::open("test", Vec::new(), 2).unwrap();
+        let stage = desk.clone();
+        let pushed = std::thread::spawn(move || (1..=3).map(|n| stage.blocking_ask(move |log: &mut Vec<u32>| { log.push(n); log.len() }).unwrap()).collect::<Vec<_>>());
+        assert_eq!(pushed.join().unwrap(), vec![1, 2, 3]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(desk.ask(|log: &mut Vec<u32>| log.clone())).unwrap(), vec![1, 2, 3]);
     }
 
     #[test]
