@@ -13,7 +13,7 @@ const DEFAULT_LISTEN: &str = "tcp://0.0.0.0:10300";
 
 pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     let config = &env.config.wyoming;
-    let uri = listen.unwrap_or(if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }).to_string();
+    let uri = listen.unwrap_or(configured_listen(config)).to_string();
     tcp_address(&uri).map_err(|why| anyhow::anyhow!("--listen: {why}"))?;
     check_agent_settings(env)?;
     // The status socket first: another voxd wyoming on it is an error now, before the
@@ -23,9 +23,7 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
     let asr = env.asr(None)?;
     let tts = env.tts(None)?;
     let llm = if config.handle { Some(Arc::new(env.llm(None)?)) } else { None };
-    let services = Arc::new(services(env, asr, tts, llm)?);
-    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
-    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
+    let (services, board) = serving(env, asr, tts, llm)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = bind(&uri).await?;
@@ -50,7 +48,7 @@ pub(super) fn wyoming_serve(env: &Env, listen: Option<&str>) -> Result<()> {
 /// its own until the process ends. Returns the pipeline's engines.
 pub(super) fn serve_beside_run(env: &Env, loaded: Loaded) -> Result<pipeline::Engines> {
     let config = &env.config.wyoming;
-    let uri = if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }.to_string();
+    let uri = configured_listen(config).to_string();
     check_agent_settings(env)?;
     let mut control = crate::control::open(Daemon::Wyoming, &config.control_socket)?;
     // Bound now, so a port in use is an error at start, not a line in the log.
@@ -59,7 +57,7 @@ pub(super) fn serve_beside_run(env: &Env, loaded: Loaded) -> Result<pipeline::En
     let Loaded { asr, llm, tts, wake, toolbox, models } = loaded;
     let llm = Arc::new(llm);
     let tts_rate_hz = tts.rate_hz;
-    let services = Arc::new(services(env, asr, tts, config.handle.then(|| llm.clone()))?);
+    let (services, board) = serving(env, asr, tts, config.handle.then(|| llm.clone()))?;
     let engines = pipeline::Engines {
         asr: Some(pipeline::asr::Whisper::Shared(services.asr.clone())),
         llm,
@@ -69,8 +67,6 @@ pub(super) fn serve_beside_run(env: &Env, loaded: Loaded) -> Result<pipeline::En
         toolbox,
         wake,
     };
-    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
-    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
     let satellites = env.config.satellite.clone();
     std::thread::Builder::new()
         .name("voxd-wyoming".into())
@@ -89,6 +85,19 @@ pub(super) fn serve_beside_run(env: &Env, loaded: Loaded) -> Result<pipeline::En
         })
         .context("starting the Wyoming server's thread")?;
     Ok(engines)
+}
+
+/// `[wyoming] listen`, or Wyoming's usual port.
+fn configured_listen(config: &crate::config::WyomingConfig) -> &str {
+    if config.listen.is_empty() { DEFAULT_LISTEN } else { config.listen.as_str() }
+}
+
+/// The services (`services`) and the satellites dialled with them.
+fn serving(env: &Env, asr: crate::engine::asr::Asr, tts: crate::engine::tts::Tts, llm: Option<Arc<crate::engine::llm::Llm>>) -> Result<(Arc<Services>, Arc<crate::wyoming::board::Board>)> {
+    let services = Arc::new(services(env, asr, tts, llm)?);
+    let hearing = Hearing { vad: env.config.vad.clone(), echo_tail_ms: env.config.audio.echo_tail_ms };
+    let board = satellite::start(&env.config.satellite, &hearing, &services)?;
+    Ok((services, board))
 }
 
 /// Satellites and the agent's metrics are the agent's: both need `handle`.

@@ -39,32 +39,22 @@ impl From<Asr> for Whisper {
 
 impl Whisper {
     fn transcribe(&mut self, samples: &Arc<Vec<f32>>) -> anyhow::Result<asr::Transcript> {
-        match self {
-            Whisper::Own(asr) => Ok(asr.transcribe(samples)?),
-            Whisper::Shared(desk) => {
-                let samples = samples.clone();
-                Ok(at_desk(desk.blocking_ask(move |asr| asr.transcribe(&samples)))?)
-            }
-        }
+        let samples = samples.clone();
+        Ok(self.pass(move |asr| asr.transcribe(&samples))?)
     }
 
     fn transcribe_draft(&mut self, samples: &Arc<Vec<f32>>, backlog: &Backlog) -> anyhow::Result<asr::Transcript> {
+        let (samples, backlog) = (samples.clone(), backlog.clone());
+        Ok(self.pass(move |asr| asr.transcribe_draft(&samples, backlog.waiting()))?)
+    }
+
+    /// Runs `job` on Whisper: here, or at the shared desk when its turn comes.
+    fn pass<R: Send + 'static>(&mut self, job: impl FnOnce(&mut Asr) -> R + Send + 'static) -> R {
         match self {
-            Whisper::Own(asr) => Ok(asr.transcribe_draft(samples, backlog.waiting())?),
-            Whisper::Shared(desk) => {
-                let (samples, backlog) = (samples.clone(), backlog.clone());
-                Ok(at_desk(desk.blocking_ask(move |asr| asr.transcribe_draft(&samples, backlog.waiting())))?)
-            }
+            Whisper::Own(asr) => job(asr),
+            Whisper::Shared(desk) => desk.blocking_ask(job),
         }
     }
-}
-
-/// What a shared engine's desk answered. A desk refuses only once its engine has
-/// panicked (a stage waits for its place, never "busy"): the stage then panics too,
-/// as it would with an engine of its own, so the run ends with the stage named and
-/// systemd restarts voxd — rather than apologising for every turn from then on.
-pub fn at_desk<R>(answer: Result<R, crate::wyoming::desk::Refused>) -> R {
-    answer.unwrap_or_else(|refused| panic!("{refused}"))
 }
 
 /// What the user said.
@@ -310,11 +300,5 @@ mod tests {
         assert_eq!(strip_annotations(" (wind blowing) "), "");
         assert_eq!(strip_annotations("*music* ..."), "");
         assert_eq!(strip_annotations("Turn on (uh) the lights."), "Turn on the lights.");
-    }
-
-    #[test]
-    #[should_panic(expected = "asr failed inside its engine")]
-    fn a_shared_engine_that_broke_ends_the_stage_as_its_own_would() {
-        super::at_desk::<()>(Err(crate::wyoming::desk::Refused::Broken("asr")));
     }
 }

@@ -54,7 +54,7 @@ pub struct SharedVoice(pub crate::wyoming::desk::Desk<Tts>);
 impl Voice for SharedVoice {
     fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)> {
         let text = text.to_string();
-        let s = super::asr::at_desk(self.0.blocking_ask(move |tts| tts.synthesize(&text)))?;
+        let s = self.0.blocking_ask(move |tts| tts.synthesize(&text))?;
         Ok((s.samples, s.rate_hz))
     }
 }

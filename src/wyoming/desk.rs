@@ -85,11 +85,15 @@ impl<E: Send + 'static> Desk<E> {
     }
 
     /// `ask_next` from a thread outside the async runtime (a pipeline stage's): waits
-    /// for a place in the queue, then for the job to be done.
-    pub fn blocking_ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> Result<R, Refused> {
+    /// for a place in the queue, then for the job to be done. A stage is never told
+    /// "busy", so the desk refuses it only once its engine has panicked: then this
+    /// panics too, as the stage would with an engine of its own — the run ends with
+    /// the stage named and systemd restarts voxd, rather than every later turn
+    /// getting an apology.
+    pub fn blocking_ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> R {
         let (job, answer) = self.wrap(job);
-        self.jobs.blocking_send(job).map_err(|_| Refused::Broken(self.name))?;
-        answer.blocking_recv().map_err(|_| Refused::Broken(self.name))
+        let done = self.jobs.blocking_send(job).ok().and_then(|()| answer.blocking_recv().ok());
+        done.unwrap_or_else(|| panic!("{}", Refused::Broken(self.name)))
     }
 
     fn wrap<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> (Job<E>, oneshot::Receiver<R>) {
@@ -141,10 +145,17 @@ mod tests {
     fn a_stage_thread_is_served_in_line_with_the_async_clients() {
         let desk = Desk::open("test", Vec::new(), 2).unwrap();
         let stage = desk.clone();
-        let pushed = std::thread::spawn(move || (1..=3).map(|n| stage.blocking_ask(move |log: &mut Vec<u32>| { log.push(n); log.len() }).unwrap()).collect::<Vec<_>>());
+        let pushed = std::thread::spawn(move || (1..=3).map(|n| stage.blocking_ask(move |log: &mut Vec<u32>| { log.push(n); log.len() })).collect::<Vec<_>>());
         assert_eq!(pushed.join().unwrap(), vec![1, 2, 3]);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert_eq!(rt.block_on(desk.ask(|log: &mut Vec<u32>| log.clone())).unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    #[should_panic(expected = "asr failed inside its engine")]
+    fn a_shared_engine_that_broke_ends_the_stage_as_its_own_would() {
+        let desk = Desk::open("asr", 0u32, 2).unwrap();
+        desk.blocking_ask(|_: &mut u32| -> u32 { panic!("the engine broke") });
     }
 
     #[test]
