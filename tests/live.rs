@@ -186,7 +186,8 @@ impl Daemon {
 
     pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while !self.stderr().contains(needle) {
+        // A whole line: stderr is unbuffered, so a line can be read half written.
+        while !said_in_a_whole_line(&self.stderr(), needle) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(200));
                 panic!("voxd exited ({status}) before saying {needle:?}; stderr:\n{}", self.stderr());
@@ -374,4 +375,10 @@ fn a_sound_server_that_dies_mid_answer_is_reopened_and_the_next_question_answere
     assert!(t.counters.device_reopens >= 2, "the turn log says the devices were reopened: {:?}", t.counters);
     let spoken = transcribe(&heard);
     assert!(cer(&t.reply, &spoken) < 0.35, "speaker said {spoken:?}, log says {:?}", t.reply);
+}
+
+/// Whether `needle` is in a line of `stderr` that has been written to its end.
+fn said_in_a_whole_line(stderr: &str, needle: &str) -> bool {
+    let whole = stderr.rfind('\n').map_or("", |end| &stderr[..end]);
+    whole.contains(needle)
 }
