@@ -355,3 +355,42 @@ fn a_bad_wake_model_is_refused_at_load_naming_the_file() {
     let err = voxd::engine::wake::Detector::load(&wake_models(Some(embedding.clone()))).err().expect("wrong shape").to_string();
     assert!(err.contains(embedding.to_str().unwrap()) && err.contains("[1, frames, 96]"), "{err}");
 }
+
+/// Piper cut in two at its vocoder: the audio comes in slices, the first ~190 ms of it
+/// before the rest is made, and the slices join into the very samples the voice's
+/// graph makes whole (as piper-rs ran it before the cut).
+#[test]
+fn piper_s_audio_comes_in_slices_that_join_into_what_the_whole_graph_makes() {
+    use voxd::engine::tts::{Tts, TtsOptions};
+    quiet_engine_logs();
+    let onnx = model("en_US-joe-medium.onnx");
+    // No sampling noise, so that two syntheses can be compared sample by sample.
+    let options = TtsOptions { rate: 1.0, variability: 0.0, threads: 2, espeak_data_dir: String::new() };
+    let mut tts = Tts::load(&onnx, "en_US-joe-medium", &options).unwrap();
+    assert!(tts.streams(), "Piper's own export is cut at /dec/conv_pre");
+    let text = "The kitchen light is off now, and the front door is locked for the night.";
+    let mut slices: Vec<Vec<f32>> = Vec::new();
+    let mut lasts = Vec::new();
+    let streamed = tts.synthesize_streamed(text, &mut |s, last| {
+        slices.push(s.to_vec());
+        lasts.push(last);
+    })
+    .unwrap();
+    assert!(lasts.iter().rev().skip(1).all(|last| !last) && lasts.last() == Some(&true), "only the last is the last: {lasts:?}");
+    let lengths: Vec<usize> = slices.iter().map(Vec::len).collect();
+    assert!(slices.len() >= 3 && lengths[0] == 16 * 256, "~190 ms first, then longer slices: {lengths:?}");
+    assert_eq!(streamed.samples, lengths.iter().sum::<usize>());
+    assert!(streamed.first_audio_ms < streamed.elapsed_ms, "{streamed:?}");
+    let joined = slices.concat();
+
+    let config: piper_rs::ModelConfig = serde_json::from_str(&std::fs::read_to_string(format!("{}.json", onnx.display())).unwrap()).unwrap();
+    let session = ort::session::Session::builder().unwrap().commit_from_file(&onnx).unwrap();
+    let (whole, _) = piper_rs::Piper::from_session(session, config).create(text, false, None, None, Some(0.0), Some(0.0)).unwrap();
+    assert_eq!(joined.len(), whole.len(), "as many samples as the whole graph makes");
+    let worst = joined.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let loudest = whole.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!(loudest > 0.1 && worst < 1e-4, "largest difference {worst} (loudest sample {loudest})");
+    let at_once = tts.synthesize(text).unwrap().samples;
+    let worst = at_once.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(at_once.len() == whole.len() && worst < 1e-4, "synthesize: the same audio at once ({} samples, largest difference {worst})", at_once.len());
+}

@@ -25,16 +25,20 @@ pub(super) fn say(env: &Env, text: &str, output: &Path, voice: Option<&str>) -> 
         bail!("nothing to say: TEXT is empty");
     }
     let mut tts = env.tts(voice)?;
-    let speech = tts.synthesize(text)?;
-    audio::write_wav(output, &speech.samples, speech.rate_hz)?;
+    let mut samples = Vec::new();
+    let spoken = tts.synthesize_streamed(text, &mut |slice, _| samples.extend_from_slice(slice))?;
+    audio::write_wav(output, &samples, spoken.rate_hz)?;
+    let audio_s = spoken.samples as f64 / spoken.rate_hz as f64;
     eprintln!(
-        "tts: {} loaded in {:.0} ms; {:.2} s of audio at {} Hz synthesised in {:.0} ms (RTF {:.3}) → {}",
+        "tts: {} loaded in {:.0} ms; {:.2} s of audio at {} Hz synthesised in {:.0} ms (RTF {:.3}), the first of it after {:.0} ms{} → {}",
         tts.voice_id,
         tts.load_ms,
-        speech.audio_s(),
-        speech.rate_hz,
-        speech.elapsed_ms,
-        speech.rtf(),
+        audio_s,
+        spoken.rate_hz,
+        spoken.elapsed_ms,
+        spoken.elapsed_ms / 1000.0 / audio_s.max(1e-9),
+        spoken.first_audio_ms,
+        if tts.streams() { "" } else { " (this voice is made whole, not streamed)" },
         output.display()
     );
     Ok(())

@@ -6,6 +6,7 @@
 pub mod asr;
 pub mod gpu;
 pub mod llm;
+pub mod piper_halves;
 pub mod tts;
 pub mod wake;
 

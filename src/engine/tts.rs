@@ -1,11 +1,15 @@
-//! Speech synthesis with Piper (piper-rs on ONNX Runtime): text in, mono f32 PCM out.
+//! Speech synthesis with Piper (piper-rs on ONNX Runtime): text in, mono f32 PCM out,
+//! whole or a chunk at a time as the vocoder makes it (`synthesize_streamed`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ort::session::Session;
+use ort::value::Tensor;
 use piper_rs::{ModelConfig, Piper};
 
 use super::ms_since;
+use super::piper_halves::{self, LATENT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TtsError {
@@ -34,13 +38,48 @@ pub struct TtsOptions {
 }
 
 pub struct Tts {
-    piper: Piper,
+    model: Model,
     length_scale: f32,
     noise_scale: f32,
     noise_w: f32,
     pub rate_hz: u32,
     pub voice_id: String,
     pub load_ms: f64,
+}
+
+/// The voice's graph: whole, or cut at the vocoder's input so that audio can be made
+/// a slice at a time (`piper_halves`).
+enum Model {
+    Whole(Piper),
+    /// `front` is a Piper whose "audio" is the latent z, `[1, channels, frames]`
+    /// flattened, which the `vocoder` turns into `HOP` samples a frame.
+    Halves { front: Piper, vocoder: Session, channels: usize },
+}
+
+/// Samples per latent frame: the product of the vocoder's upsampling (8·8·2·2) in
+/// every Piper voice, whatever its rate.
+const HOP: usize = 256;
+/// Frames of z the vocoder turns into audio first (16: ~190 ms at 22.05 kHz); each
+/// later run takes `GROWTH` times the last, so that the context every run repeats
+/// costs ~20 % more vocoder work for a sentence, not double.
+const FIRST_FRAMES: usize = 16;
+const GROWTH: usize = 4;
+/// Frames either side of a slice that the vocoder also sees: with 12 its samples equal
+/// those of the whole to ~1e-7 (10: ~1e-6; 6: audible clicks at 1e-3).
+const CONTEXT_FRAMES: usize = 12;
+/// A last slice shorter than this is joined to the one before it, so a piece always
+/// ends in a slice longer than the ~110 ms of silence a voice ends with (trimmed where
+/// a phrase runs on).
+const LAST_FRAMES_AT_LEAST: usize = 32;
+
+/// What a streamed synthesis cost, its audio having gone to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed {
+    pub samples: usize,
+    pub rate_hz: u32,
+    pub elapsed_ms: f64,
+    /// From the call to the first audio handed over.
+    pub first_audio_ms: f64,
 }
 
 /// Synthesised audio and what it cost.
@@ -68,7 +107,9 @@ impl Tts {
         let json = PathBuf::from(format!("{}.json", onnx.display()));
         std::fs::metadata(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
         let text = std::fs::read_to_string(&json).map_err(|source| TtsError::Open { path: json.clone(), source })?;
-        let config: ModelConfig = serde_json::from_str(&text).map_err(|e| TtsError::Config { path: json.clone(), reason: e.to_string() })?;
+        // piper-rs's config is not Clone, and the halves need one each.
+        let read_config = || -> Result<ModelConfig, TtsError> { serde_json::from_str(&text).map_err(|e| TtsError::Config { path: json.clone(), reason: e.to_string() }) };
+        let config = read_config()?;
         let rate_hz = config.audio.sample_rate;
         let length_scale = config.inference.length_scale / options.rate;
         let noise_scale = config.inference.noise_scale * options.variability;
@@ -76,32 +117,107 @@ impl Tts {
 
         let started = Instant::now();
         let load_err = |e: ort::Error| TtsError::Load { path: onnx.into(), reason: e.to_string() };
-        let session = ort::session::Session::builder()
-            .map_err(load_err)?
-            .with_intra_threads(options.threads as usize)
-            .map_err(|e| load_err(e.into()))?
-            // ONNX Runtime's workers spin between operators by default, on cores the
-            // LLM is generating on while Piper speaks the later pieces: without the
-            // spinning, llama.cpp in the pipeline generated at 88-106 % of its speed
-            // alone (median 97) instead of 72-90 % (median 86), for ~10 ms more on
-            // Piper's first piece and the same round trip (`voxd bench`, alternating
-            // runs; README "Engines that do not fight", docs/ort-spinning.md).
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(e.into()))?
-            .commit_from_file(onnx)
-            .map_err(load_err)?;
-        let piper = Piper::from_session(session, config);
-        Ok(Tts { piper, length_scale, noise_scale, noise_w, rate_hz, voice_id: voice_id.to_string(), load_ms: ms_since(started) })
+        let session = |model: &[u8]| -> Result<Session, TtsError> {
+            ort::session::Session::builder()
+                .map_err(load_err)?
+                .with_intra_threads(options.threads as usize)
+                .map_err(|e| load_err(e.into()))?
+                // ONNX Runtime's workers spin between operators by default, on cores the
+                // LLM is generating on while Piper speaks the later pieces: without the
+                // spinning, llama.cpp in the pipeline generated at 88-106 % of its speed
+                // alone (median 97) instead of 72-90 % (median 86), for ~10 ms more on
+                // Piper's first piece and the same round trip (`voxd bench`, alternating
+                // runs; README "Engines that do not fight", docs/ort-spinning.md).
+                .with_intra_op_spinning(false)
+                .map_err(|e| load_err(e.into()))?
+                .commit_from_memory(model)
+                .map_err(load_err)
+        };
+        let bytes = std::fs::read(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
+        let model = match piper_halves::cut(&bytes) {
+            Ok(halves) => Model::Halves { front: Piper::from_session(session(&halves.front)?, read_config()?), vocoder: session(&halves.vocoder)?, channels: halves.latent_channels },
+            Err(why) => {
+                tracing::info!("tts: {} is synthesised a piece at a time, not streamed: {why}", onnx.display());
+                Model::Whole(Piper::from_session(session(&bytes)?, config))
+            }
+        };
+        Ok(Tts { model, length_scale, noise_scale, noise_w, rate_hz, voice_id: voice_id.to_string(), load_ms: ms_since(started) })
     }
 
+    /// Whether the voice's audio comes a slice at a time (`synthesize_streamed`).
+    pub fn streams(&self) -> bool {
+        matches!(self.model, Model::Halves { .. })
+    }
+
+    /// All of `text`'s audio at once.
     pub fn synthesize(&mut self, text: &str) -> Result<Speech, TtsError> {
         let started = Instant::now();
-        let (samples, rate_hz) = self
-            .piper
-            .create(text, false, None, Some(self.length_scale), Some(self.noise_scale), Some(self.noise_w))
-            .map_err(|e| TtsError::Synthesize(e.to_string()))?;
-        Ok(Speech { samples, rate_hz, elapsed_ms: ms_since(started) })
+        let mut samples = Vec::new();
+        self.run(text, usize::MAX, &mut |audio, _| samples.extend_from_slice(audio))?;
+        Ok(Speech { samples, rate_hz: self.rate_hz, elapsed_ms: ms_since(started) })
     }
+
+    /// `text`'s audio handed to `audio` a slice at a time as the vocoder makes it: the
+    /// first ~190 ms once the front half has run (a third to a half of the whole
+    /// piece's time), then slices four times longer each. The slices join into the
+    /// same audio as `synthesize` gives; `audio`'s second argument says which is the
+    /// last. A voice that cannot be cut gives one slice.
+    pub fn synthesize_streamed(&mut self, text: &str, audio: &mut dyn FnMut(&[f32], bool)) -> Result<Streamed, TtsError> {
+        let started = Instant::now();
+        let (mut samples, mut first_audio_ms) = (0, None);
+        self.run(text, FIRST_FRAMES, &mut |slice, last| {
+            first_audio_ms.get_or_insert_with(|| ms_since(started));
+            samples += slice.len();
+            audio(slice, last);
+        })?;
+        Ok(Streamed { samples, rate_hz: self.rate_hz, elapsed_ms: ms_since(started), first_audio_ms: first_audio_ms.unwrap_or_else(|| ms_since(started)) })
+    }
+
+    fn run(&mut self, text: &str, first_frames: usize, audio: &mut dyn FnMut(&[f32], bool)) -> Result<(), TtsError> {
+        let failed = |e: &dyn std::fmt::Display| TtsError::Synthesize(e.to_string());
+        let (length, noise, noise_w) = (Some(self.length_scale), Some(self.noise_scale), Some(self.noise_w));
+        match &mut self.model {
+            Model::Whole(piper) => {
+                let (samples, _) = piper.create(text, false, None, length, noise, noise_w).map_err(|e| failed(&e))?;
+                audio(&samples, true);
+            }
+            Model::Halves { front, vocoder, channels } => {
+                let (z, _) = front.create(text, false, None, length, noise, noise_w).map_err(|e| failed(&e))?;
+                let frames = z.len() / *channels;
+                let slices = slices(frames, first_frames);
+                if slices.is_empty() {
+                    audio(&[], true);
+                }
+                for (from, to) in slices {
+                    // The slice with its context, channel by channel ([1, channels, frames]).
+                    let (start, end) = (from.saturating_sub(CONTEXT_FRAMES), (to + CONTEXT_FRAMES).min(frames));
+                    let latent: Vec<f32> = z.chunks_exact(frames).flat_map(|channel| &channel[start..end]).copied().collect();
+                    let input = Tensor::<f32>::from_array(([1, *channels, end - start], latent.into_boxed_slice())).map_err(|e| failed(&e))?;
+                    let outputs = vocoder.run(ort::inputs![LATENT => input]).map_err(|e| failed(&e))?;
+                    let (_, samples) = outputs[0].try_extract_tensor::<f32>().map_err(|e| failed(&e))?;
+                    let keep = (from - start) * HOP..((to - start) * HOP).min(samples.len());
+                    audio(&samples[keep], to == frames);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The frame ranges the vocoder makes in turn: `first` frames, then `GROWTH` times
+/// the last, a short remainder joined to the slice before it.
+fn slices(frames: usize, first: usize) -> Vec<(usize, usize)> {
+    let (mut out, mut from, mut size) = (Vec::new(), 0, first.max(1));
+    while from < frames {
+        let mut to = from.saturating_add(size).min(frames);
+        if frames - to < LAST_FRAMES_AT_LEAST {
+            to = frames;
+        }
+        out.push((from, to));
+        from = to;
+        size = size.saturating_mul(GROWTH);
+    }
+    out
 }
 
 /// Points espeak-ng (inside piper-rs) at its data before first use. piper-rs reads
@@ -132,5 +248,26 @@ pub fn locate_espeak_data(configured: &str) -> Result<PathBuf, TtsError> {
             Ok(dir.clone())
         }
         None => Err(TtsError::EspeakData { looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ") }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_grow_cover_every_frame_once_and_end_long() {
+        assert_eq!(slices(300, FIRST_FRAMES), vec![(0, 16), (16, 80), (80, 300)], "16, then 64, then the rest (256 would leave 4)");
+        assert_eq!(slices(20, FIRST_FRAMES), vec![(0, 20)], "a piece under 16 + 32 frames is one slice");
+        assert_eq!(slices(47, FIRST_FRAMES), vec![(0, 47)]);
+        assert_eq!(slices(48, FIRST_FRAMES), vec![(0, 16), (16, 48)]);
+        assert_eq!(slices(500, usize::MAX), vec![(0, 500)], "whole");
+        assert!(slices(0, FIRST_FRAMES).is_empty());
+        for frames in 1..2000 {
+            let s = slices(frames, FIRST_FRAMES);
+            assert_eq!((s[0].0, s.last().unwrap().1), (0, frames));
+            assert!(s.windows(2).all(|w| w[0].1 == w[1].0), "contiguous");
+            assert!(s.len() == 1 || s.last().map_or(0, |(a, b)| b - a) >= LAST_FRAMES_AT_LEAST, "{frames}: {s:?}");
+        }
     }
 }

@@ -3,7 +3,10 @@
 //! Input: `Sentence` (from llm) · Output: `Speech` (to playback) · Thread: dedicated
 //! (`voxd-tts`, owns the Piper voice)
 //!
-//! One sentence in, its audio out. Sentences of a cancelled turn are dropped unheard.
+//! One sentence in, its audio out, a slice at a time as the voice makes it (Piper's
+//! first ~190 ms of a piece goes to the speaker while the rest is made; only the
+//! piece's last slice carries its words). Sentences of a cancelled turn are dropped
+//! unheard.
 //! A piece cut mid-sentence (`Sentence::runs_on`) and the one after it are joined
 //! without the silence the voice puts at either end of what it says.
 //! A sentence the voice fails on is replaced by an apology and the rest of that
@@ -38,6 +41,14 @@ pub struct Speech {
 /// tests make synthesis slow on purpose).
 pub trait Voice: Send {
     fn speak(&mut self, text: &str) -> anyhow::Result<(Vec<f32>, u32)>;
+
+    /// The same audio handed to `audio` a slice at a time as it is made: (samples,
+    /// rate, whether it is the last slice). By default the whole at once.
+    fn speak_streamed(&mut self, text: &str, audio: &mut dyn FnMut(Vec<f32>, u32, bool)) -> anyhow::Result<()> {
+        let (samples, rate_hz) = self.speak(text)?;
+        audio(samples, rate_hz, true);
+        Ok(())
+    }
 }
 
 impl Voice for Tts {
@@ -45,10 +56,17 @@ impl Voice for Tts {
         let s = self.synthesize(text)?;
         Ok((s.samples, s.rate_hz))
     }
+
+    fn speak_streamed(&mut self, text: &str, audio: &mut dyn FnMut(Vec<f32>, u32, bool)) -> anyhow::Result<()> {
+        let rate_hz = self.rate_hz;
+        self.synthesize_streamed(text, &mut |samples, last| audio(samples.to_vec(), rate_hz, last))?;
+        Ok(())
+    }
 }
 
 /// The Piper voice of the Wyoming server in the same process (`[wyoming]
-/// serve_in_run`): each piece synthesised at its desk, in line with Wyoming's requests.
+/// serve_in_run`): each piece synthesised at its desk, in line with Wyoming's requests,
+/// and handed on whole (the stage waits at the desk while the piece is made).
 pub struct SharedVoice(pub crate::wyoming::desk::Desk<Tts>);
 
 impl Voice for SharedVoice {
@@ -85,43 +103,76 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
             continue;
         }
         pulse.busy(s.turn);
-        let silent = s.text.is_empty() || failed_turn == Some(s.turn);
-        let mut text = s.text;
-        let (mut samples, rate_hz) = if silent {
-            (Vec::new(), 22_050)
-        } else {
-            // A comma, not the voice's full stop: the phrase sounds unfinished, as it is.
-            let spoken = if s.runs_on { voice.speak(&format!("{text},")) } else { voice.speak(&text) };
-            match spoken {
-                Ok(audio) => audio,
-                Err(e) => {
-                    tracing::error!(turn = s.turn, "tts: {e:#} (saying {text:?})");
-                    notes.send(Note::Failed { turn: s.turn, stage: "tts", message: format!("{e:#}"), ends_turn: false });
-                    failed_turn = Some(s.turn);
-                    // The apology is other words: the voice may well manage those.
-                    text = super::APOLOGY.to_string();
-                    voice.speak(&text).unwrap_or((Vec::new(), 22_050))
-                }
-            }
-        };
-        // A phrase cut and the piece after it meet without the voice's pauses.
-        if running_on.take() == Some(s.turn) {
-            crate::audio::trim_silent_start(&mut samples, rate_hz, JOIN_LEAD_MS);
-        }
+        let joins_previous = running_on.take() == Some(s.turn);
         if s.runs_on {
-            crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
             running_on = Some(s.turn);
         }
-        pulse.idle();
-        counters.tts_ready_piece.fetch_max(super::piece_key(s.turn, s.index), std::sync::atomic::Ordering::Release);
-        if s.index == 0 && !samples.is_empty() {
-            notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
+        let silent = s.text.is_empty() || failed_turn == Some(s.turn);
+        let mut out = Slices { sentence: &s, text: s.text.clone(), joins_previous, sent: 0, closed: false, tx: &tx, notes: &notes, counters: &counters };
+        if silent {
+            out.send(Vec::new(), 22_050, true);
+        } else {
+            // A comma, not the voice's full stop: the phrase sounds unfinished, as it is.
+            let text = if s.runs_on { format!("{},", s.text) } else { s.text.clone() };
+            if let Err(e) = voice.speak_streamed(&text, &mut |samples, rate_hz, last| out.send(samples, rate_hz, last)) {
+                tracing::error!(turn = s.turn, "tts: {e:#} (saying {:?})", s.text);
+                notes.send(Note::Failed { turn: s.turn, stage: "tts", message: format!("{e:#}"), ends_turn: false });
+                failed_turn = Some(s.turn);
+                // The apology is other words: the voice may well manage those.
+                out.text = super::APOLOGY.to_string();
+                if voice.speak_streamed(super::APOLOGY, &mut |samples, rate_hz, last| out.send(samples, rate_hz, last)).is_err() {
+                    out.send(Vec::new(), 22_050, true);
+                }
+            }
         }
-        let speech = Speech { turn: s.turn, index: s.index, text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel, last: s.last };
-        if tx.blocking_send(speech).is_err() {
+        pulse.idle();
+        // The whole piece is made: the llm stage may have the cores again.
+        counters.tts_ready_piece.fetch_max(super::piece_key(s.turn, s.index), std::sync::atomic::Ordering::Release);
+        if out.closed {
             break;
         }
-        Counters::depth(&counters.tts_to_playback_depth, &tx);
     }
     Ok(())
+}
+
+/// Passes one sentence's audio on to playback a slice at a time.
+struct Slices<'a> {
+    sentence: &'a Sentence,
+    /// The words the piece's last slice carries (an apology's, if the voice failed).
+    text: String,
+    /// The piece follows a phrase cut: its first slice starts without the voice's lead-in.
+    joins_previous: bool,
+    sent: usize,
+    /// Playback has hung up.
+    closed: bool,
+    tx: &'a mpsc::Sender<Speech>,
+    notes: &'a Notes,
+    counters: &'a Counters,
+}
+
+impl Slices<'_> {
+    fn send(&mut self, mut samples: Vec<f32>, rate_hz: u32, last: bool) {
+        let s = self.sentence;
+        if self.closed || s.cancel.is_cancelled() {
+            return;
+        }
+        // A phrase cut and the piece after it meet without the voice's pauses.
+        if self.sent == 0 && self.joins_previous {
+            crate::audio::trim_silent_start(&mut samples, rate_hz, JOIN_LEAD_MS);
+        }
+        if last && s.runs_on {
+            crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
+        }
+        if s.index == 0 && self.sent == 0 && !samples.is_empty() {
+            self.notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
+        }
+        self.sent += 1;
+        let text = if last { std::mem::take(&mut self.text) } else { String::new() };
+        let speech = Speech { turn: s.turn, index: s.index, text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel.clone(), last: s.last && last };
+        if self.tx.blocking_send(speech).is_err() {
+            self.closed = true;
+            return;
+        }
+        Counters::depth(&self.counters.tts_to_playback_depth, self.tx);
+    }
 }

@@ -624,45 +624,83 @@ async fn say_whole(text: &str, services: &Services, out: &mut (impl AsyncWrite +
     Ok(Ok(spoken.seconds))
 }
 
-/// Synthesises `pieces` in order and sends each one's audio as soon as it is ready:
-/// `as_one` → within one audio-start (sent with the first audio) that `end_as_one`
-/// closes (a `synthesize`, a satellite's reply); else one audio-start…audio-stop per
-/// piece (a stream, as wyoming-piper sends it). Returns the `error` that ends the
-/// request when a piece cannot be spoken. Only a text's first piece may find Piper
-/// busy; the rest of a text already begun waits its turn.
+/// Synthesises `pieces` in order and sends each one's audio as the vocoder makes it
+/// (a slice at a time, the first ~190 ms of a piece after a third to a half of its
+/// synthesis): `as_one` → within one audio-start (sent with the first audio) that
+/// `end_as_one` closes (a `synthesize`, a satellite's reply); else one
+/// audio-start…audio-stop per piece (a stream, as wyoming-piper sends it). Returns
+/// the `error` that ends the request when a piece cannot be spoken. Only a text's
+/// first piece may find Piper busy; the rest of a text already begun waits its turn.
 async fn speak(pieces: Vec<String>, spoken: &mut Spoken, services: &Services, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<Option<Event>> {
     for piece in pieces.iter().filter_map(|p| clean(p)) {
-        let job = move |tts: &mut Tts| tts.synthesize(&piece);
-        let asked = if spoken.pieces == 0 { services.tts.ask(job).await } else { services.tts.ask_next(job).await };
-        let mut speech = match asked {
-            Ok(Ok(speech)) => speech,
-            Ok(Err(e)) => return Ok(Some(Event::error(format!("synthesis failed: {e}"), "tts"))),
-            Err(refused) => return Ok(Some(Event::error(refused.to_string(), refused.code()))),
+        // The slices come from the desk's thread while the job runs; a few may wait
+        // here while the client reads slowly, then the voice waits for the socket.
+        let (slices_tx, mut slices) = tokio::sync::mpsc::channel::<Slice>(4);
+        let job = move |tts: &mut Tts| {
+            let rate_hz = tts.rate_hz;
+            tts.synthesize_streamed(&piece, &mut |samples, last| {
+                let _ = slices_tx.blocking_send(Slice { samples: samples.to_vec(), last, rate_hz });
+            })
         };
-        if spoken.first_runs_on {
-            match spoken.pieces {
-                0 => trim_silent_end(&mut speech.samples, speech.rate_hz, JOIN_PAUSE_MS),
-                1 => trim_silent_start(&mut speech.samples, speech.rate_hz, JOIN_LEAD_MS),
-                _ => {}
+        let first_piece = spoken.pieces == 0;
+        let asked = async move { if first_piece { services.tts.ask(job).await } else { services.tts.ask_next(job).await } };
+        tokio::pin!(asked);
+        let (mut outcome, mut begun) = (None, false);
+        loop {
+            tokio::select! {
+                Some(slice) = slices.recv() => {
+                    send_slice(slice, !begun, spoken, out, as_one).await?;
+                    begun = true;
+                }
+                asked = &mut asked, if outcome.is_none() => outcome = Some(asked),
+                else => break,
             }
         }
+        match outcome {
+            Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => return Ok(Some(Event::error(format!("synthesis failed: {e}"), "tts"))),
+            Some(Err(refused)) => return Ok(Some(Event::error(refused.to_string(), refused.code()))),
+            None => unreachable!("the loop ends once the desk has answered"),
+        }
         spoken.pieces += 1;
-        spoken.seconds += speech.samples.len() as f64 / speech.rate_hz as f64;
-        let format = json!({ "rate": speech.rate_hz, "width": 2, "channels": 1 });
-        if !spoken.started || !as_one {
-            write_event(out, &Event::with_data("audio-start", format.clone())).await?;
-            spoken.started = true;
-        }
-        for chunk in speech.samples.chunks(SAMPLES_PER_CHUNK) {
-            let mut event = Event::with_data("audio-chunk", format.clone());
-            event.payload = chunk.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
-            write_event(out, &event).await?;
-        }
-        if !as_one {
-            write_event(out, &Event::new("audio-stop")).await?;
-        }
     }
     Ok(None)
+}
+
+/// A slice of a piece's audio, as the voice made it.
+struct Slice {
+    samples: Vec<f32>,
+    last: bool,
+    rate_hz: u32,
+}
+
+/// Sends one slice of the piece `spoken.pieces`: its audio-start first where one is
+/// due, its audio-stop after the last unless the reply is spoken `as_one`. A phrase
+/// cut's two pieces meet without the voice's pauses (the first's end, the second's start).
+async fn send_slice(mut slice: Slice, first_of_piece: bool, spoken: &mut Spoken, out: &mut (impl AsyncWrite + Unpin), as_one: bool) -> std::io::Result<()> {
+    let rate_hz = slice.rate_hz;
+    if spoken.first_runs_on {
+        match spoken.pieces {
+            0 if slice.last => trim_silent_end(&mut slice.samples, rate_hz, JOIN_PAUSE_MS),
+            1 if first_of_piece => trim_silent_start(&mut slice.samples, rate_hz, JOIN_LEAD_MS),
+            _ => {}
+        }
+    }
+    spoken.seconds += slice.samples.len() as f64 / rate_hz as f64;
+    let format = json!({ "rate": rate_hz, "width": 2, "channels": 1 });
+    if first_of_piece && (!spoken.started || !as_one) {
+        write_event(out, &Event::with_data("audio-start", format.clone())).await?;
+        spoken.started = true;
+    }
+    for chunk in slice.samples.chunks(SAMPLES_PER_CHUNK) {
+        let mut event = Event::with_data("audio-chunk", format.clone());
+        event.payload = chunk.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
+        write_event(out, &event).await?;
+    }
+    if slice.last && !as_one {
+        write_event(out, &Event::new("audio-stop")).await?;
+    }
+    Ok(())
 }
 
 /// Ends what `speak` sent `as_one`: its audio-stop, after an empty audio-start when
