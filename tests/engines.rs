@@ -394,3 +394,35 @@ fn piper_s_audio_comes_in_slices_that_join_into_what_the_whole_graph_makes() {
     let worst = at_once.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(at_once.len() == whole.len() && worst < 1e-4, "synthesize: the same audio at once ({} samples, largest difference {worst})", at_once.len());
 }
+
+/// A voice whose graph cannot be cut (here Piper's own with its vocoder's first node
+/// renamed, byte for byte) still loads and speaks, whole, as before the cut.
+#[test]
+fn a_voice_that_cannot_be_cut_is_spoken_whole() {
+    use voxd::engine::tts::{Tts, TtsOptions};
+    quiet_engine_logs();
+    let dir = tempdir();
+    let onnx = model("en_US-joe-medium.onnx");
+    let bytes = std::fs::read(&onnx).unwrap();
+    let (from, to) = (b"/dec/conv_pre/", b"/dec/conv_prf/");
+    let mut renamed = bytes.clone();
+    let mut at = 0;
+    while let Some(i) = renamed[at..].windows(from.len()).position(|w| w == from) {
+        renamed[at + i..at + i + to.len()].copy_from_slice(to);
+        at += i + to.len();
+    }
+    assert_ne!(renamed, bytes, "the node is there to rename");
+    let copy = dir.path().join("renamed.onnx");
+    std::fs::write(&copy, &renamed).unwrap();
+    std::fs::copy(format!("{}.json", onnx.display()), dir.path().join("renamed.onnx.json")).unwrap();
+    let options = TtsOptions { rate: 1.0, variability: 0.0, threads: 2, espeak_data_dir: String::new() };
+    let mut tts = Tts::load(&copy, "renamed", &options).unwrap();
+    assert!(!tts.streams());
+    let mut slices = 0;
+    let streamed = tts.synthesize_streamed("The kitchen light is off now.", &mut |_, last| {
+        slices += 1;
+        assert!(last);
+    })
+    .unwrap();
+    assert!(slices == 1 && streamed.samples > 22_050 / 2, "one slice, the whole piece: {streamed:?}");
+}

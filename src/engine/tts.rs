@@ -52,13 +52,10 @@ pub struct Tts {
 enum Model {
     Whole(Piper),
     /// `front` is a Piper whose "audio" is the latent z, `[1, channels, frames]`
-    /// flattened, which the `vocoder` turns into `HOP` samples a frame.
+    /// flattened, which the `vocoder` turns into audio (256 samples a frame).
     Halves { front: Piper, vocoder: Session, channels: usize },
 }
 
-/// Samples per latent frame: the product of the vocoder's upsampling (8·8·2·2) in
-/// every Piper voice, whatever its rate.
-const HOP: usize = 256;
 /// Frames of z the vocoder turns into audio first (16: ~190 ms at 22.05 kHz); each
 /// later run takes `GROWTH` times the last, so that the context every run repeats
 /// costs ~20 % more vocoder work for a sentence, not double.
@@ -134,8 +131,15 @@ impl Tts {
                 .map_err(load_err)
         };
         let bytes = std::fs::read(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
-        let model = match piper_halves::cut(&bytes) {
-            Ok(halves) => Model::Halves { front: Piper::from_session(session(&halves.front)?, read_config()?), vocoder: session(&halves.vocoder)?, channels: halves.latent_channels },
+        // The halves, where the graph can be cut and ONNX Runtime takes both; else the
+        // voice whole, as it always loaded (an error then is the voice's own).
+        let halves = piper_halves::cut(&bytes).and_then(|halves| {
+            let sessions = session(&halves.front).and_then(|front| Ok((front, session(&halves.vocoder)?)));
+            let (front, vocoder) = sessions.map_err(|e| format!("ONNX Runtime refused a half: {e}"))?;
+            Ok(Model::Halves { front: Piper::from_session(front, read_config().map_err(|e| e.to_string())?), vocoder, channels: halves.latent_channels })
+        });
+        let model = match halves {
+            Ok(model) => model,
             Err(why) => {
                 tracing::info!("tts: {} is synthesised a piece at a time, not streamed: {why}", onnx.display());
                 Model::Whole(Piper::from_session(session(&bytes)?, config))
@@ -195,7 +199,10 @@ impl Tts {
                     let input = Tensor::<f32>::from_array(([1, *channels, end - start], latent.into_boxed_slice())).map_err(|e| failed(&e))?;
                     let outputs = vocoder.run(ort::inputs![LATENT => input]).map_err(|e| failed(&e))?;
                     let (_, samples) = outputs[0].try_extract_tensor::<f32>().map_err(|e| failed(&e))?;
-                    let keep = (from - start) * HOP..((to - start) * HOP).min(samples.len());
+                    // Samples a frame: 256 in Piper's voices (the vocoder's 8·8·2·2), read
+                    // from what it gave so that a voice trained otherwise still joins up.
+                    let hop = samples.len() / (end - start);
+                    let keep = (from - start) * hop..((to - start) * hop).min(samples.len());
                     audio(&samples[keep], to == frames);
                 }
             }
