@@ -53,10 +53,11 @@ pub struct Health {
     pub lost: AtomicU64,
     /// Set by the error callback: the stream must be rebuilt.
     pub failed: AtomicBool,
-    /// Errors other than xruns, in all and since the last callback that ran, and the
-    /// latest one's kind (an index into `ERROR_KINDS`: stored without allocating).
+    /// Errors other than xruns, in all; when the first of those since the last
+    /// callback came (ms since `epoch`, plus one: zero is none); and the latest one's
+    /// kind (an index into `ERROR_KINDS`: stored without allocating).
     pub errors: AtomicU64,
-    errors_in_a_row: AtomicU64,
+    erring_since_ms: AtomicU64,
     last_error: AtomicU8,
     /// Times the stream was reopened after a failure.
     pub reopens: AtomicU64,
@@ -75,7 +76,7 @@ impl Health {
             lost: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             errors: AtomicU64::new(0),
-            errors_in_a_row: AtomicU64::new(0),
+            erring_since_ms: AtomicU64::new(0),
             last_error: AtomicU8::new(u8::MAX),
             reopens: AtomicU64::new(0),
             absent: AtomicBool::new(false),
@@ -84,7 +85,7 @@ impl Health {
 
     fn beat(&self) {
         self.last_callback_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.errors_in_a_row.store(0, Ordering::Relaxed);
+        self.erring_since_ms.store(0, Ordering::Relaxed);
     }
 
     /// One callback's reading of the device's latency (on the audio thread: atomics
@@ -102,9 +103,13 @@ impl Health {
 
     /// A stream's error callback (on its audio thread: atomics only). cpal recovers
     /// from xruns itself, and carries on after most other errors; a device or server
-    /// that is gone — or errors that keep coming with no audio between them — leave a
-    /// stream that must be rebuilt.
+    /// that is gone — or errors that have kept coming for `ERRORS_FATAL_AFTER` with no
+    /// audio between them — leave a stream that must be rebuilt.
     fn on_error(&self, kind: cpal::ErrorKind) {
+        self.on_error_at(kind, self.epoch.elapsed());
+    }
+
+    fn on_error_at(&self, kind: cpal::ErrorKind, now: Duration) {
         use cpal::ErrorKind as K;
         if kind == K::Xrun {
             self.xruns.fetch_add(1, Ordering::Relaxed);
@@ -113,8 +118,13 @@ impl Health {
         let code = ERROR_KINDS.iter().position(|k| *k == kind).map_or(u8::MAX, |i| i as u8);
         self.last_error.store(code, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let in_a_row = self.errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if matches!(kind, K::DeviceNotAvailable | K::HostUnavailable | K::StreamInvalidated) || in_a_row >= ERRORS_IN_A_ROW_FATAL {
+        let now_ms = now.as_millis() as u64 + 1;
+        let since_ms = match self.erring_since_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => now_ms, // the first since the last callback
+            Err(first) => first,
+        };
+        let erring_for = Duration::from_millis(now_ms - since_ms.min(now_ms));
+        if matches!(kind, K::DeviceNotAvailable | K::HostUnavailable | K::StreamInvalidated) || erring_for >= ERRORS_FATAL_AFTER {
             self.failed.store(true, Ordering::Relaxed);
         }
     }
@@ -156,8 +166,14 @@ const ERROR_KINDS: [cpal::ErrorKind; 14] = {
     ]
 };
 
-/// Errors with no audio between them after which a stream counts as failed.
-const ERRORS_IN_A_ROW_FATAL: u64 = 20;
+/// How long errors may keep coming with no audio between them before a stream counts
+/// as failed. A time, not a count: a stream just prepared (opened, or recovering from
+/// an xrun) can err hundreds of times in a few milliseconds and then play on — ALSA's
+/// PulseAudio plugin answers `snd_pcm_avail_delay` with EIO until its stream is ready,
+/// and cpal polls again at once (measured: bursts of up to 333 errors within 1-10 ms).
+/// Counting 20 of them reopened such streams, and a reopen mid-reply lost what was
+/// queued (an official CI run heard "It's his Paris." for "The capital of France is Paris.").
+const ERRORS_FATAL_AFTER: Duration = Duration::from_millis(500);
 
 /// A supervisor's view of the errors a stream survived: warns about new ones, at most
 /// once every 10 s.
@@ -509,6 +525,34 @@ mod tests {
         // Reported by its opener: the supervisor's first word is 10 s later.
         let mut r = Reminder::said_now();
         assert_eq!(r.due(Instant::now()), None);
+    }
+
+    #[test]
+    fn a_burst_of_errors_is_survived_and_errors_that_go_on_fail_the_stream() {
+        use cpal::ErrorKind as K;
+        let h = Health::new();
+        let ms = Duration::from_millis;
+        // A stream just prepared: hundreds of errors within a few milliseconds, then audio.
+        for i in 0..400 {
+            h.on_error_at(K::BackendError, ms(1000) + Duration::from_micros(i * 20));
+        }
+        assert!(!h.failed.load(Ordering::Relaxed), "a burst of 8 ms is not a failure");
+        h.beat();
+        // Errors again later, with no audio between them, for half a second: failed.
+        h.on_error_at(K::BackendError, ms(5000));
+        h.on_error_at(K::BackendError, ms(5499));
+        assert!(!h.failed.load(Ordering::Relaxed));
+        h.on_error_at(K::BackendError, ms(5500));
+        assert!(h.failed.load(Ordering::Relaxed), "errors for 500 ms with no audio between them");
+        assert_eq!(h.errors.load(Ordering::Relaxed), 403);
+        assert_eq!(h.last_error(), Some(K::BackendError));
+        // Xruns are cpal's to recover from; a device that is gone fails at once.
+        let h = Health::new();
+        h.on_error_at(K::Xrun, ms(0));
+        h.on_error_at(K::Xrun, ms(9000));
+        assert!(!h.failed.load(Ordering::Relaxed) && h.xruns.load(Ordering::Relaxed) == 2 && h.errors.load(Ordering::Relaxed) == 0);
+        h.on_error_at(K::DeviceNotAvailable, ms(9001));
+        assert!(h.failed.load(Ordering::Relaxed));
     }
 
     #[test]
