@@ -28,15 +28,14 @@ pub(super) fn say(env: &Env, text: &str, output: &Path, voice: Option<&str>) -> 
     let mut samples = Vec::new();
     let spoken = tts.synthesize_streamed(text, &mut |slice, _| samples.extend_from_slice(slice))?;
     audio::write_wav(output, &samples, spoken.rate_hz)?;
-    let audio_s = spoken.samples as f64 / spoken.rate_hz as f64;
     eprintln!(
         "tts: {} loaded in {:.0} ms; {:.2} s of audio at {} Hz synthesised in {:.0} ms (RTF {:.3}), the first of it after {:.0} ms{} → {}",
         tts.voice_id,
         tts.load_ms,
-        audio_s,
+        spoken.audio_s(),
         spoken.rate_hz,
         spoken.elapsed_ms,
-        spoken.elapsed_ms / 1000.0 / audio_s.max(1e-9),
+        spoken.rtf(),
         spoken.first_audio_ms,
         if tts.streams() { "" } else { " (this voice is made whole, not streamed)" },
         output.display()

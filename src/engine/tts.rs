@@ -87,14 +87,27 @@ pub struct Speech {
     pub elapsed_ms: f64,
 }
 
+impl Streamed {
+    pub fn audio_s(&self) -> f64 {
+        self.samples as f64 / self.rate_hz as f64
+    }
+    pub fn rtf(&self) -> f64 {
+        real_time_factor(self.elapsed_ms, self.audio_s())
+    }
+}
+
 impl Speech {
     pub fn audio_s(&self) -> f64 {
         self.samples.len() as f64 / self.rate_hz as f64
     }
-    /// Real-time factor: processing time over audio time.
     pub fn rtf(&self) -> f64 {
-        self.elapsed_ms / 1000.0 / self.audio_s().max(1e-9)
+        real_time_factor(self.elapsed_ms, self.audio_s())
     }
+}
+
+/// Processing time over audio time.
+fn real_time_factor(elapsed_ms: f64, audio_s: f64) -> f64 {
+    elapsed_ms / 1000.0 / audio_s.max(1e-9)
 }
 
 impl Tts {
@@ -102,7 +115,8 @@ impl Tts {
     pub fn load(onnx: &Path, voice_id: &str, options: &TtsOptions) -> Result<Tts, TtsError> {
         locate_espeak_data(&options.espeak_data_dir)?;
         let json = PathBuf::from(format!("{}.json", onnx.display()));
-        std::fs::metadata(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
+        let started = Instant::now();
+        let bytes = std::fs::read(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
         let text = std::fs::read_to_string(&json).map_err(|source| TtsError::Open { path: json.clone(), source })?;
         // piper-rs's config is not Clone, and the halves need one each.
         let read_config = || -> Result<ModelConfig, TtsError> { serde_json::from_str(&text).map_err(|e| TtsError::Config { path: json.clone(), reason: e.to_string() }) };
@@ -112,7 +126,6 @@ impl Tts {
         let noise_scale = config.inference.noise_scale * options.variability;
         let noise_w = config.inference.noise_w * options.variability;
 
-        let started = Instant::now();
         let load_err = |e: ort::Error| TtsError::Load { path: onnx.into(), reason: e.to_string() };
         let session = |model: &[u8]| -> Result<Session, TtsError> {
             ort::session::Session::builder()
@@ -130,7 +143,6 @@ impl Tts {
                 .commit_from_memory(model)
                 .map_err(load_err)
         };
-        let bytes = std::fs::read(onnx).map_err(|source| TtsError::Open { path: onnx.into(), source })?;
         // The halves, where the graph can be cut and ONNX Runtime takes both; else the
         // voice whole, as it always loaded (an error then is the voice's own).
         let halves = piper_halves::cut(&bytes).and_then(|halves| {

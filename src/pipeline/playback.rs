@@ -354,7 +354,7 @@ impl Output {
         if p.deadline.is_some_and(|d| now >= d) {
             tracing::warn!(turn = p.turn, "playback: the speaker has not played this turn's audio {} s after it was due; the turn ends without it", STALL_GRACE.as_secs());
             Counters::bump(&self.counters.playback_stalls);
-            let unplayed: Vec<String> = p.pending.drain(..).map(|(_, text)| text).filter(|t| !t.is_empty()).collect();
+            let unplayed: Vec<String> = p.pending.drain(..).map(|(_, text)| text).collect();
             p.spoken.extend(unplayed);
             self.notes.send(Note::TurnEnd { turn: p.turn, at: now, spoken: p.spoken.join(" "), cancelled: false, reason: None });
             self.end();
@@ -362,10 +362,6 @@ impl Output {
         }
         while p.pending.front().is_some_and(|(end, _)| *end <= now_s) {
             let (_, text) = p.pending.pop_front().expect("checked");
-            // A piece comes in slices; only its last carries the words.
-            if text.is_empty() {
-                continue;
-            }
             p.spoken.push(text);
             let spoken = p.spoken.clone();
             self.status.send_modify(|s| s.spoken = spoken);
@@ -471,7 +467,10 @@ impl Output {
             if self.speaker.realtime() {
                 p.deadline = Some(now + secs(end_s - now_s) + STALL_GRACE);
             }
-            p.pending.push_back((end_s, speech.text));
+            // A piece comes in slices; only its last carries the words, heard when it ends.
+            if !speech.text.is_empty() {
+                p.pending.push_back((end_s, speech.text));
+            }
             self.status.send_modify(|s| s.speaking = true);
         }
         if speech.last {

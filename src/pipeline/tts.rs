@@ -108,7 +108,7 @@ pub fn run(mut voice: Box<dyn Voice>, mut rx: mpsc::Receiver<Sentence>, tx: mpsc
             running_on = Some(s.turn);
         }
         let silent = s.text.is_empty() || failed_turn == Some(s.turn);
-        let mut out = Slices { sentence: &s, text: s.text.clone(), joins_previous, sent: 0, closed: false, tx: &tx, notes: &notes, counters: &counters };
+        let mut out = Slices { sentence: &s, text: s.text.clone(), joins_previous, begun: false, closed: false, tx: &tx, notes: &notes, counters: &counters };
         if silent {
             out.send(Vec::new(), 22_050, true);
         } else {
@@ -142,7 +142,8 @@ struct Slices<'a> {
     text: String,
     /// The piece follows a phrase cut: its first slice starts without the voice's lead-in.
     joins_previous: bool,
-    sent: usize,
+    /// A slice has gone to playback.
+    begun: bool,
     /// Playback has hung up.
     closed: bool,
     tx: &'a mpsc::Sender<Speech>,
@@ -157,16 +158,16 @@ impl Slices<'_> {
             return;
         }
         // A phrase cut and the piece after it meet without the voice's pauses.
-        if self.sent == 0 && self.joins_previous {
+        if !self.begun && self.joins_previous {
             crate::audio::trim_silent_start(&mut samples, rate_hz, JOIN_LEAD_MS);
         }
         if last && s.runs_on {
             crate::audio::trim_silent_end(&mut samples, rate_hz, JOIN_PAUSE_MS);
         }
-        if s.index == 0 && self.sent == 0 && !samples.is_empty() {
+        if s.index == 0 && !self.begun && !samples.is_empty() {
             self.notes.send(Note::TtsFirstAudio { turn: s.turn, at: Instant::now() });
         }
-        self.sent += 1;
+        self.begun = true;
         let text = if last { std::mem::take(&mut self.text) } else { String::new() };
         let speech = Speech { turn: s.turn, index: s.index, text, samples, rate_hz, anchor: s.anchor, cancel: s.cancel.clone(), last: s.last && last };
         if self.tx.blocking_send(speech).is_err() {
