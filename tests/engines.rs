@@ -395,6 +395,39 @@ fn piper_s_audio_comes_in_slices_that_join_into_what_the_whole_graph_makes() {
     assert!(at_once.len() == whole.len() && worst < 1e-4, "synthesize: the same audio at once ({} samples, largest difference {worst})", at_once.len());
 }
 
+/// With `[wyoming] serve_in_run` the pipeline's voice is Wyoming's desk: its slices
+/// still reach the stage one by one while the desk's thread makes the rest (handed
+/// over all at the end, the first would come with the last), and join into what the
+/// voice makes on its own.
+#[test]
+fn the_voice_at_wyomings_desk_hands_its_slices_over_as_it_makes_them() {
+    use voxd::engine::tts::{Tts, TtsOptions};
+    use voxd::pipeline::tts::{SharedVoice, Voice};
+    quiet_engine_logs();
+    let onnx = model("en_US-joe-medium.onnx");
+    let options = TtsOptions { rate: 1.0, variability: 0.0, threads: 2, espeak_data_dir: String::new() };
+    let text = "The kitchen light is off now, the front door is locked, and the heating is set to eighteen degrees for the night.";
+    let mut voice = SharedVoice(voxd::wyoming::desk::Desk::open("tts", Tts::load(&onnx, "en_US-joe-medium", &options).unwrap(), 1).unwrap());
+    let mut slices: Vec<(Vec<f32>, bool)> = Vec::new();
+    let mut first_came = None;
+    let asked = std::time::Instant::now();
+    voice.speak_streamed(text, &mut |samples, rate_hz, last| {
+        assert_eq!(rate_hz, 22_050);
+        first_came.get_or_insert_with(|| asked.elapsed());
+        slices.push((samples, last));
+    })
+    .unwrap();
+    let (first, all) = (first_came.unwrap(), asked.elapsed());
+    let lasts: Vec<bool> = slices.iter().map(|(_, last)| *last).collect();
+    assert!(slices.len() >= 3 && lasts.iter().rev().skip(1).all(|last| !last) && lasts.last() == Some(&true), "{lasts:?}");
+    // The later, longer slices are most of the vocoder's work.
+    assert!(first.as_secs_f64() < 0.8 * all.as_secs_f64(), "the first slice came after {first:?} of {all:?}: not before the rest was made");
+    let joined: Vec<f32> = slices.into_iter().flat_map(|(s, _)| s).collect();
+    let alone = Tts::load(&onnx, "en_US-joe-medium", &options).unwrap().synthesize(text).unwrap().samples;
+    let worst = joined.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(joined.len() == alone.len() && worst < 1e-4, "{} samples against {}, largest difference {worst}", joined.len(), alone.len());
+}
+
 /// A voice whose graph cannot be cut (here Piper's own with its vocoder's first node
 /// renamed, byte for byte) still loads and speaks, whole, as before the cut.
 #[test]

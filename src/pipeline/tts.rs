@@ -66,7 +66,7 @@ impl Voice for Tts {
 
 /// The Piper voice of the Wyoming server in the same process (`[wyoming]
 /// serve_in_run`): each piece synthesised at its desk, in line with Wyoming's requests,
-/// and handed on whole (the stage waits at the desk while the piece is made).
+/// its slices handed to the stage as the desk's thread makes them.
 pub struct SharedVoice(pub crate::wyoming::desk::Desk<Tts>);
 
 impl Voice for SharedVoice {
@@ -74,6 +74,16 @@ impl Voice for SharedVoice {
         let text = text.to_string();
         let s = self.0.blocking_ask(move |tts| tts.synthesize(&text))?;
         Ok((s.samples, s.rate_hz))
+    }
+
+    fn speak_streamed(&mut self, text: &str, audio: &mut dyn FnMut(Vec<f32>, u32, bool)) -> anyhow::Result<()> {
+        let text = text.to_string();
+        let voice = move |tts: &mut Tts, hand_over: &mut dyn FnMut((Vec<f32>, u32, bool))| {
+            let rate_hz = tts.rate_hz;
+            tts.synthesize_streamed(&text, &mut |samples, last| hand_over((samples.to_vec(), rate_hz, last)))
+        };
+        self.0.blocking_ask_streamed(voice, &mut |(samples, rate_hz, last)| audio(samples, rate_hz, last))?;
+        Ok(())
     }
 }
 

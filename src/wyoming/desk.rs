@@ -12,6 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 
 type Job<E> = Box<dyn FnOnce(&mut E) + Send>;
 
+/// What a streamed job may have made and its client not yet taken
+/// (`blocking_ask_streamed`): then the engine waits for the client.
+const HANDED_AT_MOST: usize = 4;
+
 pub struct Desk<E> {
     name: &'static str,
     queue: usize,
@@ -91,8 +95,28 @@ impl<E: Send + 'static> Desk<E> {
     /// the stage named and systemd restarts voxd, rather than every later turn
     /// getting an apology.
     pub fn blocking_ask<R: Send + 'static>(&self, job: impl FnOnce(&mut E) -> R + Send + 'static) -> R {
-        let (job, answer) = self.wrap(job);
-        let done = self.jobs.blocking_send(job).ok().and_then(|()| answer.blocking_recv().ok());
+        self.blocking_ask_streamed(|engine, _: &mut dyn FnMut(())| job(engine), &mut |()| {})
+    }
+
+    /// `blocking_ask` for a job that hands things over while it runs (a voice's
+    /// slices): each reaches `each` on this thread as soon as it is made, a few at
+    /// most waiting between the two threads.
+    pub fn blocking_ask_streamed<T: Send + 'static, R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut E, &mut dyn FnMut(T)) -> R + Send + 'static,
+        each: &mut dyn FnMut(T),
+    ) -> R {
+        let (hand_over, handed) = std::sync::mpsc::sync_channel::<T>(HANDED_AT_MOST);
+        let (job, answer) = self.wrap(move |engine| job(engine, &mut |t| {
+            let _ = hand_over.send(t);
+        }));
+        let mut done = None;
+        if self.jobs.blocking_send(job).is_ok() {
+            // Ends when the job is over and `hand_over` gone with it (or with a job
+            // the desk dropped undone).
+            handed.iter().for_each(each);
+            done = answer.blocking_recv().ok();
+        }
         done.unwrap_or_else(|| panic!("{}", Refused::Broken(self.name)))
     }
 
