@@ -170,7 +170,7 @@ const ERROR_KINDS: [cpal::ErrorKind; 14] = {
 /// as failed. A time, not a count: a stream just prepared (opened, or recovering from
 /// an xrun) can err hundreds of times in a few milliseconds and then play on — ALSA's
 /// PulseAudio plugin answers `snd_pcm_avail_delay` with EIO until its stream is ready,
-/// and cpal polls again at once (measured: bursts of up to 333 errors within 1-10 ms).
+/// and cpal polls again at once (measured: bursts of up to 1340 errors within 1-10 ms).
 /// Counting 20 of them reopened such streams, and a reopen mid-reply lost what was
 /// queued (an official CI run heard "It's his Paris." for "The capital of France is Paris.").
 const ERRORS_FATAL_AFTER: Duration = Duration::from_millis(500);
