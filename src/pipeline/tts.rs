@@ -78,12 +78,9 @@ impl Voice for SharedVoice {
 
     fn speak_streamed(&mut self, text: &str, audio: &mut dyn FnMut(Vec<f32>, u32, bool)) -> anyhow::Result<()> {
         let text = text.to_string();
-        let voice = move |tts: &mut Tts, hand_over: &mut dyn FnMut((Vec<f32>, u32, bool))| {
-            let rate_hz = tts.rate_hz;
-            tts.synthesize_streamed(&text, &mut |samples, last| hand_over((samples.to_vec(), rate_hz, last)))
-        };
-        self.0.blocking_ask_streamed(voice, &mut |(samples, rate_hz, last)| audio(samples, rate_hz, last))?;
-        Ok(())
+        // The desk's own voice, as a stage with a voice of its own would speak.
+        let voice = move |tts: &mut Tts, hand_over: &mut dyn FnMut((Vec<f32>, u32, bool))| tts.speak_streamed(&text, &mut |samples, rate_hz, last| hand_over((samples, rate_hz, last)));
+        self.0.blocking_ask_streamed(voice, &mut |(samples, rate_hz, last)| audio(samples, rate_hz, last))
     }
 }
 
